@@ -1,0 +1,70 @@
+//! Reading kernel structs at offsets the agent resolved from the running kernel's BTF.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use lockd_trace_common::{LockInfo, Offsets, counter};
+
+use crate::emit::count;
+
+/// Filled in by the agent before loading (EbpfLoader::override_global).
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    fl_owner: 0,
+    fl_flags: 0,
+    fl_type: 0,
+    fl_pid: 0,
+    fl_list: 0,
+    fl_start: 0,
+    fl_end: 0,
+    i_ino: 0,
+    i_sb: 0,
+    i_flctx: 0,
+    sb_dev: 0,
+    flctx_flock: 0,
+    flctx_posix: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_fd: 0,
+    fdt_max_fds: 0,
+    file_inode: 0,
+    valid: 0,
+};
+
+#[inline(always)]
+pub fn offsets() -> Offsets {
+    // SAFETY: a static; volatile so the compiler does not fold the zero initialiser.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// Reads a `T` at `base + off`; a failed read counts and yields the default.
+#[inline(always)]
+pub fn read<T: Copy + Default>(base: u64, off: u32) -> T {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    match unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) } {
+        Ok(v) => v,
+        Err(_) => {
+            count(counter::READ_FAILED);
+            T::default()
+        }
+    }
+}
+
+/// A struct file_lock as the contract's LockInfo.
+#[inline(always)]
+pub fn lock_info(fl: u64, o: &Offsets) -> LockInfo {
+    LockInfo {
+        owner: read(fl, o.fl_owner),
+        start: read(fl, o.fl_start),
+        end: read(fl, o.fl_end),
+        pid: read(fl, o.fl_pid),
+        flags: read(fl, o.fl_flags),
+        lock_type: u32::from(read::<u8>(fl, o.fl_type)),
+        _pad: 0,
+    }
+}
+
+/// The (device, inode number) of a struct inode.
+#[inline(always)]
+pub fn inode_id(inode: u64, o: &Offsets) -> (u32, u64) {
+    let sb: u64 = read(inode, o.i_sb);
+    (read(sb, o.sb_dev), read(inode, o.i_ino))
+}

@@ -1,0 +1,99 @@
+//! The local VFS lock layer: one record per lock request that reached an inode's lock list.
+
+use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
+use lockd_trace_common::{
+    LockInfo, Offsets, VfsLockEvent, counter, hook,
+    kernel::{EAGAIN, EDEADLK, F_WRLCK, FILE_LOCK_DEFERRED, MAX_WALK},
+    kind,
+};
+
+use crate::{
+    emit::{count, header, send},
+    kread::{inode_id, lock_info, offsets, read},
+};
+
+/// Requests now waiting for a conflicting lock, by thread: the syscall exit reports how the
+/// wait ended (granted, or interrupted) with the request as it was recorded here.
+#[map]
+pub static WAITING: LruHashMap<u32, VfsLockEvent> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_id: u16) {
+    let o = offsets();
+    // tp_btf hands typed pointers the verifier wants null-checked before any arithmetic.
+    if o.valid == 0 || inode == 0 || fl == 0 {
+        return;
+    }
+    let ret = ret as i32;
+    let (dev, ino) = inode_id(inode, &o);
+    let lock = lock_info(fl, &o);
+    let mut ev = VfsLockEvent {
+        hdr: header(kind::VFS_LOCK, hook_id),
+        dev,
+        ret,
+        ino,
+        fl,
+        lock,
+        ..Default::default()
+    };
+    if ret == FILE_LOCK_DEFERRED || ret == -EAGAIN || ret == -EDEADLK {
+        match find_blocker(ctx, inode, &lock, hook_id == hook::FLOCK_LOCK_INODE, &o) {
+            Some(b) => {
+                ev.blocker = b;
+                ev.has_blocker = 1;
+            }
+            None => count(counter::BLOCKER_NOT_FOUND),
+        }
+    }
+    if ret == FILE_LOCK_DEFERRED {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = WAITING.insert(&tid, &ev, 0);
+    }
+    send(kind::VFS_LOCK, &ev);
+}
+
+/// The first granted lock on the inode that conflicts with `req`. posix_lock_inode's own
+/// `conflock` is not filled for fcntl callers and fl_blocker may name another waiter, so the
+/// inode's list of granted locks is walked here, after the tracepoint's unlock: a racing
+/// unlock can make this miss (counted as BLOCKER_NOT_FOUND), never fault.
+#[inline(always)]
+fn find_blocker<C: EbpfContext>(
+    ctx: &C,
+    inode: u64,
+    req: &LockInfo,
+    flock: bool,
+    o: &Offsets,
+) -> Option<LockInfo> {
+    let flctx: u64 = read(inode, o.i_flctx);
+    if flctx == 0 {
+        return None;
+    }
+    let head = flctx + u64::from(if flock { o.flctx_flock } else { o.flctx_posix });
+    let mut node: u64 = read(head, 0);
+    for _ in 0..MAX_WALK {
+        if node == head || node == 0 {
+            return None;
+        }
+        let cand = lock_info(node - u64::from(o.fl_list), o);
+        if conflicts(req, &cand) {
+            return Some(cand);
+        }
+        node = read(node, 0);
+    }
+    aya_log_ebpf::warn!(
+        ctx,
+        "blocker search stopped after {} locks on one inode",
+        MAX_WALK
+    );
+    None
+}
+
+/// Locks of different owners conflict when they overlap and one of them is a write lock
+/// (for flock the range is the whole file and the owner is the open file).
+#[inline(always)]
+fn conflicts(a: &LockInfo, b: &LockInfo) -> bool {
+    a.owner != b.owner
+        && (a.lock_type == F_WRLCK || b.lock_type == F_WRLCK)
+        && b.start <= a.end
+        && a.start <= b.end
+}

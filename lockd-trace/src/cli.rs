@@ -1,0 +1,171 @@
+//! Command line (clap), with bcc-style conventions and examples in --help.
+
+use std::{collections::HashMap, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probes::plan::{Method, PROBES};
+
+const EXAMPLES: &str = "\
+Examples:
+  lockd-trace probes                 # which probes this kernel accepts, and why not
+  lockd-trace live                   # every lock request, one line each
+  lockd-trace live -x                # only failed requests (EAGAIN, EDEADLK, ...)
+  lockd-trace live -p 1234 -d 30s    # one process, for 30 seconds
+  lockd-trace live --json | jq .     # one JSON object per event";
+
+#[derive(Parser)]
+#[command(
+    name = "lockd-trace",
+    version,
+    about = "Trace Linux file locking (VFS, NFS lockd/NLM, statd) and explain lock failures",
+    long_about = "lockd-trace attaches eBPF programs to the kernel's lock layer and shows each \
+                  lock request: which process, which file and byte range, the result, and for a \
+                  refused request the lock that was in the way. Needs root.",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More diagnostics on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Stream lock events as they happen.
+    Live(LiveArgs),
+    /// Show how each probe attaches on this kernel, or why it cannot.
+    Probes(ProbesArgs),
+}
+
+#[derive(Args)]
+pub struct LiveArgs {
+    /// Only this process (tgid).
+    #[arg(short, long)]
+    pub pid: Option<u32>,
+    /// Only processes with this command name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only requests that failed.
+    #[arg(short = 'x', long)]
+    pub errors_only: bool,
+    /// Stop after this long (e.g. 30s, 5m, 500ms; a bare number is seconds).
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
+}
+
+#[derive(Args)]
+pub struct TracingArgs {
+    /// Kernel ring buffer size in KiB (a power of two).
+    #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+    /// Attach PROBE only with METHOD (tp_btf, raw_tp, tracepoint, kprobe, kretprobe), to test
+    /// a fallback. Repeatable.
+    #[arg(long, value_name = "PROBE=METHOD", value_parser = parse_forced)]
+    pub probe_method: Vec<(String, Method)>,
+}
+
+impl TracingArgs {
+    pub fn options(&self) -> crate::probes::Options {
+        crate::probes::Options {
+            ring_bytes: self.ring_kib * 1024,
+            forced: self.probe_method.iter().cloned().collect::<HashMap<_, _>>(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ProbesArgs {
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 30s, 5m, 500ms)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of KiB"))?;
+    if n < 4 || !n.is_power_of_two() || n > 1 << 20 {
+        return Err(format!(
+            "ring size must be a power of two between 4 and 1048576 KiB, not {n}"
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_forced(s: &str) -> Result<(String, Method), String> {
+    let (probe, method) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not PROBE=METHOD"))?;
+    if !PROBES.iter().any(|p| p.name == probe) {
+        return Err(format!(
+            "unknown probe `{probe}` (see `lockd-trace probes`)"
+        ));
+    }
+    let method = Method::parse(method).ok_or_else(|| format!("unknown method `{method}`"))?;
+    Ok((probe.to_string(), method))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn forced_methods_are_checked() {
+        assert!(parse_forced("posix_lock_inode=raw_tp").is_ok());
+        assert!(
+            parse_forced("nope=raw_tp")
+                .unwrap_err()
+                .contains("unknown probe")
+        );
+        assert!(
+            parse_forced("posix_lock_inode=magic")
+                .unwrap_err()
+                .contains("unknown method")
+        );
+        assert!(parse_ring_kib("3000").is_err());
+        assert_eq!(parse_ring_kib("64"), Ok(64));
+    }
+}

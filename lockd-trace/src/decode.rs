@@ -1,0 +1,309 @@
+//! Ring-buffer records → events. The layouts are lockd-trace-common's; fields are read in
+//! order with `bytes`, so a short or unknown record is an error, never undefined behaviour.
+
+use std::fmt;
+
+use bytes::Buf;
+use lockd_trace_common::{GetlkEvent, Header, LockInfo, UserFlock, VfsLockEvent, kind};
+
+use crate::event::{Body, Event, Flock, GetlkRecord, Lock, LockRecord};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short { kind: u16, need: usize, got: usize },
+    UnknownKind(u16),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Short { kind, need, got } => {
+                write!(f, "record of kind {kind} has {got} bytes, needs {need}")
+            }
+            DecodeError::UnknownKind(k) => write!(f, "unknown record kind {k}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
+    let got = buf.len();
+    let short = |kind, need| DecodeError::Short { kind, need, got };
+    if got < size_of::<Header>() {
+        return Err(short(0, size_of::<Header>()));
+    }
+    let kind = u16::from_le_bytes([buf[0], buf[1]]);
+    let need = match kind {
+        kind::VFS_LOCK | kind::WAIT_END => size_of::<VfsLockEvent>(),
+        kind::GETLK => size_of::<GetlkEvent>(),
+        k => return Err(DecodeError::UnknownKind(k)),
+    };
+    if got < need {
+        return Err(short(kind, need));
+    }
+    let hdr = header(&mut buf);
+    let body = match kind {
+        kind::GETLK => Body::Getlk(getlk(&mut buf)),
+        k => {
+            let r = lock_record(hdr.hook, &mut buf);
+            if k == kind::VFS_LOCK {
+                Body::Lock(r)
+            } else {
+                Body::WaitEnd(r)
+            }
+        }
+    };
+    Ok(Event {
+        ts_ns: hdr.ts_ns,
+        tid: hdr.pid,
+        pid: hdr.tgid,
+        comm: comm(&hdr.comm),
+        body,
+    })
+}
+
+fn header(b: &mut &[u8]) -> Header {
+    let mut h = Header {
+        kind: b.get_u16_le(),
+        hook: b.get_u16_le(),
+        _pad: b.get_u32_le(),
+        ts_ns: b.get_u64_le(),
+        pid: b.get_u32_le(),
+        tgid: b.get_u32_le(),
+        comm: [0; 16],
+    };
+    b.copy_to_slice(&mut h.comm);
+    h
+}
+
+fn lock_info(b: &mut &[u8]) -> LockInfo {
+    LockInfo {
+        owner: b.get_u64_le(),
+        start: b.get_i64_le(),
+        end: b.get_i64_le(),
+        pid: b.get_i32_le(),
+        flags: b.get_u32_le(),
+        lock_type: b.get_u32_le(),
+        _pad: b.get_u32_le(),
+    }
+}
+
+fn lock(l: LockInfo) -> Lock {
+    Lock {
+        owner: l.owner,
+        start: l.start,
+        end: l.end,
+        pid: l.pid,
+        flags: l.flags,
+        lock_type: l.lock_type,
+    }
+}
+
+fn lock_record(hook: u16, b: &mut &[u8]) -> LockRecord {
+    let dev = b.get_u32_le();
+    let ret = b.get_i32_le();
+    let ino = b.get_u64_le();
+    let fl = b.get_u64_le();
+    let l = lock_info(b);
+    let blocker = lock_info(b);
+    let has_blocker = b.get_u32_le();
+    LockRecord {
+        hook,
+        dev,
+        ino,
+        fl,
+        lock: lock(l),
+        ret,
+        blocker: (has_blocker != 0).then(|| lock(blocker)),
+    }
+}
+
+fn user_flock(b: &mut &[u8]) -> Flock {
+    let f = UserFlock {
+        l_type: b.get_i16_le(),
+        l_whence: b.get_i16_le(),
+        _pad: b.get_u32_le(),
+        l_start: b.get_i64_le(),
+        l_len: b.get_i64_le(),
+        l_pid: b.get_i32_le(),
+        _pad2: b.get_u32_le(),
+    };
+    Flock {
+        l_type: f.l_type,
+        l_whence: f.l_whence,
+        l_start: f.l_start,
+        l_len: f.l_len,
+        l_pid: f.l_pid,
+    }
+}
+
+fn getlk(b: &mut &[u8]) -> GetlkRecord {
+    let dev = b.get_u32_le();
+    let ret = b.get_i32_le();
+    let ino = b.get_u64_le();
+    let fd = b.get_u32_le();
+    let cmd = b.get_u32_le();
+    let request = user_flock(b);
+    let answer = user_flock(b);
+    GetlkRecord {
+        dev,
+        ino,
+        fd,
+        cmd,
+        ret,
+        request,
+        answer,
+    }
+}
+
+/// The task name up to its NUL, lossily as UTF-8.
+fn comm(raw: &[u8; 16]) -> String {
+    let n = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..n]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use lockd_trace_common::hook;
+
+    use super::*;
+
+    /// The bytes the kernel writes: the struct's own memory.
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a repr(C) contract struct with explicit padding.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn hdr(kind: u16, hook: u16) -> Header {
+        let mut comm = [0u8; 16];
+        comm[..6].copy_from_slice(b"locker");
+        Header {
+            kind,
+            hook,
+            _pad: 0,
+            ts_ns: 123_456_789,
+            pid: 42,
+            tgid: 41,
+            comm,
+        }
+    }
+
+    #[test]
+    fn vfs_lock_with_blocker_round_trips() {
+        let raw = VfsLockEvent {
+            hdr: hdr(kind::VFS_LOCK, hook::POSIX_LOCK_INODE),
+            dev: 0x0010_0003,
+            ret: -11,
+            ino: 987_654,
+            fl: 0xffff_8880_dead_beef,
+            lock: LockInfo {
+                owner: 7,
+                start: 10,
+                end: 19,
+                pid: 41,
+                flags: 1,
+                lock_type: 1,
+                _pad: 0,
+            },
+            blocker: LockInfo {
+                owner: 8,
+                start: 0,
+                end: i64::MAX,
+                pid: 40,
+                flags: 1,
+                lock_type: 0,
+                _pad: 0,
+            },
+            has_blocker: 1,
+            _pad: 0,
+        };
+        let ev = decode(&bytes_of(&raw)).unwrap();
+        assert_eq!(
+            (ev.ts_ns, ev.tid, ev.pid, ev.comm.as_str()),
+            (123_456_789, 42, 41, "locker")
+        );
+        let Body::Lock(r) = ev.body else {
+            panic!("not a lock record: {ev:?}")
+        };
+        assert_eq!(
+            (r.dev, r.ino, r.ret, r.fl),
+            (0x0010_0003, 987_654, -11, raw.fl)
+        );
+        assert_eq!(
+            (r.lock.start, r.lock.end, r.lock.lock_type, r.lock.owner),
+            (10, 19, 1, 7)
+        );
+        let b = r.blocker.expect("blocker");
+        assert_eq!(
+            (b.pid, b.start, b.end, b.lock_type, b.owner),
+            (40, 0, i64::MAX, 0, 8)
+        );
+    }
+
+    #[test]
+    fn no_blocker_flag_means_none() {
+        let raw = VfsLockEvent {
+            hdr: hdr(kind::WAIT_END, hook::SYS_FCNTL),
+            ret: -4,
+            ..Default::default()
+        };
+        let ev = decode(&bytes_of(&raw)).unwrap();
+        assert!(matches!(
+            ev.body,
+            Body::WaitEnd(LockRecord {
+                blocker: None,
+                ret: -4,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn getlk_round_trips() {
+        let raw = GetlkEvent {
+            hdr: hdr(kind::GETLK, hook::SYS_FCNTL),
+            dev: 3,
+            ret: 0,
+            ino: 5,
+            fd: 4,
+            cmd: 5,
+            request: UserFlock {
+                l_type: 1,
+                l_start: 0,
+                l_len: 100,
+                ..Default::default()
+            },
+            answer: UserFlock {
+                l_type: 1,
+                l_start: 0,
+                l_len: 50,
+                l_pid: 40,
+                ..Default::default()
+            },
+        };
+        let Body::Getlk(g) = decode(&bytes_of(&raw)).unwrap().body else {
+            panic!("not getlk")
+        };
+        assert_eq!(
+            (g.fd, g.cmd, g.request.l_len, g.answer.l_pid),
+            (4, 5, 100, 40)
+        );
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let raw = bytes_of(&VfsLockEvent {
+            hdr: hdr(kind::VFS_LOCK, 1),
+            ..Default::default()
+        });
+        assert!(matches!(
+            decode(&raw[..raw.len() - 1]),
+            Err(DecodeError::Short { kind: 1, .. })
+        ));
+        assert!(matches!(decode(&raw[..3]), Err(DecodeError::Short { .. })));
+        let mut unknown = raw.clone();
+        unknown[0] = 99;
+        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(99)));
+    }
+}

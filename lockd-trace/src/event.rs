@@ -1,0 +1,82 @@
+//! Decoded events: what the rest of the agent (histories, explanations, sinks) works with.
+
+/// One lock as the kernel held or requested it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lock {
+    pub owner: u64,
+    pub start: i64,
+    /// Inclusive; i64::MAX means to end of file.
+    pub end: i64,
+    pub pid: i32,
+    pub flags: u32,
+    pub lock_type: u32,
+}
+
+/// A request seen by the VFS lock layer (or, for `WaitEnd`, how its wait ended).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockRecord {
+    pub hook: u16,
+    pub dev: u32,
+    pub ino: u64,
+    pub fl: u64,
+    pub lock: Lock,
+    pub ret: i32,
+    pub blocker: Option<Lock>,
+}
+
+/// struct flock from user space, as asked and as answered by F_GETLK.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flock {
+    pub l_type: i16,
+    pub l_whence: i16,
+    pub l_start: i64,
+    pub l_len: i64,
+    pub l_pid: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetlkRecord {
+    pub dev: u32,
+    pub ino: u64,
+    pub fd: u32,
+    pub cmd: u32,
+    pub ret: i32,
+    pub request: Flock,
+    pub answer: Flock,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Lock(LockRecord),
+    WaitEnd(LockRecord),
+    Getlk(GetlkRecord),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Thread id.
+    pub tid: u32,
+    /// Process id (tgid).
+    pub pid: u32,
+    pub comm: String,
+    pub body: Body,
+}
+
+impl Event {
+    pub fn file_id(&self) -> (u32, u64) {
+        match &self.body {
+            Body::Lock(r) | Body::WaitEnd(r) => (r.dev, r.ino),
+            Body::Getlk(g) => (g.dev, g.ino),
+        }
+    }
+
+    /// The result as a return code: negative errno on failure.
+    pub fn ret(&self) -> i32 {
+        match &self.body {
+            Body::Lock(r) | Body::WaitEnd(r) => r.ret,
+            Body::Getlk(g) => g.ret,
+        }
+    }
+}

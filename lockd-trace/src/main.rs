@@ -1,0 +1,76 @@
+//! lockd-trace: kernel programs → ring buffer → decoder → (histories → explanations) → sinks.
+//! Module per stage: probes/ (load, plan, attach), ringbuf, decode, event, sinks/.
+
+mod cli;
+mod clock;
+mod decode;
+mod event;
+mod live;
+mod names;
+mod paths;
+mod probes;
+mod probes_cmd;
+mod ringbuf;
+mod sinks;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_log(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Live(args) => live::run(args).await,
+            Command::Probes(args) => probes_cmd::run(&args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// One sentence (the error and its causes on one line), non-zero exit.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("lockd-trace: error: {e:#}");
+    ExitCode::FAILURE
+}
+
+/// A minimal stderr logger for the agent's and the kernel programs' (aya-log) diagnostics.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "lockd-trace: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn init_log(verbose: u8) {
+    static LOGGER: StderrLog = StderrLog;
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    });
+}

@@ -1,0 +1,199 @@
+//! Kernel side of the agent: load the eBPF object with this kernel's offsets and attach each
+//! logical probe the first way the kernel accepts (plan.rs).
+
+pub mod btf;
+pub mod plan;
+pub mod preflight;
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, KProbe, Program, ProgramError},
+};
+use lockd_trace_common::counter;
+use plan::{Method, PROBES, ProbeReport, Way};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd-trace"));
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Force a method for some probes (by probe name), e.g. for testing fallbacks.
+    pub forced: HashMap<String, Method>,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    pub report: Vec<ProbeReport>,
+}
+
+impl Tracer {
+    /// Loads and attaches everything this kernel allows. Fails only if nothing attached.
+    pub fn start(opts: &Options) -> Result<Tracer> {
+        preflight::check()?;
+        let kbtf = btf::load_vmlinux()?;
+        let offsets = btf::kernel_offsets(&kbtf)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global("OFFSETS", &offsets, true);
+        if opts.ring_bytes > 0 {
+            loader.map_max_entries("EVENTS", opts.ring_bytes);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
+            anyhow!(
+                "the kernel refused lockd-trace's eBPF object: {}",
+                error_chain(&e)
+            )
+        })?;
+        let aya_btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
+        let report = PROBES
+            .iter()
+            .map(|p| {
+                let forced = opts.forced.get(p.name).copied();
+                plan::choose(p, forced, |w| attach(&mut ebpf, w, &aya_btf))
+            })
+            .collect::<Vec<_>>();
+        if report.iter().all(|r| r.attached.is_none()) {
+            let why = report
+                .iter()
+                .flat_map(|r| {
+                    r.refused
+                        .iter()
+                        .map(move |x| format!("{}: {}", r.probe, x.reason))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(anyhow!("no probe could be attached ({why})"));
+        }
+        Ok(Tracer { ebpf, report })
+    }
+
+    pub fn attached(&self) -> usize {
+        self.report.iter().filter(|r| r.attached.is_some()).count()
+    }
+
+    /// The event ring buffer; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS map missing"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_counters(&mut self) -> Result<Counters> {
+        let map = self
+            .ebpf
+            .take_map("COUNTERS")
+            .ok_or_else(|| anyhow!("COUNTERS map missing"))?;
+        Ok(Counters(PerCpuArray::try_from(map)?))
+    }
+
+    /// Kernel-side diagnostics (aya-log) go to the `log` crate; None if the object has none.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+}
+
+/// The kernel's per-CPU counters (lost records, failed reads), summed over CPUs.
+pub struct Counters(PerCpuArray<MapData, u64>);
+
+impl Counters {
+    pub fn get(&self, index: u32) -> u64 {
+        self.0
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or_default()
+    }
+
+    /// Records lost because the ring buffer was full, per record kind.
+    pub fn lost(&self) -> Vec<(u16, u64)> {
+        (1..lockd_trace_common::kind::COUNT as u16)
+            .map(|k| (k, self.get(counter::LOST + u32::from(k))))
+            .collect()
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, way: &Way, btf: &Btf) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(way.program)
+        .ok_or_else(|| format!("program {} missing from the object", way.program))?;
+    let r = match (way.method, prog) {
+        (Method::BtfTracepoint, Program::BtfTracePoint(p)) => load_attach_btf(p, way, btf),
+        (Method::RawTracepoint, Program::RawTracePoint(p)) => {
+            p.load().and_then(|()| p.attach(way.target).map(drop))
+        }
+        (Method::Tracepoint, Program::TracePoint(p)) => {
+            let (cat, name) = way.target.split_once(':').unwrap_or(("", way.target));
+            p.load().and_then(|()| p.attach(cat, name).map(drop))
+        }
+        (Method::Kprobe | Method::Kretprobe, Program::KProbe(p)) => load_attach_kprobe(p, way),
+        _ => return Err(format!("program {} is not a {}", way.program, way.method)),
+    };
+    r.map_err(|e| reason(&e))
+}
+
+fn load_attach_btf(p: &mut BtfTracePoint, way: &Way, btf: &Btf) -> Result<(), ProgramError> {
+    p.load(way.target, btf)?;
+    p.attach().map(drop)
+}
+
+fn load_attach_kprobe(p: &mut KProbe, way: &Way) -> Result<(), ProgramError> {
+    p.load()?;
+    p.attach(way.target, 0).map(drop)
+}
+
+/// The kernel's answer in a few words: the errno when there is one, else aya's message.
+fn reason(e: &ProgramError) -> String {
+    let chain = error_chain(e);
+    let errno =
+        std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source()).find_map(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+        });
+    match errno {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            format!("refused by the kernel (EPERM): {chain}")
+        }
+        Some(libc::ENOENT) => format!("not in this kernel (ENOENT): {chain}"),
+        Some(libc::EINVAL) => format!("not supported by this kernel (EINVAL): {chain}"),
+        _ => chain,
+    }
+}
+
+/// The error chain on one line; a verifier log is cut down to its verdict (the line before
+/// "verification time"), which says why the program was refused.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let full = full_chain(e);
+    let Some((head, log)) = full.split_once("Verifier output:") else {
+        return full;
+    };
+    let verdict = log
+        .lines()
+        .take_while(|l| !l.starts_with("verification time"))
+        .filter(|l| !l.trim().is_empty())
+        .last()
+        .unwrap_or("");
+    format!(
+        "{}verifier: {}",
+        head.trim_end_matches(". "),
+        verdict.trim()
+    )
+}
+
+fn full_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

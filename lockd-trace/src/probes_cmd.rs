@@ -1,0 +1,39 @@
+//! `lockd-trace probes`: the probe plan as this kernel took it.
+
+use anyhow::Result;
+
+use crate::{cli::ProbesArgs, probes::Tracer};
+
+pub fn run(args: &ProbesArgs) -> Result<()> {
+    let tracer = Tracer::start(&args.tracing.options())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&tracer.report)?);
+        return Ok(());
+    }
+    println!("{:<18} {:<11} {:<28} NOTES", "PROBE", "ATTACHED", "TARGET");
+    for r in &tracer.report {
+        let (how, target) = r.attached.as_ref().map_or(("no".to_string(), "-"), |a| {
+            (a.method.to_string(), a.target)
+        });
+        let notes = r
+            .refused
+            .iter()
+            .map(|x| format!("{} refused: {}", x.method, x.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        println!("{:<18} {:<11} {:<28} {}", r.probe, how, target, notes);
+    }
+    println!(
+        "\n{} of {} probes attached on {}",
+        tracer.attached(),
+        tracer.report.len(),
+        kernel_release()
+    );
+    Ok(())
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown kernel".into())
+}

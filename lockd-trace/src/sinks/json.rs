@@ -1,0 +1,112 @@
+//! One JSON object per line. Field names are stable (docs/json.md).
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use super::{Context, Sink};
+use crate::{
+    clock,
+    event::{Body, Event, Lock},
+    names,
+};
+
+pub struct Json<W: Write> {
+    out: W,
+}
+
+impl<W: Write> Json<W> {
+    pub fn new(out: W) -> Self {
+        Json { out }
+    }
+
+    fn line(&mut self, v: &Value) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, v)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}
+
+fn lock_json(l: &Lock) -> Value {
+    json!({
+        "pid": l.pid,
+        "owner": format!("{:#x}", l.owner),
+        "type": names::lock_type_name(l.lock_type),
+        "start": l.start,
+        "end": l.end,
+        "flags": names::flag_names(l.flags),
+    })
+}
+
+pub fn event_json(ev: &Event, cx: &Context<'_>) -> Value {
+    let wall = cx.clock.wall_ns(ev.ts_ns);
+    let (dev, ino) = ev.file_id();
+    let mut v = json!({
+        "time": clock::rfc3339(wall),
+        "ts_ns": ev.ts_ns,
+        "pid": ev.pid,
+        "tid": ev.tid,
+        "comm": ev.comm,
+        "dev": names::dev_name(dev),
+        "ino": ino,
+        "file": cx.file,
+        "ret": ev.ret(),
+        "result": names::result_name(ev.ret()),
+    });
+    let m = v.as_object_mut().expect("object literal");
+    match &ev.body {
+        Body::Lock(r) | Body::WaitEnd(r) => {
+            let event = if matches!(ev.body, Body::Lock(_)) {
+                "lock"
+            } else {
+                "wait_end"
+            };
+            m.insert("event".into(), event.into());
+            m.insert("op".into(), names::op_name(r).into());
+            m.insert("fl".into(), format!("{:#x}", r.fl).into());
+            m.insert("lock".into(), lock_json(&r.lock));
+            m.insert(
+                "blocker".into(),
+                r.blocker.as_ref().map_or(Value::Null, lock_json),
+            );
+        }
+        Body::Getlk(g) => {
+            let (start, end) = names::flock_range(g.request.l_start, g.request.l_len);
+            m.insert("event".into(), "getlk".into());
+            m.insert("op".into(), names::fcntl_cmd_name(g.cmd).into());
+            m.insert("fd".into(), g.fd.into());
+            m.insert(
+                "lock".into(),
+                json!({
+                    "type": names::lock_type_name(g.request.l_type as u32),
+                    "start": start,
+                    "end": end,
+                    "whence": g.request.l_whence,
+                }),
+            );
+            let blocker = (g.ret == 0
+                && g.answer.l_type as u32 != lockd_trace_common::kernel::F_UNLCK)
+                .then(|| {
+                    let (s, e) = names::flock_range(g.answer.l_start, g.answer.l_len);
+                    json!({
+                        "pid": g.answer.l_pid,
+                        "type": names::lock_type_name(g.answer.l_type as u32),
+                        "start": s,
+                        "end": e,
+                    })
+                });
+            m.insert("blocker".into(), blocker.unwrap_or(Value::Null));
+        }
+    }
+    v
+}
+
+impl<W: Write> Sink for Json<W> {
+    fn event(&mut self, ev: &Event, cx: &Context<'_>) -> std::io::Result<()> {
+        self.line(&event_json(ev, cx))
+    }
+
+    fn lost(&mut self, kind: &str, total: u64) -> std::io::Result<()> {
+        self.line(&json!({"event": "lost", "kind": kind, "total": total}))
+    }
+}

@@ -1,0 +1,120 @@
+//! One readable line per event, bcc style: time, comm, pid, op, range, file, result, blocker.
+
+use std::io::Write;
+
+use super::{Context, Sink};
+use crate::{
+    clock,
+    event::{Body, Event, Lock},
+    names,
+};
+
+pub struct Terminal<W: Write> {
+    out: W,
+    header_done: bool,
+}
+
+impl<W: Write> Terminal<W> {
+    pub fn new(out: W) -> Self {
+        Terminal {
+            out,
+            header_done: false,
+        }
+    }
+}
+
+fn blocker_text(b: &Lock) -> String {
+    format!(
+        "blocked by pid {} {} {}",
+        b.pid,
+        names::lock_range(b),
+        names::lock_type_name(b.lock_type)
+    )
+}
+
+pub fn line(ev: &Event, cx: &Context<'_>) -> String {
+    let time = clock::hms_micros(cx.clock.wall_ns(ev.ts_ns));
+    let (dev, ino) = ev.file_id();
+    let file = cx.file.map_or_else(
+        || format!("{} ino {ino}", names::dev_name(dev)),
+        str::to_string,
+    );
+    let (op, what, blocker) = match &ev.body {
+        Body::Lock(r) => (
+            names::op_name(r).to_string(),
+            format!(
+                "{} {}",
+                names::lock_type_name(r.lock.lock_type),
+                names::lock_range(&r.lock)
+            ),
+            r.blocker.as_ref().map(blocker_text),
+        ),
+        Body::WaitEnd(r) => (
+            format!("{} done", names::op_name(r)),
+            format!(
+                "{} {}",
+                names::lock_type_name(r.lock.lock_type),
+                names::lock_range(&r.lock)
+            ),
+            None,
+        ),
+        Body::Getlk(g) => {
+            let (s, e) = names::flock_range(g.request.l_start, g.request.l_len);
+            let found = (g.ret == 0 && g.answer.l_type != 2).then(|| {
+                let (bs, be) = names::flock_range(g.answer.l_start, g.answer.l_len);
+                format!(
+                    "held by pid {} {} {}",
+                    g.answer.l_pid,
+                    names::range(bs, be),
+                    names::lock_type_name(g.answer.l_type as u32)
+                )
+            });
+            (
+                names::fcntl_cmd_name(g.cmd),
+                format!(
+                    "{} {}",
+                    names::lock_type_name(g.request.l_type as u32),
+                    names::range(s, e)
+                ),
+                found,
+            )
+        }
+    };
+    let mut s = format!(
+        "{time} {:<15} {:>7} {:<16} {:<24} {:<32} {}",
+        ev.comm,
+        ev.pid,
+        op,
+        what,
+        file,
+        names::result_name(ev.ret())
+    );
+    if let Some(b) = blocker {
+        s.push(' ');
+        s.push_str(&b);
+    }
+    s
+}
+
+impl<W: Write> Sink for Terminal<W> {
+    fn event(&mut self, ev: &Event, cx: &Context<'_>) -> std::io::Result<()> {
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(
+                self.out,
+                "{:<15} {:<15} {:>7} {:<16} {:<24} {:<32} RESULT",
+                "TIME(UTC)", "COMM", "PID", "OP", "LOCK", "FILE"
+            )?;
+        }
+        writeln!(self.out, "{}", line(ev, cx))?;
+        self.out.flush()
+    }
+
+    fn lost(&mut self, kind: &str, total: u64) -> std::io::Result<()> {
+        writeln!(
+            self.out,
+            "!! {total} {kind} events lost so far (ring buffer full)"
+        )?;
+        self.out.flush()
+    }
+}

@@ -1,0 +1,76 @@
+//! Building, running and testing the workspace.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Result, bail};
+
+use crate::{lab, setup, sh};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The release binary that `run`, the tests and the lab use.
+pub fn binary() -> PathBuf {
+    workspace_root().join("target/release/lockd-trace")
+}
+
+pub fn release() -> Result<()> {
+    sh::run(Command::new("cargo").current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "lockd-trace",
+    ]))
+}
+
+pub fn run(args: Vec<String>) -> Result<()> {
+    setup::toolchain()?;
+    release()?;
+    let args = if args.is_empty() {
+        vec!["live".to_string()]
+    } else {
+        args
+    };
+    let mut cmd = if setup::is_root() {
+        Command::new(binary())
+    } else {
+        eprintln!("xtask: tracing needs root; running through sudo");
+        let mut c = Command::new("sudo");
+        c.arg(binary());
+        c
+    };
+    cmd.args(args);
+    eprintln!("xtask: $ {}", sh::show(&cmd));
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!("lockd-trace exited with {status}");
+    }
+    Ok(())
+}
+
+/// Every test: the workspace's unit and host-kernel tests, then (unless skipped) the lab.
+pub fn test(with_lab: bool) -> Result<()> {
+    setup::toolchain()?;
+    setup::apt(setup::BENCH_PACKAGES)?;
+    release()?;
+    if !setup::is_root() {
+        bail!("the tests load eBPF programs into the running kernel: run them as root");
+    }
+    sh::run(
+        Command::new("cargo")
+            .current_dir(workspace_root())
+            .args(["test", "--release", "--workspace"])
+            .env("LOCKD_TRACE_BIN", binary()),
+    )?;
+    if with_lab {
+        lab::test()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! `cargo xtask`: the project's commands. Each installs what it needs first (see setup.rs).
+
+mod build;
+mod lab;
+mod setup;
+mod sh;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test lockd-trace; installs missing tools on the way")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker (and with --lab, qemu etc.).
+    Setup {
+        #[arg(long)]
+        lab: bool,
+    },
+    /// Build lockd-trace in release mode, eBPF object included.
+    Build,
+    /// Set up, build, and run lockd-trace with ARGS (default: `live`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test: unit, host-kernel integration, and the NFS lab.
+    Test {
+        /// Skip the NFS lab (for quick local iterations; CI never passes this).
+        #[arg(long)]
+        no_lab: bool,
+    },
+    /// The NFS lab: Debian kernels with lockd, nfsd and statd in qemu.
+    Lab(lab::LabArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup { lab } => setup::toolchain().and_then(|()| {
+            if lab {
+                setup::apt(setup::LAB_PACKAGES)
+            } else {
+                Ok(())
+            }
+        }),
+        Cmd::Build => setup::toolchain().and_then(|()| build::release()),
+        Cmd::Run { args } => build::run(args),
+        Cmd::Test { no_lab } => build::test(!no_lab),
+        Cmd::Lab(args) => lab::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

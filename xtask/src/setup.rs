@@ -1,0 +1,120 @@
+//! Installs what building and testing lockd-trace needs, idempotently: every step first
+//! checks, and only acts (saying so) when something is missing.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Result, bail};
+
+use crate::sh;
+
+/// LLVM major version bpf-linker is built against (Debian 12 carries it in bookworm-security).
+const LLVM: &str = "22";
+/// bpf-linker release known to work with the LLVM above.
+const BPF_LINKER: &str = "0.13.0";
+
+/// Debian packages needed to build the eBPF object (bpf-linker links against LLVM).
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+];
+
+/// Debian packages for the NFS lab and the benchmark's reference tracer.
+pub const LAB_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "debootstrap",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+];
+pub const BENCH_PACKAGES: &[&str] = &["bpftrace", "stress-ng"];
+
+/// Everything needed to build the workspace, eBPF object included.
+pub fn toolchain() -> Result<()> {
+    nightly_rust_src()?;
+    apt(BUILD_PACKAGES)?;
+    bpf_linker()
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = sh::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]));
+    if installed.is_some_and(|l| l.lines().any(|c| c.starts_with("rust-src"))) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the nightly toolchain with rust-src (eBPF needs -Z build-std)");
+    sh::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+/// Installs the Debian packages that are not installed yet.
+pub fn apt(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    if !is_root() {
+        bail!(
+            "installing {} needs root: run as root, or install them by hand",
+            missing.join(" ")
+        );
+    }
+    sh::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    sh::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    sh::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = sh::output(Command::new("bpf-linker").arg("--version"));
+    if version.is_some_and(|v| v.contains(BPF_LINKER)) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER} against LLVM {LLVM} (about a minute)");
+    let llvm_bin = format!("/usr/lib/llvm-{LLVM}/bin");
+    if !Path::new(&llvm_bin).exists() {
+        bail!("{llvm_bin} is missing although llvm-{LLVM}-dev is installed");
+    }
+    let path = format!("{llvm_bin}:{}", std::env::var("PATH").unwrap_or_default());
+    sh::run(
+        Command::new("cargo")
+            .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{LLVM}"),
+            ])
+            .env("PATH", path),
+    )
+}
+
+pub fn is_root() -> bool {
+    sh::output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0")
+}
