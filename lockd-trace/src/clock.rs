@@ -34,6 +34,7 @@ impl Clock {
         i128::from(mono_ns) + self.offset_ns
     }
 
+    #[cfg(test)]
     pub fn monotonic_now() -> u64 {
         clock_ns(libc::CLOCK_MONOTONIC) as u64
     }

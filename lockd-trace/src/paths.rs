@@ -2,7 +2,7 @@
 //! the request; remembered per file. Names are made printable: no raw control characters.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -19,12 +19,13 @@ impl Paths {
         if dev == 0 && ino == 0 {
             return None;
         }
-        if !self.known.contains_key(&(dev, ino)) {
-            let found = find_in_fds(Path::new(&format!("/proc/{pid}/fd")), dev, ino)?;
-            self.known
-                .insert((dev, ino), printable(&found.to_string_lossy()));
+        match self.known.entry((dev, ino)) {
+            Entry::Occupied(e) => Some(e.into_mut().as_str()),
+            Entry::Vacant(e) => {
+                let found = find_in_fds(Path::new(&format!("/proc/{pid}/fd")), dev, ino)?;
+                Some(e.insert(printable(&found.to_string_lossy())).as_str())
+            }
         }
-        self.known.get(&(dev, ino)).map(String::as_str)
     }
 }
 

@@ -1,0 +1,260 @@
+//! The VFS lock layer probes on the host kernel: real programs, real processes, exact events.
+
+mod harness;
+
+use harness::{Locker, Tracer, assert_nothing_dropped, events_for, scratch_file};
+use serde_json::Value;
+
+fn by_pid<'a>(evs: &[&'a Value], pid: u32) -> Vec<&'a Value> {
+    evs.iter().copied().filter(|e| e["pid"] == pid).collect()
+}
+
+fn assert_lock(e: &Value, op: &str, ty: &str, start: i64, end: i64, result: &str) {
+    assert_eq!(e["op"], op, "{e}");
+    assert_eq!(e["lock"]["type"], ty, "{e}");
+    assert_eq!(e["lock"]["start"], start, "{e}");
+    assert_eq!(e["lock"]["end"], end, "{e}");
+    assert_eq!(e["result"], result, "{e}");
+}
+
+fn assert_blocker(e: &Value, pid: i64, ty: &str, start: i64, end: i64) {
+    let b = &e["blocker"];
+    assert_eq!(b["pid"], pid, "blocker pid in {e}");
+    assert_eq!(b["type"], ty, "blocker type in {e}");
+    assert_eq!(b["start"], start, "blocker start in {e}");
+    assert_eq!(b["end"], end, "blocker end in {e}");
+}
+
+/// F_SETLK refused with EAGAIN names the holder's pid, range and type; F_GETLK reports the
+/// same holder; the holder's own request is recorded as granted.
+fn conflict_with(extra: &[&str]) {
+    let f = scratch_file(&format!("conflict{}", extra.len()));
+    let t = Tracer::start(extra);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("setlk w 0 100"), "ok");
+    assert_eq!(b.cmd("setlk w 50 10"), "err EAGAIN");
+    assert_eq!(b.cmd("getlk w 0 0"), format!("getlk w 0 100 {}", a.pid));
+    let (apid, bpid) = (a.pid, b.pid);
+    a.exit();
+    b.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    let a_evs = by_pid(&evs, apid);
+    assert_lock(a_evs[0], "F_SETLK", "WRLCK", 0, 99, "ok");
+    assert_eq!(a_evs[0]["ret"], 0);
+    assert!(a_evs[0]["blocker"].is_null());
+    assert!(a_evs[0]["lock"]["flags"].as_array().unwrap().contains(&"FL_POSIX".into()));
+    let b_evs = by_pid(&evs, bpid);
+    assert_lock(b_evs[0], "F_SETLK", "WRLCK", 50, 59, "EAGAIN");
+    assert_eq!(b_evs[0]["ret"], -11);
+    assert_eq!(b_evs[0]["comm"], "locker");
+    assert_blocker(b_evs[0], apid.into(), "WRLCK", 0, 99);
+    assert_eq!(b_evs[0]["blocker"]["owner"], a_evs[0]["lock"]["owner"]);
+    assert_eq!(b_evs[1]["event"], "getlk");
+    assert_lock(b_evs[1], "F_GETLK", "WRLCK", 0, i64::MAX, "ok");
+    assert_blocker(b_evs[1], apid.into(), "WRLCK", 0, 99);
+}
+
+#[test]
+fn posix_conflict_names_the_blocker() {
+    conflict_with(&[]);
+}
+
+#[test]
+fn posix_conflict_through_raw_tracepoint_fallback() {
+    conflict_with(&[
+        "--probe-method",
+        "posix_lock_inode=raw_tp",
+        "--probe-method",
+        "flock_lock_inode=raw_tp",
+    ]);
+}
+
+/// A blocked F_SETLKW: WAIT behind the holder, granted when the holder unlocks, then the
+/// syscall's end is reported with the time it waited.
+#[test]
+fn blocked_waiter_is_woken_by_unlock() {
+    let f = scratch_file("waiter");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("setlk r 0 10"), "ok");
+    b.send("setlkw w 5 10");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(a.cmd("setlk u 0 10"), "ok");
+    assert_eq!(b.read_line(), "ok");
+    let (apid, bpid) = (a.pid, b.pid);
+    a.exit();
+    b.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    let a_evs = by_pid(&evs, apid);
+    assert_lock(a_evs[1], "F_SETLK", "UNLCK", 0, 9, "ok");
+    let b_evs = by_pid(&evs, bpid);
+    assert_lock(b_evs[0], "F_SETLKW", "WRLCK", 5, 14, "WAIT");
+    assert_eq!(b_evs[0]["ret"], 1);
+    assert_blocker(b_evs[0], apid.into(), "RDLCK", 0, 9);
+    assert_lock(b_evs[1], "F_SETLKW", "WRLCK", 5, 14, "ok");
+    assert_eq!(b_evs[2]["event"], "wait_end");
+    assert_lock(b_evs[2], "F_SETLKW", "WRLCK", 5, 14, "ok");
+    assert_eq!(b_evs[0]["fl"], b_evs[2]["fl"], "the wait's end is tied to its request");
+    let waited = b_evs[2]["ts_ns"].as_u64().unwrap() - b_evs[0]["ts_ns"].as_u64().unwrap();
+    assert!(waited >= 200_000_000, "waited only {waited} ns");
+    assert!(a_evs[1]["ts_ns"].as_u64() < b_evs[1]["ts_ns"].as_u64());
+}
+
+/// A signal ends a blocked wait: the syscall leaves the kernel with -ERESTARTSYS (turned into
+/// EINTR for the application by signal delivery, or restarted under SA_RESTART).
+#[test]
+fn interrupted_wait_reports_erestartsys() {
+    let f = scratch_file("eintr");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("setlk w 0 1"), "ok");
+    b.send("setlkw w 0 1");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    b.signal(libc::SIGUSR1);
+    assert_eq!(b.read_line(), "err EINTR");
+    let (apid, bpid) = (a.pid, b.pid);
+    a.exit();
+    b.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    let b_evs = by_pid(&evs, bpid);
+    assert_lock(b_evs[0], "F_SETLKW", "WRLCK", 0, 0, "WAIT");
+    assert_blocker(b_evs[0], apid.into(), "WRLCK", 0, 0);
+    let end = b_evs.iter().find(|e| e["event"] == "wait_end").expect("wait_end");
+    assert_eq!(end["ret"], -512);
+    assert_eq!(end["result"], "ERESTARTSYS");
+    assert_eq!(end["lock"]["start"], 0);
+}
+
+/// Two owners each wait for the other: the second F_SETLKW gets EDEADLK and the trace names
+/// the lock that closed the cycle.
+#[test]
+fn deadlock_is_edeadlk_with_blocker() {
+    let f = scratch_file("deadlock");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("setlk w 0 10"), "ok");
+    assert_eq!(b.cmd("setlk w 20 10"), "ok");
+    a.send("setlkw w 20 10");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(b.cmd("setlkw w 0 10"), "err EDEADLK");
+    let (apid, bpid) = (a.pid, b.pid);
+    b.exit();
+    assert_eq!(a.read_line(), "ok");
+    a.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    let a_wait = by_pid(&evs, apid)[1];
+    assert_lock(a_wait, "F_SETLKW", "WRLCK", 20, 29, "WAIT");
+    assert_blocker(a_wait, bpid.into(), "WRLCK", 20, 29);
+    let b_dead = by_pid(&evs, bpid)[1];
+    assert_lock(b_dead, "F_SETLKW", "WRLCK", 0, 9, "EDEADLK");
+    assert_eq!(b_dead["ret"], -35);
+    assert_blocker(b_dead, apid.into(), "WRLCK", 0, 9);
+}
+
+/// OFD locks: owned by the open file, not a process; flags and ops say so. The kernel's lock
+/// keeps the setter's tgid (so the trace names it) while F_OFD_GETLK tells user space -1.
+#[test]
+fn ofd_conflict() {
+    let f = scratch_file("ofd");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("ofd_setlk w 0 100"), "ok");
+    assert_eq!(b.cmd("ofd_setlk r 10 1"), "err EAGAIN");
+    assert_eq!(b.cmd("ofd_getlk r 10 1"), "getlk w 0 100 -1");
+    let (apid, bpid) = (a.pid, b.pid);
+    a.exit();
+    b.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    let a0 = by_pid(&evs, apid)[0];
+    assert_lock(a0, "F_OFD_SETLK", "WRLCK", 0, 99, "ok");
+    assert!(a0["lock"]["flags"].as_array().unwrap().contains(&"FL_OFDLCK".into()));
+    let b_evs = by_pid(&evs, bpid);
+    assert_lock(b_evs[0], "F_OFD_SETLK", "RDLCK", 10, 10, "EAGAIN");
+    assert_blocker(b_evs[0], apid.into(), "WRLCK", 0, 99);
+    assert_eq!(b_evs[0]["blocker"]["owner"], a0["lock"]["owner"]);
+    assert_lock(b_evs[1], "F_OFD_GETLK", "RDLCK", 10, 10, "ok");
+    assert_blocker(b_evs[1], -1, "WRLCK", 0, 99);
+}
+
+/// flock(2): whole-file locks, refused with EAGAIN under LOCK_NB, naming the holder.
+#[test]
+fn flock_conflict() {
+    let f = scratch_file("flock");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("flock ex"), "ok");
+    assert_eq!(b.cmd("flock sh nb"), "err EAGAIN");
+    assert_eq!(a.cmd("flock un"), "ok");
+    let (apid, bpid) = (a.pid, b.pid);
+    a.exit();
+    b.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    let a_evs = by_pid(&evs, apid);
+    assert_lock(a_evs[0], "LOCK_EX", "WRLCK", 0, i64::MAX, "ok");
+    assert!(a_evs[0]["lock"]["flags"].as_array().unwrap().contains(&"FL_FLOCK".into()));
+    assert_lock(a_evs[1], "LOCK_UN", "UNLCK", 0, i64::MAX, "ok");
+    let b0 = by_pid(&evs, bpid)[0];
+    assert_lock(b0, "LOCK_SH|LOCK_NB", "RDLCK", 0, i64::MAX, "EAGAIN");
+    assert_blocker(b0, apid.into(), "WRLCK", 0, i64::MAX);
+}
+
+/// lockf(3) is fcntl underneath: F_LOCK → F_SETLKW, F_TLOCK → F_SETLK.
+#[test]
+fn lockf_maps_to_fcntl() {
+    let f = scratch_file("lockf");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("lockf lock 100"), "ok");
+    assert_eq!(b.cmd("lockf tlock 50"), "err EAGAIN");
+    let (apid, bpid) = (a.pid, b.pid);
+    a.exit();
+    b.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    assert_lock(by_pid(&evs, apid)[0], "F_SETLKW", "WRLCK", 0, 99, "ok");
+    let b0 = by_pid(&evs, bpid)[0];
+    assert_lock(b0, "F_SETLK", "WRLCK", 0, 49, "EAGAIN");
+    assert_blocker(b0, apid.into(), "WRLCK", 0, 99);
+}
+
+/// --pid and --errors-only filter what is shown.
+#[test]
+fn filters_pid_and_errors_only() {
+    let f = scratch_file("filters");
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    let pid = b.pid.to_string();
+    let t = Tracer::start(&["-x", "--pid", &pid]);
+    assert_eq!(a.cmd("setlk w 0 10"), "ok");
+    assert_eq!(b.cmd("setlk r 0 100"), "err EAGAIN");
+    assert_eq!(b.cmd("setlk r 50 10"), "ok");
+    let bpid = b.pid;
+    a.exit();
+    b.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    assert_eq!(evs.len(), 1, "only b's failure: {evs:?}");
+    assert_eq!(evs[0]["pid"], bpid);
+    assert_eq!(evs[0]["result"], "EAGAIN");
+}
