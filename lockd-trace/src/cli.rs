@@ -38,6 +38,8 @@ pub enum Command {
     Live(LiveArgs),
     /// Show how each probe attaches on this kernel, or why it cannot.
     Probes(ProbesArgs),
+    /// Explain lockd/statd kernel messages (no root, no tracing).
+    Explain(crate::explain::ExplainArgs),
 }
 
 #[derive(Args)]

@@ -5,6 +5,7 @@ mod cli;
 mod clock;
 mod decode;
 mod event;
+mod explain;
 mod live;
 mod names;
 mod paths;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Live(args) => live::run(args).await,
             Command::Probes(args) => probes_cmd::run(&args),
+            Command::Explain(args) => explain::run(&args),
         }
     });
     match result {
