@@ -9,8 +9,10 @@ pub mod kind {
     pub const GETLK: u16 = 2;
     /// A blocked request's syscall returned ([`super::VfsLockEvent`]; `ret` is the syscall's).
     pub const WAIT_END: u16 = 3;
+    /// An NLM client/server or NSM step ([`super::NlmEvent`]).
+    pub const NLM: u16 = 4;
     /// Number of kinds, for per-kind counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Which hook produced a record (`Header::hook`).
@@ -117,4 +119,72 @@ mod pod {
     unsafe impl aya::Pod for super::VfsLockEvent {}
     unsafe impl aya::Pod for super::GetlkEvent {}
     unsafe impl aya::Pod for crate::Offsets {}
+    unsafe impl aya::Pod for crate::NlmOffsets {}
+}
+
+/// NLM/NSM hook points (`Header::hook` of a [`kind::NLM`] record).
+pub mod nlm_op {
+    /// nlmclnt_proc entry: a lock request leaves for the server.
+    pub const CLNT_PROC_ENTER: u16 = 1;
+    /// nlmclnt_proc returned: `ret` is what NFS hands back to the application.
+    pub const CLNT_PROC_EXIT: u16 = 2;
+    /// nlmclnt_call returned: `cmd` is the NLM procedure, `nlm_status` the server's answer.
+    pub const CLNT_CALL: u16 = 3;
+    /// nlmclnt_unlock_callback: the asynchronous UNLOCK's reply (`ret` is the RPC status).
+    pub const CLNT_UNLOCK_CB: u16 = 4;
+    /// nlmclnt_reclaim returned: one lock's reclaim after a server reboot.
+    pub const CLNT_RECLAIM: u16 = 5;
+    /// nlmclnt_grant returned: the server's GRANTED callback for a blocked lock.
+    pub const CLNT_GRANTED_CB: u16 = 6;
+    /// locks_lock_inode_wait returned inside nlmclnt_proc (do_vfs_lock): the local VFS's say.
+    pub const CLNT_VFS: u16 = 7;
+    pub const SVC_LOCK: u16 = 8;
+    pub const SVC_UNLOCK: u16 = 9;
+    pub const SVC_TEST: u16 = 10;
+    pub const SVC_CANCEL: u16 = 11;
+    /// nlmsvc_grant_blocked: the server grants a lock a client was waiting for.
+    pub const SVC_GRANT: u16 = 12;
+    pub const NSM_MONITOR: u16 = 13;
+    pub const NSM_UNMONITOR: u16 = 14;
+    /// nlm_host_rebooted: an SM_NOTIFY (reboot notification) arrived for `host`.
+    pub const HOST_REBOOTED: u16 = 15;
+}
+
+/// `NlmEvent::flags` bits.
+pub mod nlm_flag {
+    pub const BLOCK: u32 = 1;
+    pub const RECLAIM: u32 = 2;
+}
+
+/// `NlmEvent::nlm_status` when the hook has no NLM status.
+pub const NO_STATUS: u32 = u32::MAX;
+
+/// One NLM client/server or NSM step. Strings are NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NlmEvent {
+    pub hdr: Header,
+    /// The function's return value (or the RPC status for callbacks): 0 or -errno.
+    pub ret: i32,
+    /// NLM status in host order (0 GRANTED ... 9 FAILED), or [`NO_STATUS`].
+    pub nlm_status: u32,
+    /// fcntl command (CLNT_PROC_*) or NLM procedure (CLNT_CALL).
+    pub cmd: u32,
+    pub flags: u32,
+    /// The NLM owner id (svid) both hosts use for this lock owner.
+    pub svid: u32,
+    pub dev: u32,
+    pub ino: u64,
+    pub lock: LockInfo,
+    /// For CLNT_VFS failures: the local lock in the way.
+    pub blocker: LockInfo,
+    pub has_blocker: u32,
+    /// NSM state number (HOST_REBOOTED).
+    pub state: u32,
+    pub fh_len: u32,
+    pub host_len: u32,
+    /// NFS file handle (first 64 bytes): the same on client and server.
+    pub fh: [u8; 64],
+    /// Peer name: the server (client side) or the client (server side), or the rebooted host.
+    pub host: [u8; 64],
 }

@@ -10,7 +10,7 @@ pub mod kernel;
 pub mod offsets;
 
 pub use event::*;
-pub use offsets::Offsets;
+pub use offsets::{NlmOffsets, Offsets};
 
 /// Version of the record layouts below; written into trace files.
-pub const CONTRACT_VERSION: u32 = 1;
+pub const CONTRACT_VERSION: u32 = 2;

@@ -26,6 +26,37 @@ pub struct Offsets {
     pub fdt_fd: u32,
     pub fdt_max_fds: u32,
     pub file_inode: u32,
+    /// struct file_lock's file (6.9+: c.flc_file).
+    pub fl_file: u32,
     /// Non-zero once filled in by the agent; programs send nothing before that.
+    pub valid: u32,
+}
+
+/// Offsets inside lockd's own structs, from the lockd module's BTF (when it is loaded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NlmOffsets {
+    /// nlm_host.h_name (char *)
+    pub host_name: u32,
+    /// nlm_rqst.a_host, .a_args.lock, .a_args.block, .a_args.reclaim, .a_res.status
+    pub rqst_host: u32,
+    pub rqst_lock: u32,
+    pub rqst_block: u32,
+    pub rqst_reclaim: u32,
+    pub rqst_status: u32,
+    /// nlm_lock.fh (struct nfs_fh: u16 size, then data), .svid, .fl (struct file_lock)
+    pub lock_fh: u32,
+    pub fh_data: u32,
+    pub lock_svid: u32,
+    pub lock_fl: u32,
+    /// rpc_task.tk_status
+    pub task_status: u32,
+    /// nlm_reboot.mon (char *, not NUL-terminated), .len, .state
+    pub reboot_mon: u32,
+    pub reboot_len: u32,
+    pub reboot_state: u32,
+    /// nlm_block.b_call (struct nlm_rqst *), .b_host
+    pub block_call: u32,
+    pub block_host: u32,
     pub valid: u32,
 }

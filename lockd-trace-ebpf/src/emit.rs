@@ -9,7 +9,7 @@ use lockd_trace_common::{Header, counter};
 
 /// Resized by the agent at load time (`--ring-size`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -41,6 +41,11 @@ pub fn header(kind: u16, hook: u16) -> Header {
 #[inline(always)]
 pub fn send<T: 'static>(kind: u16, record: &T) {
     if EVENTS.output::<T>(record, 0).is_err() {
-        count(counter::LOST + u32::from(kind));
+        count_lost(kind);
     }
+}
+
+#[inline(always)]
+pub fn count_lost(kind: u16) {
+    count(counter::LOST + u32::from(kind));
 }

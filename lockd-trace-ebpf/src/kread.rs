@@ -1,7 +1,7 @@
 //! Reading kernel structs at offsets the agent resolved from the running kernel's BTF.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use lockd_trace_common::{LockInfo, Offsets, counter};
+use lockd_trace_common::{LockInfo, NlmOffsets, Offsets, counter};
 
 use crate::emit::count;
 
@@ -26,6 +26,29 @@ static OFFSETS: Offsets = Offsets {
     fdt_fd: 0,
     fdt_max_fds: 0,
     file_inode: 0,
+    fl_file: 0,
+    valid: 0,
+};
+
+/// lockd's struct offsets; valid stays 0 when the lockd module was not loaded at start.
+#[unsafe(no_mangle)]
+static NLM_OFFSETS: NlmOffsets = NlmOffsets {
+    host_name: 0,
+    rqst_host: 0,
+    rqst_lock: 0,
+    rqst_block: 0,
+    rqst_reclaim: 0,
+    rqst_status: 0,
+    lock_fh: 0,
+    fh_data: 0,
+    lock_svid: 0,
+    lock_fl: 0,
+    task_status: 0,
+    reboot_mon: 0,
+    reboot_len: 0,
+    reboot_state: 0,
+    block_call: 0,
+    block_host: 0,
     valid: 0,
 };
 
@@ -33,6 +56,12 @@ static OFFSETS: Offsets = Offsets {
 pub fn offsets() -> Offsets {
     // SAFETY: a static; volatile so the compiler does not fold the zero initialiser.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn nlm_offsets() -> NlmOffsets {
+    // SAFETY: as for offsets().
+    unsafe { core::ptr::read_volatile(&NLM_OFFSETS) }
 }
 
 /// Reads a `T` at `base + off`; a failed read counts and yields the default.
@@ -67,4 +96,15 @@ pub fn lock_info(fl: u64, o: &Offsets) -> LockInfo {
 pub fn inode_id(inode: u64, o: &Offsets) -> (u32, u64) {
     let sb: u64 = read(inode, o.i_sb);
     (read(sb, o.sb_dev), read(inode, o.i_ino))
+}
+
+/// The (device, inode number) behind a struct file_lock's file.
+#[inline(always)]
+pub fn fl_inode_id(fl: u64, o: &Offsets) -> (u32, u64) {
+    let file: u64 = read(fl, o.fl_file);
+    let inode: u64 = read(file, o.file_inode);
+    if inode == 0 {
+        return (0, 0);
+    }
+    inode_id(inode, o)
 }

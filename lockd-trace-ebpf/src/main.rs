@@ -5,14 +5,18 @@
 
 mod emit;
 mod kread;
+mod nlm;
 mod sys;
 mod vfs;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
 };
-use lockd_trace_common::hook;
+use lockd_trace_common::{hook, nlm_op::*};
 
 // filelock:posix_lock_inode(struct inode *, struct file_lock *, int ret): every POSIX/OFD
 // request that reached the inode's lock list, with its result.
@@ -83,6 +87,161 @@ pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_flock")]
 pub fn sys_exit_flock(ctx: TracePointContext) -> u32 {
     sys::exit_flock(&ctx);
+    0
+}
+
+// --- NLM client: lockd module functions, kprobes (see nlm.rs) ---
+
+#[kprobe]
+pub fn nlmclnt_proc_entry(ctx: ProbeContext) -> u32 {
+    nlm::clnt_proc_enter(&ctx, CLNT_PROC_ENTER);
+    0
+}
+
+#[kretprobe]
+pub fn nlmclnt_proc_return(ctx: RetProbeContext) -> u32 {
+    nlm::clnt_proc_exit(&ctx, CLNT_PROC_ENTER, CLNT_PROC_EXIT);
+    0
+}
+
+#[kprobe]
+pub fn nlmclnt_call_entry(ctx: ProbeContext) -> u32 {
+    nlm::save(&ctx, CLNT_CALL);
+    0
+}
+
+#[kretprobe]
+pub fn nlmclnt_call_return(ctx: RetProbeContext) -> u32 {
+    nlm::clnt_call_exit(&ctx, CLNT_CALL, CLNT_CALL);
+    0
+}
+
+#[kprobe]
+pub fn nlmclnt_unlock_callback(ctx: ProbeContext) -> u32 {
+    nlm::clnt_unlock_cb(&ctx, CLNT_UNLOCK_CB);
+    0
+}
+
+#[kprobe]
+pub fn nlmclnt_reclaim_entry(ctx: ProbeContext) -> u32 {
+    nlm::save(&ctx, CLNT_RECLAIM);
+    0
+}
+
+#[kretprobe]
+pub fn nlmclnt_reclaim_return(ctx: RetProbeContext) -> u32 {
+    nlm::clnt_reclaim_exit(&ctx, CLNT_RECLAIM, CLNT_RECLAIM);
+    0
+}
+
+#[kprobe]
+pub fn nlmclnt_grant_entry(ctx: ProbeContext) -> u32 {
+    nlm::save(&ctx, CLNT_GRANTED_CB);
+    0
+}
+
+#[kretprobe]
+pub fn nlmclnt_grant_return(ctx: RetProbeContext) -> u32 {
+    nlm::clnt_grant_exit(&ctx, CLNT_GRANTED_CB, CLNT_GRANTED_CB);
+    0
+}
+
+// do_vfs_lock is inlined into nlmclnt_proc; its one call is locks_lock_inode_wait (vmlinux).
+#[kprobe]
+pub fn locks_lock_inode_wait_entry(ctx: ProbeContext) -> u32 {
+    nlm::clnt_vfs_enter(&ctx, CLNT_VFS);
+    0
+}
+
+#[kretprobe]
+pub fn locks_lock_inode_wait_return(ctx: RetProbeContext) -> u32 {
+    nlm::clnt_vfs_exit(&ctx, ctx.ret::<i64>(), CLNT_VFS, CLNT_VFS);
+    0
+}
+
+// --- NLM server ---
+
+/// Slot for nlmsvc_lock's wait/reclaim arguments (not an event op).
+const SVC_LOCK_FLAGS: u16 = 100;
+
+#[kprobe]
+pub fn nlmsvc_lock_entry(ctx: ProbeContext) -> u32 {
+    nlm::save(&ctx, SVC_LOCK);
+    nlm::svc_lock_flags(&ctx, SVC_LOCK_FLAGS);
+    0
+}
+
+#[kretprobe]
+pub fn nlmsvc_lock_return(ctx: RetProbeContext) -> u32 {
+    nlm::svc_lock_exit(&ctx, SVC_LOCK, SVC_LOCK_FLAGS, SVC_LOCK);
+    0
+}
+
+#[kprobe]
+pub fn nlmsvc_testlock_entry(ctx: ProbeContext) -> u32 {
+    nlm::save(&ctx, SVC_TEST);
+    0
+}
+
+#[kretprobe]
+pub fn nlmsvc_testlock_return(ctx: RetProbeContext) -> u32 {
+    nlm::svc_test_exit(&ctx, SVC_TEST, SVC_TEST);
+    0
+}
+
+#[kprobe]
+pub fn nlmsvc_unlock_entry(ctx: ProbeContext) -> u32 {
+    nlm::save(&ctx, SVC_UNLOCK);
+    0
+}
+
+#[kretprobe]
+pub fn nlmsvc_unlock_return(ctx: RetProbeContext) -> u32 {
+    nlm::svc_no_host_exit(&ctx, SVC_UNLOCK, SVC_UNLOCK, 4);
+    0
+}
+
+#[kprobe]
+pub fn nlmsvc_cancel_blocked_entry(ctx: ProbeContext) -> u32 {
+    nlm::save(&ctx, SVC_CANCEL);
+    0
+}
+
+#[kretprobe]
+pub fn nlmsvc_cancel_blocked_return(ctx: RetProbeContext) -> u32 {
+    nlm::svc_no_host_exit(&ctx, SVC_CANCEL, SVC_CANCEL, 3);
+    0
+}
+
+#[kprobe]
+pub fn nlmsvc_grant_blocked(ctx: ProbeContext) -> u32 {
+    nlm::svc_grant(&ctx, SVC_GRANT);
+    0
+}
+
+// --- NSM (statd) ---
+
+#[kprobe]
+pub fn nsm_monitor_entry(ctx: ProbeContext) -> u32 {
+    nlm::save(&ctx, NSM_MONITOR);
+    0
+}
+
+#[kretprobe]
+pub fn nsm_monitor_return(ctx: RetProbeContext) -> u32 {
+    nlm::nsm_monitor_exit(&ctx, NSM_MONITOR, NSM_MONITOR);
+    0
+}
+
+#[kprobe]
+pub fn nsm_unmonitor(ctx: ProbeContext) -> u32 {
+    nlm::nsm_unmonitor(&ctx, NSM_UNMONITOR);
+    0
+}
+
+#[kprobe]
+pub fn nlm_host_rebooted(ctx: ProbeContext) -> u32 {
+    nlm::host_rebooted(&ctx, HOST_REBOOTED);
     0
 }
 

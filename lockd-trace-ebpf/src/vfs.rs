@@ -57,7 +57,7 @@ pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_
 /// inode's list of granted locks is walked here, after the tracepoint's unlock: a racing
 /// unlock can make this miss (counted as BLOCKER_NOT_FOUND), never fault.
 #[inline(always)]
-fn find_blocker<C: EbpfContext>(
+pub fn find_blocker<C: EbpfContext>(
     ctx: &C,
     inode: u64,
     req: &LockInfo,

@@ -4,9 +4,11 @@
 use std::fmt;
 
 use bytes::Buf;
-use lockd_trace_common::{GetlkEvent, Header, LockInfo, UserFlock, VfsLockEvent, kind};
+use lockd_trace_common::{
+    GetlkEvent, Header, LockInfo, NO_STATUS, NlmEvent, UserFlock, VfsLockEvent, kind,
+};
 
-use crate::event::{Body, Event, Flock, GetlkRecord, Lock, LockRecord};
+use crate::event::{Body, Event, Flock, GetlkRecord, Lock, LockRecord, NlmRecord};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -37,6 +39,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     let need = match kind {
         kind::VFS_LOCK | kind::WAIT_END => size_of::<VfsLockEvent>(),
         kind::GETLK => size_of::<GetlkEvent>(),
+        kind::NLM => size_of::<NlmEvent>(),
         k => return Err(DecodeError::UnknownKind(k)),
     };
     if got < need {
@@ -45,6 +48,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     let hdr = header(&mut buf);
     let body = match kind {
         kind::GETLK => Body::Getlk(getlk(&mut buf)),
+        kind::NLM => Body::Nlm(nlm(hdr.hook, &mut buf)),
         k => {
             let r = lock_record(hdr.hook, &mut buf);
             if k == kind::VFS_LOCK {
@@ -157,8 +161,48 @@ fn getlk(b: &mut &[u8]) -> GetlkRecord {
     }
 }
 
+fn nlm(op: u16, b: &mut &[u8]) -> NlmRecord {
+    let ret = b.get_i32_le();
+    let nlm_status = b.get_u32_le();
+    let cmd = b.get_u32_le();
+    let flags = b.get_u32_le();
+    let svid = b.get_u32_le();
+    let dev = b.get_u32_le();
+    let ino = b.get_u64_le();
+    let l = lock_info(b);
+    let blocker = lock_info(b);
+    let has_blocker = b.get_u32_le();
+    let state = b.get_u32_le();
+    let fh_len = b.get_u32_le() as usize;
+    let host_len = b.get_u32_le() as usize;
+    let mut fh = [0u8; 64];
+    b.copy_to_slice(&mut fh);
+    let mut host = [0u8; 64];
+    b.copy_to_slice(&mut host);
+    NlmRecord {
+        op,
+        ret,
+        nlm_status: (nlm_status != NO_STATUS).then_some(nlm_status),
+        cmd,
+        flags,
+        svid,
+        dev,
+        ino,
+        lock: lock(l),
+        blocker: (has_blocker != 0).then(|| lock(blocker)),
+        state,
+        fh: fh[..fh_len.min(64)].to_vec(),
+        host: text(&host[..host_len.min(64)]),
+    }
+}
+
 /// The task name up to its NUL, lossily as UTF-8.
 fn comm(raw: &[u8; 16]) -> String {
+    text(raw)
+}
+
+/// Bytes up to the first NUL, lossily as UTF-8.
+fn text(raw: &[u8]) -> String {
     let n = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..n]).into_owned()
 }
@@ -289,6 +333,54 @@ mod tests {
             (g.fd, g.cmd, g.request.l_len, g.answer.l_pid),
             (4, 5, 100, 40)
         );
+    }
+
+    #[test]
+    fn nlm_round_trips() {
+        let mut host = [0u8; 64];
+        host[..9].copy_from_slice(b"127.0.0.1");
+        let mut fh = [0u8; 64];
+        fh[..4].copy_from_slice(&[1, 2, 3, 4]);
+        let raw = NlmEvent {
+            hdr: hdr(kind::NLM, lockd_trace_common::nlm_op::CLNT_UNLOCK_CB),
+            ret: 0,
+            nlm_status: 7,
+            cmd: 4,
+            flags: 0,
+            svid: 99,
+            dev: 45,
+            ino: 12,
+            lock: LockInfo {
+                start: 0,
+                end: 9,
+                pid: 145,
+                ..Default::default()
+            },
+            blocker: LockInfo::default(),
+            has_blocker: 0,
+            state: 3,
+            fh_len: 4,
+            host_len: 9,
+            fh,
+            host,
+        };
+        let Body::Nlm(n) = decode(&bytes_of(&raw)).unwrap().body else {
+            panic!("not nlm")
+        };
+        assert_eq!((n.nlm_status, n.cmd, n.svid, n.state), (Some(7), 4, 99, 3));
+        assert_eq!(
+            (n.host.as_str(), n.fh.as_slice()),
+            ("127.0.0.1", &[1u8, 2, 3, 4][..])
+        );
+        assert_eq!((n.lock.pid, n.lock.end, n.blocker), (145, 9, None));
+        let none = NlmEvent {
+            nlm_status: NO_STATUS,
+            ..raw
+        };
+        let Body::Nlm(n) = decode(&bytes_of(&none)).unwrap().body else {
+            panic!("not nlm")
+        };
+        assert_eq!(n.nlm_status, None);
     }
 
     #[test]

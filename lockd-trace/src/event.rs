@@ -45,11 +45,32 @@ pub struct GetlkRecord {
     pub answer: Flock,
 }
 
+/// One NLM client/server or NSM step (see lockd_trace_common::nlm_op for `op`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NlmRecord {
+    pub op: u16,
+    pub ret: i32,
+    /// The NLM status in host order, when the step has one.
+    pub nlm_status: Option<u32>,
+    /// fcntl command (nlmclnt_proc) or NLM procedure (calls, server, callbacks).
+    pub cmd: u32,
+    pub flags: u32,
+    pub svid: u32,
+    pub dev: u32,
+    pub ino: u64,
+    pub lock: Lock,
+    pub blocker: Option<Lock>,
+    pub state: u32,
+    pub fh: Vec<u8>,
+    pub host: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     Lock(LockRecord),
     WaitEnd(LockRecord),
     Getlk(GetlkRecord),
+    Nlm(NlmRecord),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +90,7 @@ impl Event {
         match &self.body {
             Body::Lock(r) | Body::WaitEnd(r) => (r.dev, r.ino),
             Body::Getlk(g) => (g.dev, g.ino),
+            Body::Nlm(n) => (n.dev, n.ino),
         }
     }
 
@@ -77,6 +99,7 @@ impl Event {
         match &self.body {
             Body::Lock(r) | Body::WaitEnd(r) => r.ret,
             Body::Getlk(g) => g.ret,
+            Body::Nlm(n) => n.ret,
         }
     }
 }

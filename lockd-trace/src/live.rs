@@ -124,10 +124,23 @@ pub async fn run(args: LiveArgs) -> Result<()> {
     Ok(())
 }
 
+/// Unattached probes, grouped by reason (24 NLM probes on a kernel without kprobes is one
+/// line, not 24).
 fn announce(tracer: &Tracer) {
+    let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
     for r in tracer.report.iter().filter(|r| r.attached.is_none()) {
         let why = r.refused.last().map_or("", |x| x.reason.as_str());
-        eprintln!("lockd-trace: probe {} not attached: {why}", r.probe);
+        match by_reason.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, probes)) => probes.push(r.probe),
+            None => by_reason.push((why, vec![r.probe])),
+        }
+    }
+    for (why, probes) in by_reason {
+        eprintln!(
+            "lockd-trace: {} probe(s) not attached ({}): {why}",
+            probes.len(),
+            probes.join(", ")
+        );
     }
     eprintln!(
         "lockd-trace: {} of {} probes attached; tracing (Ctrl-C to stop)",
@@ -173,6 +186,7 @@ fn kind_name(kind: u16) -> &'static str {
         VFS_LOCK => "lock",
         GETLK => "getlk",
         WAIT_END => "wait_end",
+        NLM => "nlm",
         _ => "other",
     }
 }

@@ -152,6 +152,98 @@ pub fn flock_range(start: i64, len: i64) -> (i64, i64) {
     }
 }
 
+/// NLM status names (nlm_stat; 5–9 are NLMv4) and what each means for the client.
+const NLM_STATUS: &[(u32, &str, &str)] = &[
+    (0, "GRANTED", "the server granted the request"),
+    (1, "DENIED", "another owner holds a conflicting lock"),
+    (2, "DENIED_NOLOCKS", "the server is out of lock resources"),
+    (
+        3,
+        "BLOCKED",
+        "the request waits at the server; a GRANTED callback follows",
+    ),
+    (
+        4,
+        "DENIED_GRACE_PERIOD",
+        "the server is in its grace period after a restart: only reclaims",
+    ),
+    (5, "DEADLCK", "granting would deadlock"),
+    (6, "ROFS", "read-only file system"),
+    (
+        7,
+        "STALE_FH",
+        "the server no longer recognises the file handle (removed, replaced or unexported)",
+    ),
+    (8, "FBIG", "offset or length too big"),
+    (
+        9,
+        "FAILED",
+        "the server failed the request for another reason",
+    ),
+];
+
+pub fn nlm_status_name(s: u32) -> String {
+    NLM_STATUS
+        .iter()
+        .find(|(n, ..)| *n == s)
+        .map_or_else(|| format!("status {s}"), |(_, name, _)| (*name).to_string())
+}
+
+pub fn nlm_status_meaning(s: u32) -> &'static str {
+    NLM_STATUS
+        .iter()
+        .find(|(n, ..)| *n == s)
+        .map_or("unknown NLM status", |(.., m)| m)
+}
+
+pub fn nlm_proc_name(p: u32) -> String {
+    match p {
+        0 => "NULL".into(),
+        1 => "TEST".into(),
+        2 => "LOCK".into(),
+        3 => "CANCEL".into(),
+        4 => "UNLOCK".into(),
+        5 => "GRANTED".into(),
+        p => format!("proc {p}"),
+    }
+}
+
+/// The hook of an NLM record, as shown (`op` in JSON).
+pub fn nlm_op_name(op: u16) -> &'static str {
+    use lockd_trace_common::nlm_op::*;
+    match op {
+        CLNT_PROC_ENTER => "nlmclnt_request",
+        CLNT_PROC_EXIT => "nlmclnt_result",
+        CLNT_CALL => "nlmclnt_call",
+        CLNT_UNLOCK_CB => "nlmclnt_unlock_reply",
+        CLNT_RECLAIM => "nlmclnt_reclaim",
+        CLNT_GRANTED_CB => "nlmclnt_granted_callback",
+        CLNT_VFS => "nlmclnt_do_vfs_lock",
+        SVC_LOCK => "nlmsvc_lock",
+        SVC_UNLOCK => "nlmsvc_unlock",
+        SVC_TEST => "nlmsvc_test",
+        SVC_CANCEL => "nlmsvc_cancel",
+        SVC_GRANT => "nlmsvc_grant_blocked",
+        NSM_MONITOR => "nsm_monitor",
+        NSM_UNMONITOR => "nsm_unmonitor",
+        HOST_REBOOTED => "nsm_reboot_notification",
+        _ => "nlm_unknown",
+    }
+}
+
+pub fn nlm_flag_names(flags: u32) -> Vec<&'static str> {
+    use lockd_trace_common::nlm_flag::*;
+    [(BLOCK, "block"), (RECLAIM, "reclaim")]
+        .iter()
+        .filter(|(b, _)| flags & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +302,17 @@ mod tests {
         assert_eq!(op_name(&rec(f, FL_FLOCK, F_WRLCK)), "LOCK_EX|LOCK_NB");
         assert_eq!(op_name(&rec(f, FL_FLOCK | FL_SLEEP, F_RDLCK)), "LOCK_SH");
         assert_eq!(op_name(&rec(f, FL_FLOCK, F_UNLCK)), "LOCK_UN");
+    }
+
+    #[test]
+    fn nlm_names() {
+        assert_eq!(nlm_status_name(7), "STALE_FH");
+        assert!(nlm_status_meaning(7).contains("file handle"));
+        assert_eq!(nlm_status_name(4), "DENIED_GRACE_PERIOD");
+        assert_eq!(nlm_status_name(42), "status 42");
+        assert_eq!(nlm_proc_name(4), "UNLOCK");
+        assert_eq!(nlm_flag_names(3), ["block", "reclaim"]);
+        assert_eq!(hex(&[0, 0xab]), "00ab");
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub fn run(args: &ProbesArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&tracer.report)?);
         return Ok(());
     }
-    println!("{:<18} {:<11} {:<28} NOTES", "PROBE", "ATTACHED", "TARGET");
+    println!("{:<26} {:<11} {:<28} NOTES", "PROBE", "ATTACHED", "TARGET");
     for r in &tracer.report {
         let (how, target) = r.attached.as_ref().map_or(("no".to_string(), "-"), |a| {
             (a.method.to_string(), a.target)
@@ -21,7 +21,7 @@ pub fn run(args: &ProbesArgs) -> Result<()> {
             .map(|x| format!("{} refused: {}", x.method, x.reason))
             .collect::<Vec<_>>()
             .join("; ");
-        println!("{:<18} {:<11} {:<28} {}", r.probe, how, target, notes);
+        println!("{:<26} {:<11} {:<28} {}", r.probe, how, target, notes);
     }
     println!(
         "\n{} of {} probes attached on {}",

@@ -45,7 +45,12 @@ fn conflict_with(extra: &[&str]) {
     assert_lock(a_evs[0], "F_SETLK", "WRLCK", 0, 99, "ok");
     assert_eq!(a_evs[0]["ret"], 0);
     assert!(a_evs[0]["blocker"].is_null());
-    assert!(a_evs[0]["lock"]["flags"].as_array().unwrap().contains(&"FL_POSIX".into()));
+    assert!(
+        a_evs[0]["lock"]["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&"FL_POSIX".into())
+    );
     let b_evs = by_pid(&evs, bpid);
     assert_lock(b_evs[0], "F_SETLK", "WRLCK", 50, 59, "EAGAIN");
     assert_eq!(b_evs[0]["ret"], -11);
@@ -100,7 +105,10 @@ fn blocked_waiter_is_woken_by_unlock() {
     assert_lock(b_evs[1], "F_SETLKW", "WRLCK", 5, 14, "ok");
     assert_eq!(b_evs[2]["event"], "wait_end");
     assert_lock(b_evs[2], "F_SETLKW", "WRLCK", 5, 14, "ok");
-    assert_eq!(b_evs[0]["fl"], b_evs[2]["fl"], "the wait's end is tied to its request");
+    assert_eq!(
+        b_evs[0]["fl"], b_evs[2]["fl"],
+        "the wait's end is tied to its request"
+    );
     let waited = b_evs[2]["ts_ns"].as_u64().unwrap() - b_evs[0]["ts_ns"].as_u64().unwrap();
     assert!(waited >= 200_000_000, "waited only {waited} ns");
     assert!(a_evs[1]["ts_ns"].as_u64() < b_evs[1]["ts_ns"].as_u64());
@@ -128,7 +136,10 @@ fn interrupted_wait_reports_erestartsys() {
     let b_evs = by_pid(&evs, bpid);
     assert_lock(b_evs[0], "F_SETLKW", "WRLCK", 0, 0, "WAIT");
     assert_blocker(b_evs[0], apid.into(), "WRLCK", 0, 0);
-    let end = b_evs.iter().find(|e| e["event"] == "wait_end").expect("wait_end");
+    let end = b_evs
+        .iter()
+        .find(|e| e["event"] == "wait_end")
+        .expect("wait_end");
     assert_eq!(end["ret"], -512);
     assert_eq!(end["result"], "ERESTARTSYS");
     assert_eq!(end["lock"]["start"], 0);
@@ -182,7 +193,12 @@ fn ofd_conflict() {
     let evs = events_for(&events, &f);
     let a0 = by_pid(&evs, apid)[0];
     assert_lock(a0, "F_OFD_SETLK", "WRLCK", 0, 99, "ok");
-    assert!(a0["lock"]["flags"].as_array().unwrap().contains(&"FL_OFDLCK".into()));
+    assert!(
+        a0["lock"]["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&"FL_OFDLCK".into())
+    );
     let b_evs = by_pid(&evs, bpid);
     assert_lock(b_evs[0], "F_OFD_SETLK", "RDLCK", 10, 10, "EAGAIN");
     assert_blocker(b_evs[0], apid.into(), "WRLCK", 0, 99);
@@ -209,7 +225,12 @@ fn flock_conflict() {
     let evs = events_for(&events, &f);
     let a_evs = by_pid(&evs, apid);
     assert_lock(a_evs[0], "LOCK_EX", "WRLCK", 0, i64::MAX, "ok");
-    assert!(a_evs[0]["lock"]["flags"].as_array().unwrap().contains(&"FL_FLOCK".into()));
+    assert!(
+        a_evs[0]["lock"]["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&"FL_FLOCK".into())
+    );
     assert_lock(a_evs[1], "LOCK_UN", "UNLCK", 0, i64::MAX, "ok");
     let b0 = by_pid(&evs, bpid)[0];
     assert_lock(b0, "LOCK_SH|LOCK_NB", "RDLCK", 0, i64::MAX, "EAGAIN");

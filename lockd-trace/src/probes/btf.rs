@@ -5,9 +5,11 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
-use lockd_trace_common::Offsets;
+use lockd_trace_common::{NlmOffsets, Offsets};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+/// lockd's BTF, split on vmlinux's; present while the module is loaded.
+pub const LOCKD: &str = "/sys/kernel/btf/lockd";
 
 pub fn load_vmlinux() -> Result<Btf> {
     if !Path::new(VMLINUX).exists() {
@@ -41,8 +43,39 @@ pub fn kernel_offsets(btf: &Btf) -> Result<Offsets> {
         fdt_fd: f("fdtable", &["fd"])?,
         fdt_max_fds: f("fdtable", &["max_fds"])?,
         file_inode: f("file", &["f_inode"])?,
+        fl_file: f("file_lock", &["c.flc_file", "fl_file"])?,
         valid: 1,
     })
+}
+
+/// lockd's struct offsets, or None when the lockd module is not loaded (its probes then
+/// report that instead of attaching).
+pub fn nlm_offsets(vmlinux: &Btf) -> Result<Option<NlmOffsets>> {
+    if !Path::new(LOCKD).exists() {
+        return Ok(None);
+    }
+    let btf =
+        Btf::from_split_file(LOCKD, vmlinux).map_err(|e| anyhow!("cannot parse {LOCKD}: {e}"))?;
+    let f = |ty: &str, paths: &[&str]| field_offset(&btf, ty, paths);
+    Ok(Some(NlmOffsets {
+        host_name: f("nlm_host", &["h_name"])?,
+        rqst_host: f("nlm_rqst", &["a_host"])?,
+        rqst_lock: f("nlm_rqst", &["a_args.lock"])?,
+        rqst_block: f("nlm_rqst", &["a_args.block"])?,
+        rqst_reclaim: f("nlm_rqst", &["a_args.reclaim"])?,
+        rqst_status: f("nlm_rqst", &["a_res.status"])?,
+        lock_fh: f("nlm_lock", &["fh"])?,
+        fh_data: f("nfs_fh", &["data"])?,
+        lock_svid: f("nlm_lock", &["svid"])?,
+        lock_fl: f("nlm_lock", &["fl"])?,
+        task_status: f("rpc_task", &["tk_status"])?,
+        reboot_mon: f("nlm_reboot", &["mon"])?,
+        reboot_len: f("nlm_reboot", &["len"])?,
+        reboot_state: f("nlm_reboot", &["state"])?,
+        block_call: f("nlm_block", &["b_call"])?,
+        block_host: f("nlm_block", &["b_host"])?,
+        valid: 1,
+    }))
 }
 
 /// Byte offset of the first of `paths` (dot-separated members) that `ty` has.

@@ -2,6 +2,7 @@
 //! logical probe the first way the kernel accepts (plan.rs).
 
 pub mod btf;
+mod kallsyms;
 pub mod plan;
 pub mod preflight;
 
@@ -37,8 +38,10 @@ impl Tracer {
         preflight::check()?;
         let kbtf = btf::load_vmlinux()?;
         let offsets = btf::kernel_offsets(&kbtf)?;
+        let nlm_offsets = btf::nlm_offsets(&kbtf)?.unwrap_or_default();
         let mut loader = EbpfLoader::new();
         loader.override_global("OFFSETS", &offsets, true);
+        loader.override_global("NLM_OFFSETS", &nlm_offsets, true);
         if opts.ring_bytes > 0 {
             loader.map_max_entries("EVENTS", opts.ring_bytes);
         }
@@ -49,11 +52,17 @@ impl Tracer {
             )
         })?;
         let aya_btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
+        let symbols = kallsyms::Symbols::read();
         let report = PROBES
             .iter()
             .map(|p| {
                 let forced = opts.forced.get(p.name).copied();
-                plan::choose(p, forced, |w| attach(&mut ebpf, w, &aya_btf))
+                plan::choose(p, forced, |w| {
+                    if matches!(w.method, Method::Kprobe | Method::Kretprobe) {
+                        symbols.can_kprobe(w.target, p.module)?;
+                    }
+                    attach(&mut ebpf, w, &aya_btf)
+                })
             })
             .collect::<Vec<_>>();
         if report.iter().all(|r| r.attached.is_none()) {

@@ -61,6 +61,8 @@ pub struct Way {
 #[derive(Debug)]
 pub struct Probe {
     pub name: &'static str,
+    /// Kernel module the target lives in ("" for vmlinux).
+    pub module: &'static str,
     /// What the probe captures, for `lockd-trace probes`.
     pub captures: &'static str,
     /// Which kernels offer it.
@@ -81,6 +83,7 @@ use Method::*;
 pub const PROBES: &[Probe] = &[
     Probe {
         name: "posix_lock_inode",
+        module: "",
         captures: "every POSIX/OFD lock, unlock and test reaching an inode, with result and blocker",
         kernels: "filelock tracepoint, all supported kernels; tp_btf needs BTF",
         ways: &[
@@ -90,6 +93,7 @@ pub const PROBES: &[Probe] = &[
     },
     Probe {
         name: "flock_lock_inode",
+        module: "",
         captures: "flock(2) requests with result and blocker",
         kernels: "filelock tracepoint, all supported kernels; tp_btf needs BTF",
         ways: &[
@@ -99,6 +103,7 @@ pub const PROBES: &[Probe] = &[
     },
     Probe {
         name: "fcntl_enter",
+        module: "",
         captures: "F_GETLK/F_OFD_GETLK questions",
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
         ways: &[way(
@@ -109,17 +114,227 @@ pub const PROBES: &[Probe] = &[
     },
     Probe {
         name: "fcntl_exit",
+        module: "",
         captures: "F_GETLK answers; how a blocked F_SETLKW ended (granted, EINTR)",
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
         ways: &[way(Tracepoint, "sys_exit_fcntl", "syscalls:sys_exit_fcntl")],
     },
     Probe {
         name: "flock_exit",
+        module: "",
         captures: "how a blocked flock(2) ended",
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
         ways: &[way(Tracepoint, "sys_exit_flock", "syscalls:sys_exit_flock")],
     },
+    kprobe!(
+        Kprobe,
+        "nlmclnt_proc",
+        "lockd",
+        "nlmclnt_proc",
+        "nlmclnt_proc_entry",
+        "NLM client request: server, fcntl cmd, file, range, owner"
+    ),
+    kprobe!(
+        Kretprobe,
+        "nlmclnt_proc:ret",
+        "lockd",
+        "nlmclnt_proc",
+        "nlmclnt_proc_return",
+        "what the NLM client returned to NFS (and the application)"
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmclnt_call",
+        "lockd",
+        "nlmclnt_call",
+        "nlmclnt_call_entry",
+        "(entry of nlmclnt_call:ret)"
+    ),
+    kprobe!(
+        Kretprobe,
+        "nlmclnt_call:ret",
+        "lockd",
+        "nlmclnt_call",
+        "nlmclnt_call_return",
+        "each NLM RPC: procedure, block/reclaim, svid, file handle, the server's NLM status"
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmclnt_unlock_callback",
+        "lockd",
+        "nlmclnt_unlock_callback",
+        "nlmclnt_unlock_callback",
+        "the asynchronous UNLOCK's RPC and NLM status (unexpected unlock status)",
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmclnt_reclaim",
+        "lockd",
+        "nlmclnt_reclaim",
+        "nlmclnt_reclaim_entry",
+        "(entry of nlmclnt_reclaim:ret)"
+    ),
+    kprobe!(
+        Kretprobe,
+        "nlmclnt_reclaim:ret",
+        "lockd",
+        "nlmclnt_reclaim",
+        "nlmclnt_reclaim_return",
+        "each lock reclaimed after a server reboot, with owner pid and status"
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmclnt_grant",
+        "lockd",
+        "nlmclnt_grant",
+        "nlmclnt_grant_entry",
+        "(entry of nlmclnt_grant:ret)"
+    ),
+    kprobe!(
+        Kretprobe,
+        "nlmclnt_grant:ret",
+        "lockd",
+        "nlmclnt_grant",
+        "nlmclnt_grant_return",
+        "the server's GRANTED callback for a blocked lock, and whether it matched"
+    ),
+    kprobe!(
+        Kprobe,
+        "locks_lock_inode_wait",
+        "",
+        "locks_lock_inode_wait",
+        "locks_lock_inode_wait_entry",
+        "(entry of locks_lock_inode_wait:ret, inside nlmclnt_proc only)"
+    ),
+    kprobe!(
+        Kretprobe,
+        "locks_lock_inode_wait:ret",
+        "",
+        "locks_lock_inode_wait",
+        "locks_lock_inode_wait_return",
+        "do_vfs_lock's local VFS result inside nlmclnt_proc, and the local lock in the way"
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmsvc_lock",
+        "lockd",
+        "nlmsvc_lock",
+        "nlmsvc_lock_entry",
+        "(entry of nlmsvc_lock:ret)"
+    ),
+    kprobe!(
+        Kretprobe,
+        "nlmsvc_lock:ret",
+        "lockd",
+        "nlmsvc_lock",
+        "nlmsvc_lock_return",
+        "NLM server LOCK: client host, file, range, svid, block/reclaim, status"
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmsvc_testlock",
+        "lockd",
+        "nlmsvc_testlock",
+        "nlmsvc_testlock_entry",
+        "(entry of nlmsvc_testlock:ret)"
+    ),
+    kprobe!(
+        Kretprobe,
+        "nlmsvc_testlock:ret",
+        "lockd",
+        "nlmsvc_testlock",
+        "nlmsvc_testlock_return",
+        "NLM server TEST and its status"
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmsvc_unlock",
+        "lockd",
+        "nlmsvc_unlock",
+        "nlmsvc_unlock_entry",
+        "(entry of nlmsvc_unlock:ret)"
+    ),
+    kprobe!(
+        Kretprobe,
+        "nlmsvc_unlock:ret",
+        "lockd",
+        "nlmsvc_unlock",
+        "nlmsvc_unlock_return",
+        "NLM server UNLOCK and its status"
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmsvc_cancel_blocked",
+        "lockd",
+        "nlmsvc_cancel_blocked",
+        "nlmsvc_cancel_blocked_entry",
+        "(entry of nlmsvc_cancel_blocked:ret)"
+    ),
+    kprobe!(
+        Kretprobe,
+        "nlmsvc_cancel_blocked:ret",
+        "lockd",
+        "nlmsvc_cancel_blocked",
+        "nlmsvc_cancel_blocked_return",
+        "NLM server CANCEL of a blocked request"
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmsvc_grant_blocked",
+        "lockd",
+        "nlmsvc_grant_blocked",
+        "nlmsvc_grant_blocked",
+        "the server granting a lock a client waited for (GRANTED callback follows)"
+    ),
+    kprobe!(
+        Kprobe,
+        "nsm_monitor",
+        "lockd",
+        "nsm_monitor",
+        "nsm_monitor_entry",
+        "(entry of nsm_monitor:ret)"
+    ),
+    kprobe!(
+        Kretprobe,
+        "nsm_monitor:ret",
+        "lockd",
+        "nsm_monitor",
+        "nsm_monitor_return",
+        "SM_MON upcall to the local statd for a peer, and its result (cannot monitor HOST)",
+    ),
+    kprobe!(
+        Kprobe,
+        "nsm_unmonitor",
+        "lockd",
+        "nsm_unmonitor",
+        "nsm_unmonitor",
+        "SM_UNMON of a peer"
+    ),
+    kprobe!(
+        Kprobe,
+        "nlm_host_rebooted",
+        "lockd",
+        "nlm_host_rebooted",
+        "nlm_host_rebooted",
+        "a reboot notification (SM_NOTIFY): which host, new NSM state"
+    ),
 ];
+
+const KPROBE_KERNELS: &str = "kprobes (CONFIG_KPROBES); lockd loaded; 6.1 and 6.12 tested";
+
+/// One lockd-side program on one kernel function (kprobes only: no fentry into modules).
+macro_rules! kprobe {
+    ($method:ident, $name:expr, $module:expr, $target:expr, $program:expr, $captures:expr $(,)?) => {
+        Probe {
+            name: $name,
+            module: $module,
+            captures: $captures,
+            kernels: KPROBE_KERNELS,
+            ways: &[way($method, $program, $target)],
+        }
+    };
+}
+use kprobe;
 
 /// How one probe fared.
 #[derive(Debug, Serialize)]

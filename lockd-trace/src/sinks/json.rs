@@ -51,7 +51,7 @@ pub fn event_json(ev: &Event, cx: &Context<'_>) -> Value {
         "ino": ino,
         "file": cx.file,
         "ret": ev.ret(),
-        "result": names::result_name(ev.ret()),
+        "result": result(ev),
     });
     let m = v.as_object_mut().expect("object literal");
     match &ev.body {
@@ -97,8 +97,49 @@ pub fn event_json(ev: &Event, cx: &Context<'_>) -> Value {
                 });
             m.insert("blocker".into(), blocker.unwrap_or(Value::Null));
         }
+        Body::Nlm(n) => {
+            use lockd_trace_common::nlm_op::{CLNT_PROC_ENTER, CLNT_PROC_EXIT, HOST_REBOOTED};
+            m.insert("event".into(), "nlm".into());
+            m.insert("op".into(), names::nlm_op_name(n.op).into());
+            if matches!(n.op, CLNT_PROC_ENTER | CLNT_PROC_EXIT) {
+                m.insert("cmd".into(), names::fcntl_cmd_name(n.cmd).into());
+            } else {
+                m.insert("nlm_proc".into(), names::nlm_proc_name(n.cmd).into());
+            }
+            m.insert("nlm_status".into(), n.nlm_status.into());
+            m.insert(
+                "nlm_status_name".into(),
+                n.nlm_status.map(names::nlm_status_name).into(),
+            );
+            m.insert(
+                "nlm_status_meaning".into(),
+                n.nlm_status.map(names::nlm_status_meaning).into(),
+            );
+            m.insert("host".into(), n.host.clone().into());
+            m.insert("svid".into(), n.svid.into());
+            m.insert("fh".into(), names::hex(&n.fh).into());
+            m.insert("nlm_flags".into(), names::nlm_flag_names(n.flags).into());
+            if n.op == HOST_REBOOTED {
+                m.insert("state".into(), n.state.into());
+            }
+            m.insert("lock".into(), lock_json(&n.lock));
+            m.insert(
+                "blocker".into(),
+                n.blocker.as_ref().map_or(Value::Null, lock_json),
+            );
+        }
     }
     v
+}
+
+/// "ok", "WAIT", an errno name, or for NLM steps that completed the NLM status name.
+pub fn result(ev: &Event) -> String {
+    match &ev.body {
+        Body::Nlm(n) if n.ret == 0 => n
+            .nlm_status
+            .map_or_else(|| names::result_name(0), names::nlm_status_name),
+        _ => names::result_name(ev.ret()),
+    }
 }
 
 impl<W: Write> Sink for Json<W> {

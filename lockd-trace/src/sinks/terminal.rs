@@ -5,7 +5,7 @@ use std::io::Write;
 use super::{Context, Sink};
 use crate::{
     clock,
-    event::{Body, Event, Lock},
+    event::{Body, Event, Lock, NlmRecord},
     names,
 };
 
@@ -29,6 +29,33 @@ fn blocker_text(b: &Lock) -> String {
         b.pid,
         names::lock_range(b),
         names::lock_type_name(b.lock_type)
+    )
+}
+
+/// (op, lock, extra) columns of an NLM step: the step and procedure, the lock, then the
+/// peer host, svid, flags and any local lock in the way.
+fn nlm_columns(n: &NlmRecord) -> (String, String, Option<String>) {
+    use lockd_trace_common::nlm_op::{CLNT_PROC_ENTER, CLNT_PROC_EXIT};
+    let proc_ = match n.op {
+        CLNT_PROC_ENTER | CLNT_PROC_EXIT => names::fcntl_cmd_name(n.cmd),
+        _ => names::nlm_proc_name(n.cmd),
+    };
+    let mut extra = vec![format!("host {}", n.host)];
+    if n.svid != 0 {
+        extra.push(format!("svid {}", n.svid));
+    }
+    extra.extend(names::nlm_flag_names(n.flags).iter().map(|f| f.to_string()));
+    if let Some(b) = &n.blocker {
+        extra.push(blocker_text(b));
+    }
+    (
+        format!("{} {proc_}", names::nlm_op_name(n.op)),
+        format!(
+            "{} {}",
+            names::lock_type_name(n.lock.lock_type),
+            names::lock_range(&n.lock)
+        ),
+        Some(extra.join(" ")),
     )
 }
 
@@ -79,6 +106,7 @@ pub fn line(ev: &Event, cx: &Context<'_>) -> String {
                 found,
             )
         }
+        Body::Nlm(n) => nlm_columns(n),
     };
     let mut s = format!(
         "{time} {:<15} {:>7} {:<16} {:<24} {:<32} {}",
@@ -87,7 +115,7 @@ pub fn line(ev: &Event, cx: &Context<'_>) -> String {
         op,
         what,
         file,
-        names::result_name(ev.ret())
+        super::json::result(ev)
     );
     if let Some(b) = blocker {
         s.push(' ');

@@ -29,7 +29,10 @@ fn result(rc: libc::c_int) -> String {
     if rc == 0 {
         "ok".into()
     } else {
-        format!("err {}", errno_name(io::Error::last_os_error().raw_os_error().unwrap_or(0)))
+        format!(
+            "err {}",
+            errno_name(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        )
     }
 }
 
@@ -61,7 +64,11 @@ fn fcntl_lock(fd: i32, cmd: i32, args: &[&str]) -> String {
     if fl.l_type == libc::F_UNLCK as i16 {
         return "getlk unlck".into();
     }
-    let t = if fl.l_type == libc::F_WRLCK as i16 { "w" } else { "r" };
+    let t = if fl.l_type == libc::F_WRLCK as i16 {
+        "w"
+    } else {
+        "r"
+    };
     format!("getlk {t} {} {} {}", fl.l_start, fl.l_len, fl.l_pid)
 }
 

@@ -26,7 +26,10 @@ pub fn tracer_bin() -> PathBuf {
 pub fn require_root() {
     // SAFETY: plain syscall.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test loads eBPF programs and must run as root");
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF programs and must run as root"
+    );
     assert!(
         tracer_bin().exists(),
         "{} is missing: build it first (cargo xtask test does)",
@@ -96,7 +99,11 @@ impl Tracer {
             .unwrap();
         let status = self.child.wait().unwrap();
         self.stderr_seen.extend(self.stderr.iter());
-        assert!(status.success(), "tracer failed: {status} {:?}", self.stderr_seen);
+        assert!(
+            status.success(),
+            "tracer failed: {status} {:?}",
+            self.stderr_seen
+        );
         let events = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))

@@ -1,0 +1,384 @@
+//! NLM client (nlmclnt_*), NLM server (nlmsvc_*) and NSM hooks, all in the lockd module, so
+//! kprobes: aya cannot put fentry on module functions. Entry arguments are kept per thread
+//! until the matching return.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
+    },
+    macros::map,
+    maps::{LruHashMap, ring_buf::RingBufEntry},
+    programs::{ProbeContext, RetProbeContext},
+};
+use lockd_trace_common::{LockInfo, NO_STATUS, NlmEvent, NlmOffsets, Offsets, kind, nlm_flag};
+
+use crate::{
+    emit::{EVENTS, count_lost, header},
+    kread::{fl_inode_id, lock_info, nlm_offsets, offsets, read},
+    vfs::find_blocker,
+};
+
+/// Entry arguments (up to four) of a probed call, by thread.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Args {
+    a: [u64; 4],
+}
+
+#[map]
+static ENTRY: LruHashMap<u64, Args> = LruHashMap::with_max_entries(8192, 0);
+
+/// Threads inside nlmclnt_proc: their locks_lock_inode_wait calls are do_vfs_lock's.
+#[map]
+static IN_PROC: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Entry-argument slot: thread id in the low half, the hook in the high half, so nested
+/// probed calls on one thread (nlmclnt_proc → nlmclnt_call) keep their own arguments.
+fn slot(hook: u16) -> u64 {
+    (u64::from(hook) << 32) | u64::from(tid())
+}
+
+pub fn save(ctx: &ProbeContext, hook: u16) {
+    let args = Args {
+        a: [
+            ctx.arg(0).unwrap_or(0),
+            ctx.arg(1).unwrap_or(0),
+            ctx.arg(2).unwrap_or(0),
+            ctx.arg(3).unwrap_or(0),
+        ],
+    };
+    let _ = ENTRY.insert(&slot(hook), &args, 0);
+}
+
+fn take(hook: u16) -> Option<[u64; 4]> {
+    let key = slot(hook);
+    // SAFETY: copied out before removal.
+    let args = unsafe { ENTRY.get(&key) }.copied()?;
+    let _ = ENTRY.remove(&key);
+    Some(args.a)
+}
+
+/// A zeroed record reserved in the ring buffer (too big for the BPF stack).
+fn reserve(op: u16) -> Option<RingBufEntry<NlmEvent>> {
+    let Some(mut entry) = EVENTS.reserve::<NlmEvent>(0) else {
+        count_lost(kind::NLM);
+        return None;
+    };
+    let p = entry.as_mut_ptr();
+    // SAFETY: p points at a reserved record of the right size.
+    unsafe {
+        core::ptr::write_bytes(p, 0, 1);
+        (*p).hdr = header(kind::NLM, op);
+        (*p).nlm_status = NO_STATUS;
+    }
+    Some(entry)
+}
+
+fn ev(entry: &mut RingBufEntry<NlmEvent>) -> &mut NlmEvent {
+    // SAFETY: reserve() initialised the record.
+    unsafe { &mut *entry.as_mut_ptr() }
+}
+
+fn be32(v: u32) -> u32 {
+    u32::from_be(v)
+}
+
+/// The lock, its file and owner from a struct file_lock.
+fn set_fl(e: &mut NlmEvent, fl: u64, o: &Offsets) {
+    if fl == 0 {
+        return;
+    }
+    e.lock = lock_info(fl, o);
+    let (dev, ino) = fl_inode_id(fl, o);
+    e.dev = dev;
+    e.ino = ino;
+}
+
+/// svid, file handle and lock of a struct nlm_lock.
+fn set_nlm_lock(e: &mut NlmEvent, lock: u64, o: &Offsets, n: &NlmOffsets) {
+    if lock == 0 {
+        return;
+    }
+    e.svid = read(lock, n.lock_svid);
+    let fh = lock + u64::from(n.lock_fh);
+    let len = u32::from(read::<u16>(fh, 0));
+    e.fh_len = len;
+    // SAFETY: bounded read into the record.
+    let _ =
+        unsafe { bpf_probe_read_kernel_buf((fh + u64::from(n.fh_data)) as *const u8, &mut e.fh) };
+    set_fl(e, lock + u64::from(n.lock_fl), o);
+}
+
+fn set_host(e: &mut NlmEvent, host: u64, n: &NlmOffsets) {
+    if host == 0 {
+        return;
+    }
+    let name: u64 = read(host, n.host_name);
+    // SAFETY: NUL-terminated kernel string, bounded by the buffer.
+    if let Ok(s) = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut e.host) } {
+        e.host_len = s.len() as u32;
+    }
+}
+
+/// The fields of a struct nlm_rqst: host, procedure flags, lock, and the reply status.
+fn set_rqst(e: &mut NlmEvent, req: u64, o: &Offsets, n: &NlmOffsets) {
+    if req == 0 {
+        return;
+    }
+    set_host(e, read(req, n.rqst_host), n);
+    set_nlm_lock(e, req + u64::from(n.rqst_lock), o, n);
+    if read::<u32>(req, n.rqst_block) != 0 {
+        e.flags |= nlm_flag::BLOCK;
+    }
+    if read::<u32>(req, n.rqst_reclaim) != 0 {
+        e.flags |= nlm_flag::RECLAIM;
+    }
+    e.nlm_status = be32(read(req, n.rqst_status));
+}
+
+fn ready() -> Option<(Offsets, NlmOffsets)> {
+    let (o, n) = (offsets(), nlm_offsets());
+    (o.valid != 0 && n.valid != 0).then_some((o, n))
+}
+
+// --- client ---------------------------------------------------------------------------
+
+/// nlmclnt_proc(host, cmd, fl, data) entry.
+pub fn clnt_proc_enter(ctx: &ProbeContext, op: u16) {
+    let Some((o, n)) = ready() else { return };
+    save(ctx, op);
+    let _ = IN_PROC.insert(&tid(), &0, 0);
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    set_host(e, ctx.arg(0).unwrap_or(0), &n);
+    e.cmd = ctx.arg::<u64>(1).unwrap_or(0) as u32;
+    set_fl(e, ctx.arg(2).unwrap_or(0), &o);
+    r.submit(0);
+}
+
+/// nlmclnt_proc return: the result NFS hands the application.
+pub fn clnt_proc_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
+    let Some((o, n)) = ready() else { return };
+    let _ = IN_PROC.remove(&tid());
+    let Some([host, cmd, fl, _]) = take(enter) else {
+        return;
+    };
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.ret = ctx.ret::<i64>() as i32;
+    set_host(e, host, &n);
+    e.cmd = cmd as u32;
+    set_fl(e, fl, &o);
+    r.submit(0);
+}
+
+/// nlmclnt_call(cred, req, proc) return: one NLM RPC and the server's status.
+pub fn clnt_call_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
+    let Some((o, n)) = ready() else { return };
+    let Some([_, req, proc_, _]) = take(enter) else {
+        return;
+    };
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.ret = ctx.ret::<i64>() as i32;
+    e.cmd = proc_ as u32;
+    set_rqst(e, req, &o, &n);
+    r.submit(0);
+}
+
+/// nlmclnt_unlock_callback(task, req) entry: the async UNLOCK's RPC status and NLM status.
+pub fn clnt_unlock_cb(ctx: &ProbeContext, op: u16) {
+    let Some((o, n)) = ready() else { return };
+    let task: u64 = ctx.arg(0).unwrap_or(0);
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.ret = read(task, n.task_status);
+    e.cmd = 4; // NLMPROC_UNLOCK
+    set_rqst(e, ctx.arg(1).unwrap_or(0), &o, &n);
+    r.submit(0);
+}
+
+/// nlmclnt_reclaim(host, fl, req) return: the reclaim of one lock (fl names its owner pid).
+pub fn clnt_reclaim_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
+    let Some((o, n)) = ready() else { return };
+    let Some([host, fl, req, _]) = take(enter) else {
+        return;
+    };
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.ret = ctx.ret::<i64>() as i32;
+    e.cmd = 2; // NLMPROC_LOCK
+    set_rqst(e, req, &o, &n);
+    e.flags |= nlm_flag::RECLAIM;
+    set_host(e, host, &n);
+    set_fl(e, fl, &o);
+    r.submit(0);
+}
+
+/// nlmclnt_grant(addr, lock) return: did the client find the blocked request the server
+/// granted (status 0) or not (1, denied: the GRANTED is refused).
+pub fn clnt_grant_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
+    let Some((o, n)) = ready() else { return };
+    let Some([_, lock, _, _]) = take(enter) else {
+        return;
+    };
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.nlm_status = be32(ctx.ret::<u64>() as u32);
+    e.cmd = 5; // NLMPROC_GRANTED
+    set_nlm_lock(e, lock, &o, &n);
+    r.submit(0);
+}
+
+/// locks_lock_inode_wait(inode, fl) return, only on threads inside nlmclnt_proc: the local
+/// VFS result of do_vfs_lock, with the conflicting local lock when it failed.
+pub fn clnt_vfs_exit<C: EbpfContext>(ctx: &C, ret: i64, enter: u16, op: u16) {
+    let Some((o, _)) = ready() else { return };
+    let Some([inode, fl, _, _]) = take(enter) else {
+        return;
+    };
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.ret = ret as i32;
+    set_fl(e, fl, &o);
+    if e.ret < 0 {
+        let req: LockInfo = e.lock;
+        if let Some(b) = find_blocker(ctx, inode, &req, false, &o) {
+            e.blocker = b;
+            e.has_blocker = 1;
+        }
+    }
+    r.submit(0);
+}
+
+/// locks_lock_inode_wait entry: remembered only inside nlmclnt_proc.
+pub fn clnt_vfs_enter(ctx: &ProbeContext, op: u16) {
+    // SAFETY: plain lookup.
+    if unsafe { IN_PROC.get(&tid()) }.is_some() {
+        save(ctx, op);
+    }
+}
+
+// --- server ---------------------------------------------------------------------------
+
+/// nlmsvc_testlock(rqstp, file, host, lock, conflock, cookie) return.
+pub fn svc_test_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
+    let Some((o, n)) = ready() else { return };
+    let Some([_, _, host, lock]) = take(enter) else {
+        return;
+    };
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.nlm_status = be32(ctx.ret::<u64>() as u32);
+    e.cmd = 1; // NLMPROC_TEST
+    set_host(e, host, &n);
+    set_nlm_lock(e, lock, &o, &n);
+    r.submit(0);
+}
+
+/// nlmsvc_lock's wait and reclaim flags are arguments 4 and 6, kept in a second slot. The
+/// seventh argument is on the stack on x86_64 (above the return address at entry).
+pub fn svc_lock_flags(ctx: &ProbeContext, op: u16) {
+    // SAFETY: ctx.regs is the probe's pt_regs.
+    let sp = unsafe { (*ctx.regs).rsp };
+    let args = Args {
+        a: [ctx.arg(4).unwrap_or(0), u64::from(read::<u32>(sp, 8)), 0, 0],
+    };
+    let _ = ENTRY.insert(&slot(op), &args, 0);
+}
+
+pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16) {
+    let flags = take(flags_slot);
+    let Some((o, n)) = ready() else { return };
+    let Some([_, _, host, lock]) = take(enter) else {
+        return;
+    };
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.nlm_status = be32(ctx.ret::<u64>() as u32);
+    e.cmd = 2; // NLMPROC_LOCK
+    if let Some([wait, reclaim, _, _]) = flags {
+        if wait != 0 {
+            e.flags |= nlm_flag::BLOCK;
+        }
+        if reclaim != 0 {
+            e.flags |= nlm_flag::RECLAIM;
+        }
+    }
+    set_host(e, host, &n);
+    set_nlm_lock(e, lock, &o, &n);
+    r.submit(0);
+}
+
+/// nlmsvc_unlock(net, file, lock) and nlmsvc_cancel_blocked(net, file, lock) return.
+pub fn svc_no_host_exit(ctx: &RetProbeContext, enter: u16, op: u16, proc_: u32) {
+    let Some((o, n)) = ready() else { return };
+    let Some([_, _, lock, _]) = take(enter) else {
+        return;
+    };
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.nlm_status = be32(ctx.ret::<u64>() as u32);
+    e.cmd = proc_;
+    set_nlm_lock(e, lock, &o, &n);
+    r.submit(0);
+}
+
+/// nlmsvc_grant_blocked(block) entry: the server now grants a waiting client's lock.
+pub fn svc_grant(ctx: &ProbeContext, op: u16) {
+    let Some((o, n)) = ready() else { return };
+    let block: u64 = ctx.arg(0).unwrap_or(0);
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.cmd = 5; // NLMPROC_GRANTED
+    set_host(e, read(block, n.block_host), &n);
+    let call: u64 = read(block, n.block_call);
+    if call != 0 {
+        set_nlm_lock(e, call + u64::from(n.rqst_lock), &o, &n);
+    }
+    r.submit(0);
+}
+
+// --- NSM ------------------------------------------------------------------------------
+
+/// nsm_monitor(host) return: did the local statd accept SM_MON for this peer.
+pub fn nsm_monitor_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
+    let Some((_, n)) = ready() else { return };
+    let Some([host, _, _, _]) = take(enter) else {
+        return;
+    };
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.ret = ctx.ret::<i64>() as i32;
+    set_host(e, host, &n);
+    r.submit(0);
+}
+
+/// nsm_unmonitor(host) entry.
+pub fn nsm_unmonitor(ctx: &ProbeContext, op: u16) {
+    let Some((_, n)) = ready() else { return };
+    let Some(mut r) = reserve(op) else { return };
+    set_host(ev(&mut r), ctx.arg(0).unwrap_or(0), &n);
+    r.submit(0);
+}
+
+/// nlm_host_rebooted(net, info) entry: a reboot notification for info->mon, new state.
+pub fn host_rebooted(ctx: &ProbeContext, op: u16) {
+    let Some((_, n)) = ready() else { return };
+    let info: u64 = ctx.arg(1).unwrap_or(0);
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.state = read(info, n.reboot_state);
+    let mon: u64 = read(info, n.reboot_mon);
+    let len = read::<u32>(info, n.reboot_len).min(63);
+    e.host_len = len;
+    // SAFETY: bounded read (len <= 63) into the record; mon is not NUL-terminated.
+    let _ =
+        unsafe { bpf_probe_read_kernel_buf(mon as *const u8, &mut e.host[..(len as usize & 63)]) };
+    r.submit(0);
+}
