@@ -11,8 +11,10 @@ pub mod kind {
     pub const WAIT_END: u16 = 3;
     /// An NLM client/server or NSM step ([`super::NlmEvent`]).
     pub const NLM: u16 = 4;
+    /// A file's name, sent the first time the programs see it ([`super::FileNameEvent`]).
+    pub const FILE_NAME: u16 = 5;
     /// Number of kinds, for per-kind counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Which hook produced a record (`Header::hook`).
@@ -118,6 +120,7 @@ mod pod {
     // SAFETY: all are repr(C), padding is explicit, and every bit pattern is valid.
     unsafe impl aya::Pod for super::VfsLockEvent {}
     unsafe impl aya::Pod for super::GetlkEvent {}
+    unsafe impl aya::Pod for super::FileNameEvent {}
     unsafe impl aya::Pod for crate::Offsets {}
     unsafe impl aya::Pod for crate::NlmOffsets {}
 }
@@ -187,4 +190,25 @@ pub struct NlmEvent {
     pub fh: [u8; 64],
     /// Peer name: the server (client side) or the client (server side), or the rebooted host.
     pub host: [u8; 64],
+}
+
+/// Path components kept per file name record, and bytes per component.
+pub const NAME_DEPTH: usize = 8;
+pub const NAME_LEN: usize = 32;
+
+/// The dentry chain of a file, leaf first, up to its filesystem's root (or NAME_DEPTH levels).
+/// The agent prefixes the mount point of `dev`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileNameEvent {
+    pub hdr: Header,
+    pub dev: u32,
+    /// Components filled in.
+    pub depth: u32,
+    pub ino: u64,
+    /// 1 when the walk reached the filesystem root (else the path is cut at the top).
+    pub complete: u32,
+    pub _pad: u32,
+    /// NUL-padded names, leaf first; a name longer than NAME_LEN-1 is cut.
+    pub names: [[u8; NAME_LEN]; NAME_DEPTH],
 }

@@ -27,6 +27,9 @@ static OFFSETS: Offsets = Offsets {
     fdt_max_fds: 0,
     file_inode: 0,
     fl_file: 0,
+    file_dentry: 0,
+    dentry_name: 0,
+    dentry_parent: 0,
     valid: 0,
 };
 

@@ -5,6 +5,7 @@
 
 mod emit;
 mod kread;
+mod names;
 mod nlm;
 mod sys;
 mod vfs;

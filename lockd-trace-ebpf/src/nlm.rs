@@ -16,6 +16,7 @@ use lockd_trace_common::{LockInfo, NO_STATUS, NlmEvent, NlmOffsets, Offsets, kin
 use crate::{
     emit::{EVENTS, count_lost, header},
     kread::{fl_inode_id, lock_info, nlm_offsets, offsets, read},
+    names,
     vfs::find_blocker,
 };
 
@@ -97,6 +98,7 @@ fn set_fl(e: &mut NlmEvent, fl: u64, o: &Offsets) {
     let (dev, ino) = fl_inode_id(fl, o);
     e.dev = dev;
     e.ino = ino;
+    names::name_once(fl, dev, ino, o);
 }
 
 /// svid, file handle and lock of a struct nlm_lock.

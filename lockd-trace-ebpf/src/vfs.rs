@@ -10,6 +10,7 @@ use lockd_trace_common::{
 use crate::{
     emit::{count, header, send},
     kread::{inode_id, lock_info, offsets, read},
+    names,
 };
 
 /// Requests now waiting for a conflicting lock, by thread: the syscall exit reports how the
@@ -26,6 +27,7 @@ pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_
     }
     let ret = ret as i32;
     let (dev, ino) = inode_id(inode, &o);
+    names::name_once(fl, dev, ino, &o);
     let lock = lock_info(fl, &o);
     let mut ev = VfsLockEvent {
         hdr: header(kind::VFS_LOCK, hook_id),

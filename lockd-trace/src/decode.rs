@@ -5,10 +5,11 @@ use std::fmt;
 
 use bytes::Buf;
 use lockd_trace_common::{
-    GetlkEvent, Header, LockInfo, NO_STATUS, NlmEvent, UserFlock, VfsLockEvent, kind,
+    FileNameEvent, GetlkEvent, Header, LockInfo, NAME_DEPTH, NAME_LEN, NO_STATUS, NlmEvent,
+    UserFlock, VfsLockEvent, kind,
 };
 
-use crate::event::{Body, Event, Flock, GetlkRecord, Lock, LockRecord, NlmRecord};
+use crate::event::{Body, Event, FileName, Flock, GetlkRecord, Lock, LockRecord, NlmRecord};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -40,6 +41,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
         kind::VFS_LOCK | kind::WAIT_END => size_of::<VfsLockEvent>(),
         kind::GETLK => size_of::<GetlkEvent>(),
         kind::NLM => size_of::<NlmEvent>(),
+        kind::FILE_NAME => size_of::<FileNameEvent>(),
         k => return Err(DecodeError::UnknownKind(k)),
     };
     if got < need {
@@ -49,6 +51,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     let body = match kind {
         kind::GETLK => Body::Getlk(getlk(&mut buf)),
         kind::NLM => Body::Nlm(nlm(hdr.hook, &mut buf)),
+        kind::FILE_NAME => Body::FileName(file_name(&mut buf)),
         k => {
             let r = lock_record(hdr.hook, &mut buf);
             if k == kind::VFS_LOCK {
@@ -193,6 +196,28 @@ fn nlm(op: u16, b: &mut &[u8]) -> NlmRecord {
         state,
         fh: fh[..fh_len.min(64)].to_vec(),
         host: text(&host[..host_len.min(64)]),
+    }
+}
+
+fn file_name(b: &mut &[u8]) -> FileName {
+    let dev = b.get_u32_le();
+    let depth = (b.get_u32_le() as usize).min(NAME_DEPTH);
+    let ino = b.get_u64_le();
+    let complete = b.get_u32_le() != 0;
+    let _pad = b.get_u32_le();
+    let mut components = Vec::with_capacity(depth);
+    for i in 0..NAME_DEPTH {
+        let mut name = [0u8; NAME_LEN];
+        b.copy_to_slice(&mut name);
+        if i < depth {
+            components.push(text(&name));
+        }
+    }
+    FileName {
+        dev,
+        ino,
+        components,
+        complete,
     }
 }
 
@@ -381,6 +406,28 @@ mod tests {
             panic!("not nlm")
         };
         assert_eq!(n.nlm_status, None);
+    }
+
+    #[test]
+    fn file_name_round_trips() {
+        let mut names = [[0u8; NAME_LEN]; NAME_DEPTH];
+        names[0][..4].copy_from_slice(b"f.db");
+        names[1][..4].copy_from_slice(b"data");
+        names[2][..1].copy_from_slice(b"/");
+        let raw = FileNameEvent {
+            hdr: hdr(kind::FILE_NAME, 0),
+            dev: 7,
+            depth: 3,
+            ino: 99,
+            complete: 1,
+            _pad: 0,
+            names,
+        };
+        let Body::FileName(f) = decode(&bytes_of(&raw)).unwrap().body else {
+            panic!("not a file name")
+        };
+        assert_eq!((f.dev, f.ino, f.complete), (7, 99, true));
+        assert_eq!(f.components, ["f.db", "data", "/"]);
     }
 
     #[test]

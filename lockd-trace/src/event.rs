@@ -65,12 +65,24 @@ pub struct NlmRecord {
     pub host: String,
 }
 
+/// A file's name as the kernel knows it: components leaf first, up to its filesystem root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileName {
+    pub dev: u32,
+    pub ino: u64,
+    pub components: Vec<String>,
+    /// The walk reached the filesystem root (else the top of the path is missing).
+    pub complete: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     Lock(LockRecord),
     WaitEnd(LockRecord),
     Getlk(GetlkRecord),
     Nlm(NlmRecord),
+    /// Metadata, not shown: teaches the agent a path.
+    FileName(FileName),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +103,7 @@ impl Event {
             Body::Lock(r) | Body::WaitEnd(r) => (r.dev, r.ino),
             Body::Getlk(g) => (g.dev, g.ino),
             Body::Nlm(n) => (n.dev, n.ino),
+            Body::FileName(f) => (f.dev, f.ino),
         }
     }
 
@@ -100,6 +113,7 @@ impl Event {
             Body::Lock(r) | Body::WaitEnd(r) => r.ret,
             Body::Getlk(g) => g.ret,
             Body::Nlm(n) => n.ret,
+            Body::FileName(_) => 0,
         }
     }
 }

@@ -74,6 +74,10 @@ pub async fn run(args: LiveArgs) -> Result<()> {
                 return Ok(());
             }
         };
+        if let crate::event::Body::FileName(f) = &ev.body {
+            paths.learn(f);
+            return Ok(());
+        }
         if !filter.keep(&ev) {
             return Ok(());
         }
@@ -187,6 +191,7 @@ fn kind_name(kind: u16) -> &'static str {
         GETLK => "getlk",
         WAIT_END => "wait_end",
         NLM => "nlm",
+        FILE_NAME => "file_name",
         _ => "other",
     }
 }

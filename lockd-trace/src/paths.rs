@@ -11,9 +11,26 @@ use std::{
 #[derive(Default)]
 pub struct Paths {
     known: HashMap<(u32, u64), String>,
+    /// Kernel dev_t → mount point, read from /proc/self/mountinfo when first needed.
+    mounts: Option<HashMap<u32, String>>,
 }
 
 impl Paths {
+    /// Learns a path from the kernel's FILE_NAME record: the mount point of `dev` joined
+    /// with the dentry chain (leaf first, up to the filesystem root).
+    pub fn learn(&mut self, f: &crate::event::FileName) {
+        let mounts = self.mounts.get_or_insert_with(read_mounts);
+        let mut path = mounts.get(&f.dev).cloned().unwrap_or_default();
+        if !f.complete {
+            path.push_str("/...");
+        }
+        for c in f.components.iter().rev().filter(|c| c.as_str() != "/") {
+            path.push('/');
+            path.push_str(c);
+        }
+        self.known.insert((f.dev, f.ino), printable(&path));
+    }
+
     /// The path of (dev, ino) if process `pid` has it open (or it was seen before).
     pub fn resolve(&mut self, dev: u32, ino: u64, pid: u32) -> Option<&str> {
         if dev == 0 && ino == 0 {
@@ -27,6 +44,35 @@ impl Paths {
             }
         }
     }
+}
+
+/// "36 25 0:45 / /mnt/nfs rw - nfs ..." → kernel dev_t of 0:45 → "/mnt/nfs" (the mount of
+/// the filesystem's root wins when a device is mounted several times).
+fn read_mounts() -> HashMap<u32, String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mountinfo(&text)
+}
+
+fn parse_mountinfo(text: &str) -> HashMap<u32, String> {
+    let mut m = HashMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(devno), Some(root), Some(point)) = (f.get(2), f.get(3), f.get(4)) else {
+            continue;
+        };
+        let Some((maj, min)) = devno.split_once(':') else {
+            continue;
+        };
+        let (Ok(maj), Ok(min)) = (maj.parse::<u32>(), min.parse::<u32>()) else {
+            continue;
+        };
+        let dev = (maj << 20) | min;
+        let point = if *point == "/" { "" } else { point };
+        if *root == "/" || !m.contains_key(&dev) {
+            m.insert(dev, point.replace("\\040", " "));
+        }
+    }
+    m
 }
 
 /// Kernel dev_t (20-bit minor) → the user-space encoding stat(2) reports.
@@ -60,6 +106,35 @@ pub fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_maps_devices_to_mount_points() {
+        let m = parse_mountinfo(
+            "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
+             40 22 0:45 / /mnt/nfs rw - nfs 127.0.0.1:/export rw\n\
+             41 22 0:45 /sub /mnt/bind rw - nfs 127.0.0.1:/export rw\n",
+        );
+        assert_eq!(m[&(254 << 20)], "");
+        assert_eq!(m[&45], "/mnt/nfs");
+    }
+
+    #[test]
+    fn learned_names_join_mount_point_and_dentries() {
+        let mut p = Paths {
+            mounts: Some([(45, "/mnt/nfs".to_string())].into()),
+            ..Default::default()
+        };
+        let f = |complete, components: &[&str]| crate::event::FileName {
+            dev: 45,
+            ino: 9,
+            components: components.iter().map(|s| s.to_string()).collect(),
+            complete,
+        };
+        p.learn(&f(true, &["r", "dir", "/"]));
+        assert_eq!(p.resolve(45, 9, 0), Some("/mnt/nfs/dir/r"));
+        p.learn(&f(false, &["r", "dir"]));
+        assert_eq!(p.resolve(45, 9, 0), Some("/mnt/nfs/.../dir/r"));
+    }
 
     #[test]
     fn control_characters_are_escaped() {

@@ -60,6 +60,8 @@ fn conflict_with(extra: &[&str]) {
     assert_eq!(b_evs[1]["event"], "getlk");
     assert_lock(b_evs[1], "F_GETLK", "WRLCK", 0, i64::MAX, "ok");
     assert_blocker(b_evs[1], apid.into(), "WRLCK", 0, 99);
+    // Both lockers exited before the agent looked: the path comes from the kernel's dentries.
+    assert!(evs.iter().all(|e| e["file"] == f.as_str()), "{evs:?}");
 }
 
 #[test]
@@ -207,10 +209,11 @@ fn ofd_conflict() {
     assert_blocker(b_evs[1], -1, "WRLCK", 0, 99);
 }
 
-/// flock(2): whole-file locks, refused with EAGAIN under LOCK_NB, naming the holder.
+/// flock(2): whole-file locks, refused with EAGAIN under LOCK_NB, naming the holder (on a
+/// file whose name holds a terminal escape).
 #[test]
 fn flock_conflict() {
-    let f = scratch_file("flock");
+    let f = scratch_file("flock\x1b[31mred");
     let t = Tracer::start(&[]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
@@ -234,6 +237,9 @@ fn flock_conflict() {
     assert_lock(a_evs[1], "LOCK_UN", "UNLCK", 0, i64::MAX, "ok");
     let b0 = by_pid(&evs, bpid)[0];
     assert_lock(b0, "LOCK_SH|LOCK_NB", "RDLCK", 0, i64::MAX, "EAGAIN");
+    // A control character in the name never reaches the output raw.
+    let shown = b0["file"].as_str().unwrap();
+    assert!(shown.ends_with("/flock\\x1b[31mred"), "{shown}");
     assert_blocker(b0, apid.into(), "WRLCK", 0, i64::MAX);
 }
 

@@ -44,6 +44,9 @@ pub fn kernel_offsets(btf: &Btf) -> Result<Offsets> {
         fdt_max_fds: f("fdtable", &["max_fds"])?,
         file_inode: f("file", &["f_inode"])?,
         fl_file: f("file_lock", &["c.flc_file", "fl_file"])?,
+        file_dentry: f("file", &["f_path.dentry"])?,
+        dentry_name: f("dentry", &["d_name.name"])?,
+        dentry_parent: f("dentry", &["d_parent"])?,
         valid: 1,
     })
 }

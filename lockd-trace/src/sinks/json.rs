@@ -128,6 +128,11 @@ pub fn event_json(ev: &Event, cx: &Context<'_>) -> Value {
                 n.blocker.as_ref().map_or(Value::Null, lock_json),
             );
         }
+        Body::FileName(f) => {
+            m.insert("event".into(), "file_name".into());
+            m.insert("components".into(), f.components.clone().into());
+            m.insert("complete".into(), f.complete.into());
+        }
     }
     v
 }

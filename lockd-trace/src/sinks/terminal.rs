@@ -107,6 +107,7 @@ pub fn line(ev: &Event, cx: &Context<'_>) -> String {
             )
         }
         Body::Nlm(n) => nlm_columns(n),
+        Body::FileName(f) => ("name".into(), f.components.join(" < "), None),
     };
     let mut s = format!(
         "{time} {:<15} {:>7} {:<16} {:<24} {:<32} {}",

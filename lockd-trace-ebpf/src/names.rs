@@ -1,0 +1,65 @@
+//! File names: the first time a (dev, inode) is seen, its dentry chain goes out once in a
+//! FILE_NAME record, so the agent knows the path even after every process closed the file
+//! (and for kernel threads such as lockd, which have no fds to look at).
+
+use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::map, maps::LruHashMap};
+use lockd_trace_common::{FileNameEvent, NAME_DEPTH, Offsets, kind};
+
+use crate::{
+    emit::{EVENTS, count_lost, header},
+    kread::read,
+};
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct FileKey {
+    dev: u32,
+    _pad: u32,
+    ino: u64,
+}
+
+/// Files already named; LRU so a long run re-sends a name only after it fell out.
+#[map]
+static NAMED: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Sends the name of the file behind struct file_lock `fl` unless it was sent already.
+#[inline(always)]
+pub fn name_once(fl: u64, dev: u32, ino: u64, o: &Offsets) {
+    let key = FileKey { dev, _pad: 0, ino };
+    // SAFETY: plain lookup.
+    if ino == 0 || unsafe { NAMED.get(&key) }.is_some() {
+        return;
+    }
+    let file: u64 = read(fl, o.fl_file);
+    let mut dentry: u64 = read(file, o.file_dentry);
+    if dentry == 0 {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<FileNameEvent>(0) else {
+        count_lost(kind::FILE_NAME);
+        return;
+    };
+    let p = entry.as_mut_ptr();
+    // SAFETY: p is a reserved record; zeroed before use.
+    let ev = unsafe {
+        core::ptr::write_bytes(p, 0, 1);
+        &mut *p
+    };
+    ev.hdr = header(kind::FILE_NAME, 0);
+    ev.dev = dev;
+    ev.ino = ino;
+    for i in 0..NAME_DEPTH {
+        let name: u64 = read(dentry, o.dentry_name);
+        // SAFETY: NUL-terminated kernel string, bounded by the buffer.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.names[i]) };
+        ev.depth = i as u32 + 1;
+        let parent: u64 = read(dentry, o.dentry_parent);
+        if parent == dentry || parent == 0 {
+            ev.complete = 1;
+            break;
+        }
+        dentry = parent;
+    }
+    entry.submit(0);
+    let _ = NAMED.insert(&key, &1, 0);
+}
