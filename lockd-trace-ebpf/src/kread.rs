@@ -67,9 +67,13 @@ pub fn nlm_offsets() -> NlmOffsets {
     unsafe { core::ptr::read_volatile(&NLM_OFFSETS) }
 }
 
-/// Reads a `T` at `base + off`; a failed read counts and yields the default.
+/// Reads a `T` at `base + off`; a failed read counts and yields the default. A NULL base is
+/// an absent object (e.g. a file_lock with no file), not a failure.
 #[inline(always)]
 pub fn read<T: Copy + Default>(base: u64, off: u32) -> T {
+    if base == 0 {
+        return T::default();
+    }
     // SAFETY: bpf_probe_read_kernel checks the address.
     match unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) } {
         Ok(v) => v,

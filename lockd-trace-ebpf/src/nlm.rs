@@ -1,6 +1,7 @@
 //! NLM client (nlmclnt_*), NLM server (nlmsvc_*) and NSM hooks, all in the lockd module, so
 //! kprobes: aya cannot put fentry on module functions. Entry arguments are kept per thread
-//! until the matching return.
+//! until the matching return. Everything here is inlined: a ring-buffer reservation may not
+//! cross a BPF subprogram boundary (6.1's verifier: "Unreleased reference").
 
 use aya_ebpf::{
     EbpfContext,
@@ -34,16 +35,19 @@ static ENTRY: LruHashMap<u64, Args> = LruHashMap::with_max_entries(8192, 0);
 #[map]
 static IN_PROC: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
+#[inline(always)]
 fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
 /// Entry-argument slot: thread id in the low half, the hook in the high half, so nested
 /// probed calls on one thread (nlmclnt_proc → nlmclnt_call) keep their own arguments.
+#[inline(always)]
 fn slot(hook: u16) -> u64 {
     (u64::from(hook) << 32) | u64::from(tid())
 }
 
+#[inline(always)]
 pub fn save(ctx: &ProbeContext, hook: u16) {
     let args = Args {
         a: [
@@ -56,6 +60,7 @@ pub fn save(ctx: &ProbeContext, hook: u16) {
     let _ = ENTRY.insert(&slot(hook), &args, 0);
 }
 
+#[inline(always)]
 fn take(hook: u16) -> Option<[u64; 4]> {
     let key = slot(hook);
     // SAFETY: copied out before removal.
@@ -65,6 +70,7 @@ fn take(hook: u16) -> Option<[u64; 4]> {
 }
 
 /// A zeroed record reserved in the ring buffer (too big for the BPF stack).
+#[inline(always)]
 fn reserve(op: u16) -> Option<RingBufEntry<NlmEvent>> {
     let Some(mut entry) = EVENTS.reserve::<NlmEvent>(0) else {
         count_lost(kind::NLM);
@@ -80,16 +86,19 @@ fn reserve(op: u16) -> Option<RingBufEntry<NlmEvent>> {
     Some(entry)
 }
 
+#[inline(always)]
 fn ev(entry: &mut RingBufEntry<NlmEvent>) -> &mut NlmEvent {
     // SAFETY: reserve() initialised the record.
     unsafe { &mut *entry.as_mut_ptr() }
 }
 
+#[inline(always)]
 fn be32(v: u32) -> u32 {
     u32::from_be(v)
 }
 
 /// The lock, its file and owner from a struct file_lock.
+#[inline(always)]
 fn set_fl(e: &mut NlmEvent, fl: u64, o: &Offsets) {
     if fl == 0 {
         return;
@@ -102,6 +111,7 @@ fn set_fl(e: &mut NlmEvent, fl: u64, o: &Offsets) {
 }
 
 /// svid, file handle and lock of a struct nlm_lock.
+#[inline(always)]
 fn set_nlm_lock(e: &mut NlmEvent, lock: u64, o: &Offsets, n: &NlmOffsets) {
     if lock == 0 {
         return;
@@ -116,6 +126,7 @@ fn set_nlm_lock(e: &mut NlmEvent, lock: u64, o: &Offsets, n: &NlmOffsets) {
     set_fl(e, lock + u64::from(n.lock_fl), o);
 }
 
+#[inline(always)]
 fn set_host(e: &mut NlmEvent, host: u64, n: &NlmOffsets) {
     if host == 0 {
         return;
@@ -128,6 +139,7 @@ fn set_host(e: &mut NlmEvent, host: u64, n: &NlmOffsets) {
 }
 
 /// The fields of a struct nlm_rqst: host, procedure flags, lock, and the reply status.
+#[inline(always)]
 fn set_rqst(e: &mut NlmEvent, req: u64, o: &Offsets, n: &NlmOffsets) {
     if req == 0 {
         return;
@@ -143,6 +155,7 @@ fn set_rqst(e: &mut NlmEvent, req: u64, o: &Offsets, n: &NlmOffsets) {
     e.nlm_status = be32(read(req, n.rqst_status));
 }
 
+#[inline(always)]
 fn ready() -> Option<(Offsets, NlmOffsets)> {
     let (o, n) = (offsets(), nlm_offsets());
     (o.valid != 0 && n.valid != 0).then_some((o, n))
@@ -151,6 +164,7 @@ fn ready() -> Option<(Offsets, NlmOffsets)> {
 // --- client ---------------------------------------------------------------------------
 
 /// nlmclnt_proc(host, cmd, fl, data) entry.
+#[inline(always)]
 pub fn clnt_proc_enter(ctx: &ProbeContext, op: u16) {
     let Some((o, n)) = ready() else { return };
     save(ctx, op);
@@ -164,6 +178,7 @@ pub fn clnt_proc_enter(ctx: &ProbeContext, op: u16) {
 }
 
 /// nlmclnt_proc return: the result NFS hands the application.
+#[inline(always)]
 pub fn clnt_proc_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some((o, n)) = ready() else { return };
     let _ = IN_PROC.remove(&tid());
@@ -180,6 +195,7 @@ pub fn clnt_proc_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 }
 
 /// nlmclnt_call(cred, req, proc) return: one NLM RPC and the server's status.
+#[inline(always)]
 pub fn clnt_call_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some((o, n)) = ready() else { return };
     let Some([_, req, proc_, _]) = take(enter) else {
@@ -194,6 +210,7 @@ pub fn clnt_call_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 }
 
 /// nlmclnt_unlock_callback(task, req) entry: the async UNLOCK's RPC status and NLM status.
+#[inline(always)]
 pub fn clnt_unlock_cb(ctx: &ProbeContext, op: u16) {
     let Some((o, n)) = ready() else { return };
     let task: u64 = ctx.arg(0).unwrap_or(0);
@@ -206,6 +223,7 @@ pub fn clnt_unlock_cb(ctx: &ProbeContext, op: u16) {
 }
 
 /// nlmclnt_reclaim(host, fl, req) return: the reclaim of one lock (fl names its owner pid).
+#[inline(always)]
 pub fn clnt_reclaim_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some((o, n)) = ready() else { return };
     let Some([host, fl, req, _]) = take(enter) else {
@@ -224,6 +242,7 @@ pub fn clnt_reclaim_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 
 /// nlmclnt_grant(addr, lock) return: did the client find the blocked request the server
 /// granted (status 0) or not (1, denied: the GRANTED is refused).
+#[inline(always)]
 pub fn clnt_grant_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some((o, n)) = ready() else { return };
     let Some([_, lock, _, _]) = take(enter) else {
@@ -239,6 +258,7 @@ pub fn clnt_grant_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 
 /// locks_lock_inode_wait(inode, fl) return, only on threads inside nlmclnt_proc: the local
 /// VFS result of do_vfs_lock, with the conflicting local lock when it failed.
+#[inline(always)]
 pub fn clnt_vfs_exit<C: EbpfContext>(ctx: &C, ret: i64, enter: u16, op: u16) {
     let Some((o, _)) = ready() else { return };
     let Some([inode, fl, _, _]) = take(enter) else {
@@ -259,6 +279,7 @@ pub fn clnt_vfs_exit<C: EbpfContext>(ctx: &C, ret: i64, enter: u16, op: u16) {
 }
 
 /// locks_lock_inode_wait entry: remembered only inside nlmclnt_proc.
+#[inline(always)]
 pub fn clnt_vfs_enter(ctx: &ProbeContext, op: u16) {
     // SAFETY: plain lookup.
     if unsafe { IN_PROC.get(&tid()) }.is_some() {
@@ -269,6 +290,7 @@ pub fn clnt_vfs_enter(ctx: &ProbeContext, op: u16) {
 // --- server ---------------------------------------------------------------------------
 
 /// nlmsvc_testlock(rqstp, file, host, lock, conflock, cookie) return.
+#[inline(always)]
 pub fn svc_test_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some((o, n)) = ready() else { return };
     let Some([_, _, host, lock]) = take(enter) else {
@@ -285,6 +307,7 @@ pub fn svc_test_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 
 /// nlmsvc_lock's wait and reclaim flags are arguments 4 and 6, kept in a second slot. The
 /// seventh argument is on the stack on x86_64 (above the return address at entry).
+#[inline(always)]
 pub fn svc_lock_flags(ctx: &ProbeContext, op: u16) {
     // SAFETY: ctx.regs is the probe's pt_regs.
     let sp = unsafe { (*ctx.regs).rsp };
@@ -294,6 +317,7 @@ pub fn svc_lock_flags(ctx: &ProbeContext, op: u16) {
     let _ = ENTRY.insert(&slot(op), &args, 0);
 }
 
+#[inline(always)]
 pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16) {
     let flags = take(flags_slot);
     let Some((o, n)) = ready() else { return };
@@ -318,6 +342,7 @@ pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16
 }
 
 /// nlmsvc_unlock(net, file, lock) and nlmsvc_cancel_blocked(net, file, lock) return.
+#[inline(always)]
 pub fn svc_no_host_exit(ctx: &RetProbeContext, enter: u16, op: u16, proc_: u32) {
     let Some((o, n)) = ready() else { return };
     let Some([_, _, lock, _]) = take(enter) else {
@@ -332,6 +357,7 @@ pub fn svc_no_host_exit(ctx: &RetProbeContext, enter: u16, op: u16, proc_: u32) 
 }
 
 /// nlmsvc_grant_blocked(block) entry: the server now grants a waiting client's lock.
+#[inline(always)]
 pub fn svc_grant(ctx: &ProbeContext, op: u16) {
     let Some((o, n)) = ready() else { return };
     let block: u64 = ctx.arg(0).unwrap_or(0);
@@ -349,6 +375,7 @@ pub fn svc_grant(ctx: &ProbeContext, op: u16) {
 // --- NSM ------------------------------------------------------------------------------
 
 /// nsm_monitor(host) return: did the local statd accept SM_MON for this peer.
+#[inline(always)]
 pub fn nsm_monitor_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some((_, n)) = ready() else { return };
     let Some([host, _, _, _]) = take(enter) else {
@@ -362,6 +389,7 @@ pub fn nsm_monitor_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 }
 
 /// nsm_unmonitor(host) entry.
+#[inline(always)]
 pub fn nsm_unmonitor(ctx: &ProbeContext, op: u16) {
     let Some((_, n)) = ready() else { return };
     let Some(mut r) = reserve(op) else { return };
@@ -370,6 +398,7 @@ pub fn nsm_unmonitor(ctx: &ProbeContext, op: u16) {
 }
 
 /// nlm_host_rebooted(net, info) entry: a reboot notification for info->mon, new state.
+#[inline(always)]
 pub fn host_rebooted(ctx: &ProbeContext, op: u16) {
     let Some((_, n)) = ready() else { return };
     let info: u64 = ctx.arg(1).unwrap_or(0);

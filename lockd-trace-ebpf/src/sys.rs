@@ -1,5 +1,6 @@
 //! fcntl(2) and flock(2) syscall boundaries: F_GETLK (which never reaches the lock list) and
-//! how a blocked request's wait ended, as the application saw it.
+//! how a blocked request's wait ended, as the application saw it. Inlined: as separate BPF
+//! frames their stacks add up past 512 bytes on 6.1's verifier.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
@@ -36,10 +37,12 @@ static GETLK_PENDING: LruHashMap<u32, PendingGetlk> = LruHashMap::with_max_entri
 const ARG0: usize = 16;
 const RET: usize = 16;
 
+#[inline(always)]
 fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+#[inline(always)]
 pub fn enter_fcntl(ctx: &TracePointContext) {
     // SAFETY: offsets inside the syscall tracepoint record.
     let (fd, cmd, arg) = unsafe {
@@ -63,6 +66,7 @@ pub fn enter_fcntl(ctx: &TracePointContext) {
     let _ = GETLK_PENDING.insert(&tid(), &pending, 0);
 }
 
+#[inline(always)]
 pub fn exit_fcntl(ctx: &TracePointContext) {
     let tid = tid();
     // SAFETY: offset inside the syscall tracepoint record.
@@ -76,6 +80,7 @@ pub fn exit_fcntl(ctx: &TracePointContext) {
     wait_end(tid, ret, hook::SYS_FCNTL);
 }
 
+#[inline(always)]
 pub fn exit_flock(ctx: &TracePointContext) {
     // SAFETY: offset inside the syscall tracepoint record.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(0) as i32;
@@ -84,6 +89,7 @@ pub fn exit_flock(ctx: &TracePointContext) {
 
 /// A thread that waited (FILE_LOCK_DEFERRED) left the syscall: report the request with the
 /// syscall's result (0 once granted, -EINTR when a signal ended the wait).
+#[inline(always)]
 fn wait_end(tid: u32, ret: i32, hook_id: u16) {
     // SAFETY: the value is copied out before the entry is removed.
     let Some(mut ev) = (unsafe { WAITING.get(&tid) }).copied() else {
@@ -95,6 +101,7 @@ fn wait_end(tid: u32, ret: i32, hook_id: u16) {
     send(kind::WAIT_END, &ev);
 }
 
+#[inline(always)]
 fn getlk_answer(p: &PendingGetlk, ret: i32) {
     let o = offsets();
     if o.valid == 0 {
@@ -117,6 +124,7 @@ fn getlk_answer(p: &PendingGetlk, ret: i32) {
 }
 
 /// current->files->fdt->fd[fd]->f_inode, as (dev, ino); zeros if any step fails.
+#[inline(always)]
 fn fd_inode(fd: u32) -> (u32, u64) {
     let o = offsets();
     // SAFETY: plain helper call.

@@ -34,7 +34,8 @@ impl Symbols {
         if self.functions.contains_key(function) {
             return Ok(());
         }
-        Err(if module.is_empty() {
+        let module_loaded = self.functions.values().any(|m| m == module);
+        Err(if module.is_empty() || module_loaded {
             format!("{function} is not in /proc/kallsyms (inlined or absent in this kernel)")
         } else {
             format!("{function} not found: module {module} is not loaded (modprobe {module})")
@@ -91,5 +92,11 @@ mod tests {
         assert!(some.can_kprobe("locks_lock_inode_wait", "").is_ok());
         let e = some.can_kprobe("nlmclnt_proc", "lockd").unwrap_err();
         assert!(e.contains("module lockd is not loaded"), "{e}");
+        let lockd = Symbols {
+            kprobes: true,
+            functions: [("nlmclnt_proc".to_string(), "lockd".to_string())].into(),
+        };
+        let e = lockd.can_kprobe("nlmsvc_grant_blocked", "lockd").unwrap_err();
+        assert!(e.contains("inlined"), "{e}");
     }
 }

@@ -35,9 +35,15 @@ fn blocker_text(b: &Lock) -> String {
 /// (op, lock, extra) columns of an NLM step: the step and procedure, the lock, then the
 /// peer host, svid, flags and any local lock in the way.
 fn nlm_columns(n: &NlmRecord) -> (String, String, Option<String>) {
-    use lockd_trace_common::nlm_op::{CLNT_PROC_ENTER, CLNT_PROC_EXIT};
+    use lockd_trace_common::nlm_op::*;
+    if matches!(n.op, NSM_MONITOR | NSM_UNMONITOR | HOST_REBOOTED) {
+        let state = (n.op == HOST_REBOOTED).then(|| format!(" state {}", n.state));
+        let what = format!("host {}{}", n.host, state.unwrap_or_default());
+        return (names::nlm_op_name(n.op).into(), what, None);
+    }
     let proc_ = match n.op {
         CLNT_PROC_ENTER | CLNT_PROC_EXIT => names::fcntl_cmd_name(n.cmd),
+        CLNT_VFS => "do_vfs_lock".into(),
         _ => names::nlm_proc_name(n.cmd),
     };
     let mut extra = vec![format!("host {}", n.host)];
