@@ -96,7 +96,9 @@ mod tests {
             kprobes: true,
             functions: [("nlmclnt_proc".to_string(), "lockd".to_string())].into(),
         };
-        let e = lockd.can_kprobe("nlmsvc_grant_blocked", "lockd").unwrap_err();
+        let e = lockd
+            .can_kprobe("nlmsvc_grant_blocked", "lockd")
+            .unwrap_err();
         assert!(e.contains("inlined"), "{e}");
     }
 }

@@ -1,0 +1,197 @@
+//! What each scenario must show, checked on the host against the guest's results: the facts
+//! the scenario recorded, lockd-trace's JSON events, and the kernel log.
+
+use std::{fs, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+struct Results {
+    facts: Value,
+    events: Vec<Value>,
+    dmesg: String,
+}
+
+fn load(dir: &Path) -> Result<Results> {
+    let read = |f: &str| {
+        fs::read_to_string(dir.join(f))
+            .with_context(|| format!("{} missing", dir.join(f).display()))
+    };
+    if dir.join("tracer.failed").exists() {
+        bail!(
+            "lockd-trace did not start: {}",
+            read("tracer.log").unwrap_or_default()
+        );
+    }
+    let facts: Value = serde_json::from_str(&read("facts.json")?)?;
+    if let Some(e) = facts.get("error") {
+        bail!("the scenario failed in the guest: {e}");
+    }
+    let events = read("trace.jsonl")?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()
+        .context("trace.jsonl is not JSON lines")?;
+    if read("tracer.exit")?.trim() != "0" {
+        bail!("lockd-trace exited with {}", read("tracer.log")?);
+    }
+    if let Some(lost) = events.iter().find(|e| e["event"] == "lost") {
+        bail!("the tracer lost records: {lost}");
+    }
+    Ok(Results {
+        facts,
+        events,
+        dmesg: read("dmesg.txt")?,
+    })
+}
+
+impl Results {
+    fn pid(&self, who: &str) -> Result<u64> {
+        self.facts[who]["pid"]
+            .as_u64()
+            .with_context(|| format!("no pid for {who} in the facts"))
+    }
+
+    fn fact(&self, who: &str, what: &str, want: &str) -> Result<()> {
+        let got = &self.facts[who][what];
+        if got != want {
+            bail!("{who} `{what}` returned {got}, expected {want}");
+        }
+        Ok(())
+    }
+
+    /// The first event satisfying `pred`, or an error describing `what` was looked for.
+    fn find(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<&Value> {
+        self.events
+            .iter()
+            .find(|e| pred(e))
+            .with_context(|| format!("no event: {what} ({} events)", self.events.len()))
+    }
+
+    fn dmesg_has(&self, line: &str) -> Result<()> {
+        if !self.dmesg.contains(line) {
+            bail!("dmesg lacks `{line}`:\n{}", self.dmesg);
+        }
+        Ok(())
+    }
+}
+
+fn range(e: &Value, start: i64, end: i64) -> bool {
+    e["lock"]["start"] == start && e["lock"]["end"] == end
+}
+
+fn nlm(e: &Value, op: &str, pid: u64) -> bool {
+    e["event"] == "nlm" && e["op"] == op && e["pid"] == pid
+}
+
+pub fn check(scenario: &str, dir: &Path) -> Result<()> {
+    let r = load(dir)?;
+    match scenario {
+        "conflict" => conflict(&r),
+        "stale-unlock" => stale_unlock(&r),
+        "reclaim" => reclaim(&r),
+        s => bail!("no expectations for scenario {s}"),
+    }
+}
+
+fn conflict(r: &Results) -> Result<()> {
+    let (a, b, x, c) = (r.pid("a")?, r.pid("b")?, r.pid("x")?, r.pid("c")?);
+    r.fact("a", "setlk w 0 100", "ok")?;
+    r.fact("b", "setlk w 50 10", "err EAGAIN")?;
+    r.fact("c", "setlk w 50 10", "err EAGAIN")?;
+    r.fact("c", "setlkw w 50 10", "ok")?;
+    // Same client: nlmclnt_lock's local FL_ACCESS pre-check refuses, naming the local holder.
+    r.find(
+        "b's local pre-check refused with EAGAIN, blocked by a [0-99]",
+        |e| {
+            e["pid"] == b
+                && e["op"] == "access-check"
+                && e["result"] == "EAGAIN"
+                && range(e, 50, 59)
+                && e["blocker"]["pid"] == a
+                && e["blocker"]["start"] == 0
+                && e["blocker"]["end"] == 99
+        },
+    )?;
+    if r.events.iter().any(|e| nlm(e, "nlmclnt_call", b)) {
+        bail!("b's refused request reached the server");
+    }
+    // Server-side holder: the NLM LOCK is DENIED (status 1), the app sees EAGAIN.
+    r.find("c's NLM LOCK denied by the server", |e| {
+        nlm(e, "nlmclnt_call", c)
+            && e["nlm_proc"] == "LOCK"
+            && e["nlm_status"] == 1
+            && range(e, 50, 59)
+    })?;
+    r.find("nlmclnt_proc returned EAGAIN to c", |e| {
+        nlm(e, "nlmclnt_result", c) && e["ret"] == -11 && e["cmd"] == "F_SETLK"
+    })?;
+    r.find(
+        "server lockd refused with the server-local holder x as blocker",
+        |e| {
+            e["comm"] == "lockd"
+                && e["event"] == "lock"
+                && e["result"] == "EAGAIN"
+                && e["blocker"]["pid"] == x
+        },
+    )?;
+    r.find("server nlmsvc_lock answered DENIED", |e| {
+        e["event"] == "nlm" && e["op"] == "nlmsvc_lock" && e["nlm_status"] == 1 && range(e, 50, 59)
+    })?;
+    // The blocking request: BLOCKED at the server, then its GRANTED callback, then success.
+    let blocked = r.find("c's blocking LOCK answered BLOCKED (3)", |e| {
+        nlm(e, "nlmclnt_call", c) && e["nlm_status"] == 3 && e["nlm_flags"][0] == "block"
+    })?;
+    let svid = &blocked["svid"];
+    r.find("the server's GRANTED callback for c's svid", |e| {
+        e["event"] == "nlm"
+            && e["op"] == "nlmclnt_granted_callback"
+            && e["svid"] == *svid
+            && e["nlm_status"] == 0
+            && range(e, 50, 59)
+    })?;
+    r.find("nlmclnt_proc returned 0 for c's F_SETLKW", |e| {
+        nlm(e, "nlmclnt_result", c) && e["ret"] == 0 && e["cmd"] == "F_SETLKW"
+    })?;
+    Ok(())
+}
+
+fn stale_unlock(r: &Results) -> Result<()> {
+    let a = r.pid("a")?;
+    r.fact("a", "setlk w 0 10", "ok")?;
+    r.dmesg_has("lockd: unexpected unlock status: 7")?;
+    r.find("a's unlock request on /mnt/nfs/stale", |e| {
+        nlm(e, "nlmclnt_request", a)
+            && e["lock"]["type"] == "UNLCK"
+            && e["file"] == "/mnt/nfs/stale"
+    })?;
+    r.find("the UNLOCK reply with NLM status 7 (STALE_FH)", |e| {
+        e["event"] == "nlm"
+            && e["op"] == "nlmclnt_unlock_reply"
+            && e["nlm_status"] == 7
+            && e["nlm_status_name"] == "STALE_FH"
+            && range(e, 0, 9)
+    })?;
+    Ok(())
+}
+
+fn reclaim(r: &Results) -> Result<()> {
+    let a = r.pid("a")?;
+    r.dmesg_has(&format!("lockd: failed to reclaim lock for pid {a} "))?;
+    let ev = r.find("the failed reclaim of a's lock [0-9]", |e| {
+        e["event"] == "nlm"
+            && e["op"] == "nlmclnt_reclaim"
+            && e["lock"]["pid"] == a
+            && range(e, 0, 9)
+            && e["ret"] != 0
+    })?;
+    // The numbers the kernel printed are the ones traced.
+    let status = ev["nlm_status"]
+        .as_u64()
+        .context("reclaim without NLM status")?;
+    r.dmesg_has(&format!("status {status})"))?;
+    r.find("the reboot notification that started the reclaim", |e| {
+        e["event"] == "nlm" && e["op"] == "nsm_reboot_notification" && e["host"] == "127.0.0.1"
+    })?;
+    Ok(())
+}

@@ -1,0 +1,39 @@
+#!/bin/bash
+# Lab guest init (no systemd): NFSv3 with statd over loopback, a short grace period, then the
+# scenarios with lockd-trace recording; results go to /share/results; then power off.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc 2>/dev/null; mount -t sysfs sysfs /sys 2>/dev/null
+mount -t devtmpfs dev /dev 2>/dev/null; mkdir -p /dev/pts; mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
+mkdir -p /run/rpcbind /var/lib/nfs/rpc_pipefs /share
+echo 1 > /proc/sys/kernel/sysrq
+hostname labguest; ip link set lo up
+off() { sync; echo o > /proc/sysrq-trigger; sleep 30; }
+trap off EXIT
+echo "LAB: kernel $(uname -r)"
+mount -t tracefs nodev /sys/kernel/tracing
+# A 10 s grace period instead of 90 s: lock requests are refused until it ends.
+modprobe lockd nlm_grace_period=10 && modprobe -a nfsd nfs nfsv3 || { echo "LAB: modprobe failed"; exit 1; }
+mount -t rpc_pipefs sunrpc /var/lib/nfs/rpc_pipefs
+mount -t nfsd nfsd /proc/fs/nfsd
+echo 10 > /proc/fs/nfsd/nfsv4leasetime; echo 10 > /proc/fs/nfsd/nfsv4gracetime
+rpcbind -w
+rpc.statd --no-notify
+mount -t tmpfs -o size=64m tmpfs /export
+echo '/export 127.0.0.1(rw,sync,no_subtree_check,no_root_squash,fsid=1)' > /etc/exports
+exportfs -ra; rpc.mountd; rpc.nfsd 2
+mount -t nfs -o vers=3 127.0.0.1:/export /mnt/nfs || { echo "LAB: nfs mount failed"; exit 1; }
+echo "LAB: nfs mounted"
+python3 /share/scenarios.py --wait-grace /mnt/nfs/.grace || { echo "LAB: grace never ended"; exit 1; }
+echo "LAB: grace period over"
+for s in $(cat /share/scenarios.txt); do
+    d=/share/results/$s; mkdir -p $d; dmesg -C
+    /share/lockd-trace live --json > $d/trace.jsonl 2> $d/tracer.log & T=$!
+    for i in $(seq 240); do grep -q tracing $d/tracer.log && break; sleep 0.5; done
+    grep -q tracing $d/tracer.log || echo "tracer did not start" > $d/tracer.failed
+    python3 /share/scenarios.py $s $d > $d/scenario.log 2>&1; echo $? > $d/exit
+    sleep 2; kill -INT $T; wait $T; echo $? > $d/tracer.exit
+    dmesg > $d/dmesg.txt
+    echo "LAB: scenario $s exit $(cat $d/exit)"
+done
+echo "LAB: done"

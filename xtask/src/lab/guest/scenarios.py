@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Lab scenarios, run inside the guest: real processes (the `locker` program) make real lock
+calls on the NFS mount; what they did and got is written to RESULTS/facts.json so the host can
+check the trace against it.  Usage: scenarios.py NAME RESULTS | --wait-grace FILE"""
+import fcntl, json, os, select, subprocess, sys, time
+
+LOCKER = "/share/locker"
+
+
+class Locker:
+    """One locker process: one open file, commands on stdin, answers on stdout."""
+
+    def __init__(self, path):
+        self.p = subprocess.Popen([LOCKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pid = int(self.read(30).split()[1])
+        assert self.cmd(f"open {path}") == "ok", path
+
+    def send(self, c):
+        self.p.stdin.write(c + "\n")
+        self.p.stdin.flush()
+
+    def read(self, timeout=120):
+        r, _, _ = select.select([self.p.stdout], [], [], timeout)
+        if not r:
+            raise TimeoutError(f"locker {self.p.pid}: no answer in {timeout}s")
+        return self.p.stdout.readline().strip()
+
+    def cmd(self, c, timeout=120):
+        self.send(c)
+        return self.read(timeout)
+
+    def exit(self):
+        self.send("exit")
+        self.p.wait(30)
+
+
+def touch(path):
+    open(path, "w").close()
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def conflict(facts):
+    # Two owners on the client: the local VFS pre-check refuses the second (no NLM call).
+    touch("/mnt/nfs/conflict-local")
+    a, b = Locker("/mnt/nfs/conflict-local"), Locker("/mnt/nfs/conflict-local")
+    facts["a"] = {"pid": a.pid, "setlk w 0 100": a.cmd("setlk w 0 100")}
+    facts["b"] = {"pid": b.pid, "setlk w 50 10": b.cmd("setlk w 50 10")}
+    # A holder on the server itself: the client's request reaches lockd and is DENIED, then
+    # a blocking request is BLOCKED and granted by the server's GRANTED callback.
+    touch("/export/conflict-server")
+    x, c = Locker("/export/conflict-server"), Locker("/mnt/nfs/conflict-server")
+    facts["x"] = {"pid": x.pid, "setlk w 0 100": x.cmd("setlk w 0 100")}
+    facts["c"] = {"pid": c.pid, "setlk w 50 10": c.cmd("setlk w 50 10")}
+    c.send("setlkw w 50 10")
+    time.sleep(3)
+    facts["x"]["setlk u 0 100"] = x.cmd("setlk u 0 100")
+    t = time.time()
+    facts["c"]["setlkw w 50 10"] = c.read(120)
+    facts["c"]["granted_after_s"] = round(time.time() - t, 1)
+    for p in (a, b, x, c):
+        p.exit()
+
+
+def forget_and_remove(name):
+    """The server forgets this client's locks and the file goes away on the server side.
+    unlock_ip alone leaves lockd's nlm_file holding the inode (the handle stays valid);
+    unlock_filesystem releases lockd's files on /export too."""
+    with open("/proc/fs/nfsd/unlock_ip", "w") as f:
+        f.write("127.0.0.1\n")
+    os.remove(f"/export/{name}")
+    with open("/proc/fs/nfsd/unlock_filesystem", "w") as f:
+        f.write("/export\n")
+
+
+def stale_unlock(facts):
+    touch("/mnt/nfs/stale")
+    a = Locker("/mnt/nfs/stale")
+    facts["a"] = {"pid": a.pid, "setlk w 0 10": a.cmd("setlk w 0 10")}
+    forget_and_remove("stale")
+    # nfsd's file cache keeps the handle valid for a few seconds (2 s was not enough here).
+    time.sleep(12)
+    facts["a"]["setlk u 0 10"] = a.cmd("setlk u 0 10")
+    time.sleep(2)
+    a.exit()
+
+
+def reclaim(facts):
+    touch("/mnt/nfs/reclaim")
+    a = Locker("/mnt/nfs/reclaim")
+    facts["a"] = {"pid": a.pid, "setlk w 0 10": a.cmd("setlk w 0 10")}
+    forget_and_remove("reclaim")
+    time.sleep(12)
+    facts["sm-notify"] = subprocess.run(["sm-notify", "-f"], capture_output=True, text=True).returncode
+    time.sleep(15)
+    a.exit()
+
+
+def wait_grace(path):
+    """Until the server's grace period ends, lock requests fail with ENOLCK: poll."""
+    touch(path)
+    with open(path, "r+") as f:
+        for _ in range(120):
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+                fcntl.lockf(f, fcntl.LOCK_UN, 1, 0)
+                return 0
+            except OSError:
+                time.sleep(1)
+    return 1
+
+
+def main():
+    if sys.argv[1] == "--wait-grace":
+        return wait_grace(sys.argv[2])
+    name, results = sys.argv[1], sys.argv[2]
+    facts = {"scenario": name, "kernel": os.uname().release}
+    try:
+        {"conflict": conflict, "stale-unlock": stale_unlock, "reclaim": reclaim}[name](facts)
+        ok = 0
+    except Exception as e:  # the host reports it with the facts gathered so far
+        facts["error"] = repr(e)
+        ok = 1
+    with open(os.path.join(results, "facts.json"), "w") as f:
+        json.dump(facts, f, indent=1)
+    log(json.dumps(facts))
+    return ok
+
+
+sys.exit(main())
