@@ -88,6 +88,7 @@ pub fn check(scenario: &str, dir: &Path) -> Result<()> {
     let r = load(dir)?;
     match scenario {
         "conflict" => conflict(&r),
+        "out-of-sync" => out_of_sync(&r),
         "stale-unlock" => stale_unlock(&r),
         "reclaim" => reclaim(&r),
         s => bail!("no expectations for scenario {s}"),
@@ -142,16 +143,57 @@ fn conflict(r: &Results) -> Result<()> {
     let blocked = r.find("c's blocking LOCK answered BLOCKED (3)", |e| {
         nlm(e, "nlmclnt_call", c) && e["nlm_status"] == 3 && e["nlm_flags"][0] == "block"
     })?;
+    // Granted either by the server's GRANTED callback (6.1 here) or, when no callback comes,
+    // by the client's re-poll 30 s later (6.12 in this loopback setup): the trace says which.
     let svid = &blocked["svid"];
-    r.find("the server's GRANTED callback for c's svid", |e| {
+    let callback = r.find("the server's GRANTED callback for c's svid", |e| {
         e["event"] == "nlm"
             && e["op"] == "nlmclnt_granted_callback"
             && e["svid"] == *svid
             && e["nlm_status"] == 0
             && range(e, 50, 59)
-    })?;
+    });
+    let repoll = r.find("c's re-polled LOCK granted after BLOCKED", |e| {
+        nlm(e, "nlmclnt_call", c)
+            && e["nlm_status"] == 0
+            && e["svid"] == *svid
+            && e["ts_ns"].as_u64() > blocked["ts_ns"].as_u64()
+    });
+    match (callback, repoll) {
+        (Ok(_), _) => eprintln!("xtask lab:   granted by the server's GRANTED callback"),
+        (_, Ok(_)) => {
+            eprintln!("xtask lab:   no GRANTED callback; granted on the client's re-poll")
+        }
+        (Err(e), Err(_)) => return Err(e),
+    }
     r.find("nlmclnt_proc returned 0 for c's F_SETLKW", |e| {
         nlm(e, "nlmclnt_result", c) && e["ret"] == 0 && e["cmd"] == "F_SETLKW"
+    })?;
+    Ok(())
+}
+
+fn out_of_sync(r: &Results) -> Result<()> {
+    let (p, q) = (r.pid("p")?, r.pid("q")?);
+    r.fact("p", "setlkw w 0 100", "ok")?;
+    // The application is told success although its local lock was never recorded.
+    r.fact("q", "setlkw w 0 100", "ok")?;
+    r.dmesg_has("VFS is out of sync with lock manager!")?;
+    r.find("the server granted q's LOCK", |e| {
+        nlm(e, "nlmclnt_call", q) && e["nlm_proc"] == "LOCK" && e["nlm_status"] == 0
+    })?;
+    r.find(
+        "q's final do_vfs_lock failed (ERESTARTSYS) with p's local lock in the way",
+        |e| {
+            nlm(e, "nlmclnt_do_vfs_lock", q)
+                && e["ret"] == -512
+                && range(e, 0, 99)
+                && e["blocker"]["pid"] == p
+                && e["blocker"]["start"] == 0
+                && e["blocker"]["end"] == 99
+        },
+    )?;
+    r.find("nlmclnt_proc told q success", |e| {
+        nlm(e, "nlmclnt_result", q) && e["ret"] == 0 && e["cmd"] == "F_SETLKW"
     })?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use image::{KERNELS, Kernel};
 use crate::{build, sh};
 
 /// Scenarios that run and are checked; `all` means these.
-pub const SCENARIOS: &[&str] = &["conflict", "stale-unlock", "reclaim"];
+pub const SCENARIOS: &[&str] = &["conflict", "out-of-sync", "stale-unlock", "reclaim"];
 
 #[derive(Args)]
 pub struct LabArgs {

@@ -33,6 +33,10 @@ class Locker:
         self.send("exit")
         self.p.wait(30)
 
+    def signal_usr1(self):
+        """Interrupts a blocked call (the locker's handler has no SA_RESTART)."""
+        os.kill(self.pid, 10)
+
 
 def touch(path):
     open(path, "w").close()
@@ -98,6 +102,47 @@ def reclaim(facts):
     a.exit()
 
 
+def local_waiter(pid, timeout):
+    """Until /proc/locks shows `pid` blocked ("->") on a local lock."""
+    end = time.time() + timeout
+    while time.time() < end:
+        with open("/proc/locks") as f:
+            if any("->" in l and f" {pid} " in l for l in f):
+                return True
+        time.sleep(0.5)
+    return False
+
+
+def out_of_sync(facts):
+    """The server grants Q a lock the local VFS still sees held by P (the server forgot P's
+    lock through unlock_filesystem); Q's final local lock waits on P and a signal ends that wait: the
+    kernel prints "VFS is out of sync with lock manager!" and tells Q success."""
+    touch("/export/oos")
+    x = Locker("/export/oos")
+    p, q = Locker("/mnt/nfs/oos"), Locker("/mnt/nfs/oos")
+    facts["x"] = {"pid": x.pid, "setlk w 0 100": x.cmd("setlk w 0 100")}
+    facts["p"], facts["q"] = {"pid": p.pid}, {"pid": q.pid}
+    p.send("setlkw w 0 100")  # BLOCKED at the server behind x
+    time.sleep(2)
+    q.send("setlkw w 0 100")  # BLOCKED too, queued after p
+    time.sleep(2)
+    facts["x"]["setlk u 0 100"] = x.cmd("setlk u 0 100")
+    facts["p"]["setlkw w 0 100"] = p.read(60)  # the server grants p (GRANTED callback)
+    log("p granted; server forgets it")
+    # unlock_ip alone left p's lock in place here (the trace showed lockd refusing q's
+    # re-polls behind its own lock for p); unlock_filesystem drops every lock on /export.
+    with open("/proc/fs/nfsd/unlock_filesystem", "w") as f:
+        f.write("/export\n")
+    # q's block was cancelled with it; q re-polls within 30 s, is GRANTED, and its final
+    # do_vfs_lock then waits on p's local lock.
+    facts["q"]["waited_locally"] = local_waiter(q.pid, 60)
+    log("q waits locally:", facts["q"]["waited_locally"])
+    q.signal_usr1()
+    facts["q"]["setlkw w 0 100"] = q.read(30)
+    for o in (x, p, q):
+        o.exit()
+
+
 def wait_grace(path):
     """Until the server's grace period ends, lock requests fail with ENOLCK: poll."""
     touch(path)
@@ -118,7 +163,12 @@ def main():
     name, results = sys.argv[1], sys.argv[2]
     facts = {"scenario": name, "kernel": os.uname().release}
     try:
-        {"conflict": conflict, "stale-unlock": stale_unlock, "reclaim": reclaim}[name](facts)
+        {
+            "conflict": conflict,
+            "out-of-sync": out_of_sync,
+            "stale-unlock": stale_unlock,
+            "reclaim": reclaim,
+        }[name](facts)
         ok = 0
     except Exception as e:  # the host reports it with the facts gathered so far
         facts["error"] = repr(e)
