@@ -20,7 +20,7 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
 ];
 
-/// Debian packages for the NFS lab and the benchmark's reference tracer.
+/// Debian packages for the NFS lab.
 pub const LAB_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "debootstrap",
@@ -29,7 +29,6 @@ pub const LAB_PACKAGES: &[&str] = &[
     "kmod",
     "xz-utils",
 ];
-pub const BENCH_PACKAGES: &[&str] = &["bpftrace", "stress-ng"];
 
 /// Everything needed to build the workspace, eBPF object included.
 pub fn toolchain() -> Result<()> {

@@ -163,10 +163,11 @@ fn show(k: &Kernel, scenario: &str, dir: &Path) {
         k.name,
         dir.display()
     );
-    for l in dmesg
-        .lines()
-        .filter(|l| l.contains("lockd") || l.contains("statd"))
-    {
+    for l in dmesg.lines().filter(|l| {
+        ["lockd", "statd", "lock manager"]
+            .iter()
+            .any(|k| l.contains(k))
+    }) {
         eprintln!("    {l}");
     }
 }
