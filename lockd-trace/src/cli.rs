@@ -1,6 +1,6 @@
 //! Command line (clap), with bcc-style conventions and examples in --help.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -9,10 +9,17 @@ use crate::probes::plan::{Method, PROBES};
 const EXAMPLES: &str = "\
 Examples:
   lockd-trace probes                 # which probes this kernel accepts, and why not
-  lockd-trace live                   # every lock request, one line each
+  lockd-trace live                   # every lock request, findings, explained kernel lines
   lockd-trace live -x                # only failed requests (EAGAIN, EDEADLK, ...)
+  lockd-trace live -F                # only findings and explained lockd kernel lines
   lockd-trace live -p 1234 -d 30s    # one process, for 30 seconds
-  lockd-trace live --json | jq .     # one JSON object per event";
+  lockd-trace live --json | jq .     # one JSON object per event or finding
+  lockd-trace record -o c.ldt        # record to a trace file (analyse it anywhere)
+  lockd-trace analyze c.ldt s.ldt    # findings from client and server traces, no root
+  lockd-trace history c.ldt --file /mnt/nfs/db   # one file's timeline and lock tables
+  lockd-trace export c.ldt --format perfetto -o c.json   # open in ui.perfetto.dev
+  lockd-trace locks -d 5s            # traced lock tables checked against /proc/locks
+  lockd-trace explain 'lockd: unexpected unlock status: 7'";
 
 #[derive(Parser)]
 #[command(
@@ -38,8 +45,123 @@ pub enum Command {
     Live(LiveArgs),
     /// Show how each probe attaches on this kernel, or why it cannot.
     Probes(ProbesArgs),
+    /// Record what `live` sees to a trace file.
+    Record(RecordArgs),
+    /// Findings and explanations from trace files (no root).
+    Analyze(AnalyzeArgs),
+    /// One file's timeline and its two lock tables, from trace files (no root).
+    History(HistoryArgs),
+    /// Convert a trace file to JSON lines, Perfetto (Chrome trace-event JSON) or CSV.
+    Export(ExportArgs),
+    /// Trace for a while, then check the rebuilt local lock tables against /proc/locks.
+    Locks(LocksArgs),
     /// Explain lockd/statd kernel messages (no root, no tracing).
     Explain(crate::explain::ExplainArgs),
+}
+
+#[derive(Args)]
+pub struct AnalysisArgs {
+    /// Report a request waiting longer than this.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub blocked_after: Duration,
+    /// Files whose history is kept; the least recently used go first (counted).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_files: usize,
+}
+
+impl AnalysisArgs {
+    pub fn limits(&self) -> crate::history::Limits {
+        crate::history::Limits {
+            max_files: self.max_files,
+            blocked_after_ns: self.blocked_after.as_nanos() as u64,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    /// The trace file (created mode 0600).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Only this process (tgid).
+    #[arg(short, long)]
+    pub pid: Option<u32>,
+    /// Only processes with this command name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Stop after this long.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Start a new file when this one reaches SIZE bytes (K, M, G suffixes).
+    #[arg(long, value_parser = parse_size)]
+    pub rotate_size: Option<u64>,
+    /// Rotated files kept (FILE.1 newest).
+    #[arg(long, default_value_t = 4)]
+    pub rotate_keep: usize,
+    /// Do not follow the kernel log (/dev/kmsg).
+    #[arg(long)]
+    pub no_kmsg: bool,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
+}
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// Trace files (several: merged in time order, e.g. a client's and its server's).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Also show every event.
+    #[arg(short, long)]
+    pub events: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
+}
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    /// Trace files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The file's path as recorded.
+    #[arg(long, conflicts_with = "inode")]
+    pub file: Option<String>,
+    /// The file as DEV:INO (DEV as MAJOR:MINOR, e.g. 0:45:1234).
+    #[arg(long)]
+    pub inode: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Perfetto,
+    Csv,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    pub file: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Write here instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct LocksArgs {
+    /// How long to trace before comparing.
+    #[arg(short, long, default_value = "2s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
 }
 
 #[derive(Args)]
@@ -59,6 +181,17 @@ pub struct LiveArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Only findings and kernel lines, no events.
+    #[arg(short = 'F', long)]
+    pub findings_only: bool,
+    /// Also record everything to this trace file.
+    #[arg(short, long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Do not follow the kernel log (/dev/kmsg).
+    #[arg(long)]
+    pub no_kmsg: bool,
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
     #[command(flatten)]
     pub tracing: TracingArgs,
 }
@@ -113,6 +246,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 100M, 1G, 65536)"))?;
+    if n == 0 {
+        return Err("the size must be above 0".into());
+    }
+    Ok(n * mult)
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {

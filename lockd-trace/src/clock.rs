@@ -19,13 +19,18 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
 }
 
 impl Clock {
-    pub fn now() -> Clock {
+    /// CLOCK_MONOTONIC and wall-clock ns, read together (recorded in trace headers).
+    pub fn now_pair() -> (u64, i128) {
         let mono = clock_ns(libc::CLOCK_MONOTONIC);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
+        (mono as u64, wall)
+    }
+
+    pub fn from_pair(mono_ns: u64, wall_ns: i128) -> Clock {
         Clock {
-            offset_ns: wall - mono,
+            offset_ns: wall_ns - i128::from(mono_ns),
         }
     }
 
@@ -34,7 +39,6 @@ impl Clock {
         i128::from(mono_ns) + self.offset_ns
     }
 
-    #[cfg(test)]
     pub fn monotonic_now() -> u64 {
         clock_ns(libc::CLOCK_MONOTONIC) as u64
     }
@@ -92,7 +96,8 @@ mod tests {
 
     #[test]
     fn wall_time_tracks_system_clock() {
-        let c = Clock::now();
+        let (mono, wall) = Clock::now_pair();
+        let c = Clock::from_pair(mono, wall);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()

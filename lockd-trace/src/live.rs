@@ -1,6 +1,11 @@
-//! `lockd-trace live`: ring buffer → decoder → filter → sink, until Ctrl-C or --duration.
+//! `lockd-trace live` and `record`: ring buffer + /dev/kmsg → decoder → pipeline (trace file,
+//! engine, sink), until Ctrl-C, SIGTERM or --duration.
 
-use std::{io, time::Duration};
+use std::{
+    io::{self, IsTerminal as _, Write as _},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use tokio::{
@@ -9,123 +14,224 @@ use tokio::{
 };
 
 use crate::{
-    cli::LiveArgs,
+    cli::{LiveArgs, RecordArgs},
     clock::Clock,
     decode::decode,
-    event::Event,
+    engine::Engine,
+    event::Body,
+    history::Limits,
+    kmsg::Kmsg,
     paths::Paths,
+    pipeline::{Filter, Pipeline},
     probes::{Counters, Tracer},
     ringbuf::EventStream,
-    sinks::{Context, Sink, json::Json, terminal::Terminal},
+    sinks::{Sink, json::Json, null::Null, terminal::Terminal},
+    tracefile::{Header, Rotation, Writer},
 };
 
-struct Filter {
-    pid: Option<u32>,
-    comm: Option<String>,
-    errors_only: bool,
+/// What a tracing session does with what it sees.
+struct Session {
+    filter: Filter,
+    sink: Box<dyn Sink>,
+    write: Option<(PathBuf, Rotation)>,
+    /// `record`: the filter chooses what is written; a status line on a terminal.
+    recording: bool,
+    duration: Option<Duration>,
+    limits: Limits,
+    kmsg: bool,
+    tracing: crate::probes::Options,
 }
 
-impl Filter {
-    fn keep(&self, ev: &Event) -> bool {
-        self.pid.is_none_or(|p| p == ev.pid)
-            && self.comm.as_ref().is_none_or(|c| *c == ev.comm)
-            && (!self.errors_only || ev.ret() < 0)
-    }
+/// Traces for `duration` showing nothing; the pipeline (and its histories) is returned.
+pub async fn quietly(
+    duration: Duration,
+    tracing: crate::probes::Options,
+) -> Result<Pipeline<'static>> {
+    run(Session {
+        filter: Filter::default(),
+        sink: Box::new(Null),
+        write: None,
+        recording: false,
+        duration: Some(duration),
+        limits: Limits::default(),
+        kmsg: false,
+        tracing,
+    })
+    .await
 }
 
-#[derive(Default)]
-struct Tally {
-    seen: u64,
-    shown: u64,
-    undecodable: u64,
-    lost: Vec<u64>,
+pub async fn live(args: LiveArgs) -> Result<()> {
+    let stdout = io::stdout();
+    let sink: Box<dyn Sink> = if args.json {
+        Box::new(Json::new(stdout))
+    } else {
+        Box::new(Terminal::new(stdout))
+    };
+    run(Session {
+        filter: Filter {
+            pid: args.pid,
+            comm: args.comm,
+            errors_only: args.errors_only,
+            no_events: args.findings_only,
+        },
+        sink,
+        write: args.write.map(|p| (p, Rotation::default())),
+        recording: false,
+        duration: args.duration,
+        limits: args.analysis.limits(),
+        kmsg: !args.no_kmsg,
+        tracing: args.tracing.options(),
+    })
+    .await
+    .map(drop)
 }
 
-pub async fn run(args: LiveArgs) -> Result<()> {
-    let mut tracer = Tracer::start(&args.tracing.options())?;
+pub async fn record(args: RecordArgs) -> Result<()> {
+    run(Session {
+        filter: Filter {
+            pid: args.pid,
+            comm: args.comm,
+            ..Filter::default()
+        },
+        sink: Box::new(Null),
+        write: Some((
+            args.output,
+            Rotation {
+                size: args.rotate_size,
+                keep: args.rotate_keep,
+            },
+        )),
+        recording: true,
+        duration: args.duration,
+        limits: Limits::default(),
+        kmsg: !args.no_kmsg,
+        tracing: args.tracing.options(),
+    })
+    .await
+    .map(drop)
+}
+
+async fn run(s: Session) -> Result<Pipeline<'static>> {
+    let mut tracer = Tracer::start(&s.tracing)?;
     if let Some(logger) = tracer.take_logger() {
         spawn_kernel_log(logger)?;
     }
     let counters = tracer.take_counters()?;
     let mut stream = EventStream::new(tracer.take_events()?)?;
+    let (mono, wall) = Clock::now_pair();
+    let clock = Clock::from_pair(mono, wall);
+    let mut p = Pipeline::new(clock, Engine::new(clock, s.limits), s.filter, s.sink);
+    p.filter_writes = s.recording;
+    if let Some((path, rotation)) = &s.write {
+        let probes = tracer
+            .report
+            .iter()
+            .map(|r| {
+                (
+                    r.probe.to_string(),
+                    r.attached.as_ref().map(|a| a.method.to_string()),
+                )
+            })
+            .collect();
+        let header = Header::here(probes, (mono, wall));
+        p.writer = Some(
+            Writer::create(path, header, *rotation)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        );
+    }
+    let mut kmsg = if s.kmsg {
+        Kmsg::open()
+            .map_err(|e| eprintln!("lockd-trace: kernel log not followed (/dev/kmsg: {e})"))
+            .ok()
+    } else {
+        None
+    };
     announce(&tracer);
 
-    let filter = Filter {
-        pid: args.pid,
-        comm: args.comm.clone(),
-        errors_only: args.errors_only,
-    };
-    let stdout = io::stdout().lock();
-    let mut sink: Box<dyn Sink> = if args.json {
-        Box::new(Json::new(stdout))
-    } else {
-        Box::new(Terminal::new(stdout))
-    };
-    let clock = Clock::now();
     let mut paths = Paths::default();
-    let mut tally = Tally::default();
-    let mut on_record = |raw: &[u8], sink: &mut dyn Sink, tally: &mut Tally| -> io::Result<()> {
-        tally.seen += 1;
+    let mut undecodable = 0u64;
+    let mut on_record = |raw: &[u8], p: &mut Pipeline<'_>| -> io::Result<()> {
         let ev = match decode(raw) {
             Ok(ev) => ev,
             Err(e) => {
-                tally.undecodable += 1;
+                undecodable += 1;
                 log::warn!("undecodable record: {e}");
                 return Ok(());
             }
         };
-        if let crate::event::Body::FileName(f) = &ev.body {
+        if let Body::FileName(f) = &ev.body {
             paths.learn(f);
             return Ok(());
         }
-        if !filter.keep(&ev) {
-            return Ok(());
-        }
-        tally.shown += 1;
         let (dev, ino) = ev.file_id();
         let file = paths.resolve(dev, ino, ev.pid);
-        sink.event(
-            &ev,
-            &Context {
-                clock: &clock,
-                file,
-            },
-        )
+        p.event(&ev, file)
     };
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let deadline = time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
+    let deadline = time::sleep(s.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut tick = time::interval(Duration::from_secs(1));
+    let mut lost = Vec::new();
+    let status = s.recording && io::stderr().is_terminal();
     let mut io_result = Ok(());
     while io_result.is_ok() {
         tokio::select! {
             r = stream.next_batch(|raw| {
                 if io_result.is_ok() {
-                    io_result = on_record(raw, sink.as_mut(), &mut tally);
+                    io_result = on_record(raw, &mut p);
                 }
             }) => { r?; }
+            lines = next_kmsg(&mut kmsg) => match lines {
+                Ok(lines) => for l in lines {
+                    if io_result.is_ok() {
+                        io_result = p.kernel(l);
+                    }
+                },
+                Err(e) => {
+                    eprintln!("lockd-trace: stopped following the kernel log: {e}");
+                    kmsg = None;
+                }
+            },
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             () = &mut deadline => break,
-            _ = tick.tick() => io_result = report_lost(&counters, sink.as_mut(), &mut tally),
+            _ = tick.tick() => {
+                io_result = report_lost(&counters, &mut p, &mut lost)
+                    .and_then(|()| p.advance(Clock::monotonic_now()))
+                    .and_then(|()| p.writer.as_mut().map_or(Ok(()), Writer::flush));
+                if status {
+                    status_line(&p, &lost);
+                }
+            }
         }
     }
     stream.drain(|raw| {
         if io_result.is_ok() {
-            io_result = on_record(raw, sink.as_mut(), &mut tally);
+            io_result = on_record(raw, &mut p);
         }
     });
     if io_result.is_ok() {
-        io_result = report_lost(&counters, sink.as_mut(), &mut tally);
+        io_result = report_lost(&counters, &mut p, &mut lost).and_then(|()| p.finish());
+    }
+    if status {
+        eprintln!();
     }
     match io_result {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         r => r.context("writing events")?,
     }
-    summary(&tally, &counters);
-    Ok(())
+    summary(&p, &lost, undecodable, &counters);
+    Ok(p)
+}
+
+/// The kernel log's next lines; never ready when the log is not followed.
+async fn next_kmsg(k: &mut Option<Kmsg>) -> io::Result<Vec<crate::kmsg::KernelLine>> {
+    match k {
+        Some(k) => k.next(Clock::monotonic_now).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Unattached probes, grouped by reason (24 NLM probes on a kernel without kprobes is one
@@ -169,16 +275,17 @@ fn spawn_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Resul
     Ok(())
 }
 
-/// Tells the sink (and stderr) when the kernel dropped records since the last check.
-fn report_lost(counters: &Counters, sink: &mut dyn Sink, tally: &mut Tally) -> io::Result<()> {
+/// Tells the pipeline (sink and trace file) when the kernel dropped records since the last
+/// check, per record kind.
+fn report_lost(counters: &Counters, p: &mut Pipeline<'_>, seen: &mut Vec<u64>) -> io::Result<()> {
     let lost = counters.lost();
-    tally.lost.resize(lost.len(), 0);
+    seen.resize(lost.len(), 0);
     for (i, (kind, total)) in lost.into_iter().enumerate() {
-        if total > tally.lost[i] {
-            tally.lost[i] = total;
+        if total > seen[i] {
+            seen[i] = total;
             let name = kind_name(kind);
             eprintln!("lockd-trace: {total} {name} events lost so far (ring buffer full)");
-            sink.lost(name, total)?;
+            p.lost(name, total)?;
         }
     }
     Ok(())
@@ -196,16 +303,34 @@ fn kind_name(kind: u16) -> &'static str {
     }
 }
 
-fn summary(t: &Tally, counters: &Counters) {
+fn status_line(p: &Pipeline<'_>, lost: &[u64]) {
+    let bytes = p.writer.as_ref().map_or(0, |w| w.total_bytes);
+    eprint!(
+        "\rlockd-trace: {} events, {} KiB written, {} lost   ",
+        p.tally.events,
+        bytes / 1024,
+        lost.iter().sum::<u64>()
+    );
+    let _ = io::stderr().flush();
+}
+
+fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters) {
     use lockd_trace_common::counter;
-    let lost: u64 = t.lost.iter().sum();
+    let lost: u64 = lost.iter().sum();
+    let t = &p.tally;
+    let written = p.writer.as_ref().map_or(String::new(), |w| {
+        format!(", {} written ({} bytes)", w.events, w.total_bytes)
+    });
     eprintln!(
-        "lockd-trace: {} events received, {} shown, {lost} lost, {} undecodable, \
-         {} kernel reads failed, {} blockers not found",
-        t.seen,
+        "lockd-trace: {} events received, {} shown{written}, {} findings, {} kernel lines, \
+         {lost} lost, {undecodable} undecodable, {} kernel reads failed, {} blockers not \
+         found, {} histories evicted",
+        t.events,
         t.shown,
-        t.undecodable,
+        t.findings,
+        t.kernel_lines,
         counters.get(counter::READ_FAILED),
         counters.get(counter::BLOCKER_NOT_FOUND),
+        p.engine.histories.evicted,
     );
 }

@@ -1,18 +1,30 @@
 //! lockd-trace: kernel programs → ring buffer → decoder → (histories → explanations) → sinks.
-//! Module per stage: probes/ (load, plan, attach), ringbuf, decode, event, sinks/.
+//! Module per stage: probes/ (load, plan, attach), ringbuf + kmsg (sources), decode, event,
+//! history/ (per-file state and detectors), finding, correlate (kernel lines ↔ findings),
+//! engine, pipeline, sinks/, tracefile/ (record/read); live, analyze, export, locks (commands).
 
+mod analyze;
 mod cli;
 mod clock;
+mod correlate;
 mod decode;
+mod engine;
 mod event;
 mod explain;
+mod export;
+mod finding;
+mod history;
+mod kmsg;
 mod live;
+mod locks;
 mod names;
 mod paths;
+mod pipeline;
 mod probes;
 mod probes_cmd;
 mod ringbuf;
 mod sinks;
+mod tracefile;
 
 use std::process::ExitCode;
 
@@ -31,7 +43,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Live(args) => live::run(args).await,
+            Command::Live(args) => live::live(args).await,
+            Command::Record(args) => live::record(args).await,
+            Command::Analyze(args) => analyze::analyze(&args),
+            Command::History(args) => analyze::history(&args),
+            Command::Export(args) => export::export(&args),
+            Command::Locks(args) => locks::run(args).await,
             Command::Probes(args) => probes_cmd::run(&args),
             Command::Explain(args) => explain::run(&args),
         }

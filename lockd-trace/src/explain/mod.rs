@@ -1,9 +1,9 @@
 //! `lockd-trace explain`: lockd/statd kernel messages decoded into meaning, numbers, likely
 //! causes and what to check next. No root, no tracing: works on pasted lines and saved logs.
 
-mod logline;
+pub mod logline;
 pub mod message;
-mod text;
+pub mod text;
 
 use std::{
     fs,

@@ -4,10 +4,13 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use super::{Context, Sink};
+use super::{Context, Sink, generic_meaning};
 use crate::{
-    clock,
+    clock::{self, Clock},
     event::{Body, Event, Lock},
+    explain::message::KernelMessage,
+    finding::Finding,
+    kmsg::KernelLine,
     names,
 };
 
@@ -154,5 +157,27 @@ impl<W: Write> Sink for Json<W> {
 
     fn lost(&mut self, kind: &str, total: u64) -> std::io::Result<()> {
         self.line(&json!({"event": "lost", "kind": kind, "total": total}))
+    }
+
+    fn finding(&mut self, f: &Finding, clock: &Clock) -> std::io::Result<()> {
+        self.line(&f.json(clock))
+    }
+
+    fn kernel(
+        &mut self,
+        line: &KernelLine,
+        message: Option<&KernelMessage>,
+        finding: Option<&Finding>,
+        clock: &Clock,
+    ) -> std::io::Result<()> {
+        self.line(&json!({
+            "event": "kernel_message",
+            "time": clock::rfc3339(clock.wall_ns(line.ts_ns)),
+            "ts_ns": line.ts_ns,
+            "text": line.text,
+            "message_kind": message.map(|m| crate::explain::text::explain(m).kind),
+            "meaning": generic_meaning(message),
+            "finding": finding.map(|f| f.json(clock)),
+        }))
     }
 }

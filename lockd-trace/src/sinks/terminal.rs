@@ -2,10 +2,13 @@
 
 use std::io::Write;
 
-use super::{Context, Sink};
+use super::{Context, Sink, generic_meaning};
 use crate::{
-    clock,
+    clock::{self, Clock},
     event::{Body, Event, Lock, NlmRecord},
+    explain::message::KernelMessage,
+    finding::Finding,
+    kmsg::KernelLine,
     names,
 };
 
@@ -150,6 +153,36 @@ impl<W: Write> Sink for Terminal<W> {
             self.out,
             "!! {total} {kind} events lost so far (ring buffer full)"
         )?;
+        self.out.flush()
+    }
+
+    fn finding(&mut self, f: &Finding, clock: &Clock) -> std::io::Result<()> {
+        writeln!(self.out, ">> {}", f.text(clock))?;
+        self.out.flush()
+    }
+
+    fn kernel(
+        &mut self,
+        line: &KernelLine,
+        message: Option<&KernelMessage>,
+        finding: Option<&Finding>,
+        clock: &Clock,
+    ) -> std::io::Result<()> {
+        let time = clock::hms_micros(clock.wall_ns(line.ts_ns));
+        writeln!(self.out, "KERNEL {time} {}", line.text)?;
+        match finding {
+            Some(f) => writeln!(
+                self.out,
+                "   ^ explained: {}",
+                f.text(clock).replacen('\n', "\n  ", usize::MAX)
+            )?,
+            None => writeln!(
+                self.out,
+                "   ^ {} (no traced events explain this occurrence: it may predate tracing, or \
+                 involve a host not traced)",
+                generic_meaning(message)
+            )?,
+        }
         self.out.flush()
     }
 }

@@ -28,7 +28,8 @@ python3 /share/scenarios.py --wait-grace /mnt/nfs/.grace || { echo "LAB: grace n
 echo "LAB: grace period over"
 for s in $(cat /share/scenarios.txt); do
     d=/share/results/$s; mkdir -p $d; dmesg -C
-    /share/lockd-trace live --json > $d/trace.jsonl 2> $d/tracer.log & T=$!
+    # Live with explanations (JSON lines) and the same session recorded to a trace file.
+    /share/lockd-trace live --json --blocked-after 20s -w $d/trace.ldt > $d/trace.jsonl 2> $d/tracer.log & T=$!
     for i in $(seq 240); do grep -q tracing $d/tracer.log && break; sleep 0.5; done
     grep -q tracing $d/tracer.log || echo "tracer did not start" > $d/tracer.failed
     python3 /share/scenarios.py $s $d > $d/scenario.log 2>&1; echo $? > $d/exit

@@ -1,0 +1,699 @@
+//! The NLM client: each lock request is followed through nlmclnt_proc on its thread (the NLM
+//! calls, the grant, do_vfs_lock, what the application got); asynchronous replies and the
+//! reclaimer are tied back to it by server, owner id (svid) and file handle.
+
+use std::collections::{HashMap, HashSet};
+
+use lockd_trace_common::{
+    kernel::{F_UNLCK, FL_FLOCK},
+    nlm_op::*,
+};
+
+use super::{
+    FileKey, Histories,
+    table::{Held, Holder},
+};
+use crate::{
+    clock::hms_micros,
+    event::{Event, Lock, NlmRecord},
+    finding::{Finding, Kind, Range, errno_text, held_text, status_text},
+    names,
+};
+
+const NLM_GRANTED: u32 = 0;
+const NLM_BLOCKED: u32 = 3;
+const NLM_GRACE: u32 = 4;
+const PROC_LOCK: u32 = 2;
+/// Bound for the maps keyed by things the kernel may never mention again.
+const MAX_REMEMBERED: usize = 65_536;
+
+#[derive(Clone)]
+struct Request {
+    file: FileKey,
+    pid: u32,
+    comm: String,
+    cmd: u32,
+    lock: Lock,
+    host: String,
+    ts_ns: u64,
+    svid: Option<u32>,
+    fh: Vec<u8>,
+    granted: Option<(u64, &'static str)>,
+    blocked_since: Option<u64>,
+    blocked_reported: bool,
+    vfs_after_grant: Option<(i32, Option<Lock>)>,
+    /// An unexpected UNLOCK reply (time, status) and what the server had granted before.
+    unlock_reply: Option<(u64, u32, Option<Held>)>,
+}
+
+impl Request {
+    fn holder(&self) -> Holder {
+        Holder {
+            owner: self.lock.owner,
+            pid: self.lock.pid,
+            comm: self.comm.clone(),
+            svid: self.svid,
+            host: Some(self.host.clone()),
+        }
+    }
+
+    fn range(&self) -> Range {
+        Range {
+            lock_type: self.lock.lock_type,
+            start: self.lock.start,
+            end: self.lock.end,
+        }
+    }
+
+    fn is_unlock(&self) -> bool {
+        self.lock.lock_type == F_UNLCK
+    }
+}
+
+#[derive(Default)]
+pub struct Client {
+    by_tid: HashMap<u32, Request>,
+    /// Unlocks whose nlmclnt_proc returned before the server's reply: (server, svid).
+    unlocks: HashMap<(String, u32), Request>,
+    fh_file: HashMap<Vec<u8>, FileKey>,
+    /// The last NLM call per thread, for the reclaimer (which has no nlmclnt_proc).
+    last_call: HashMap<u32, (i32, Option<u32>)>,
+    flock_seen: HashSet<(FileKey, u64)>,
+    /// The svid the client uses for a lock owner with a server (nlm_lockowner), learned from
+    /// its first call: unlocks (asynchronous) and later requests carry it.
+    svid_of: HashMap<(u64, String), u32>,
+}
+
+fn bounded<K, V>(m: &mut HashMap<K, V>) {
+    if m.len() >= MAX_REMEMBERED {
+        m.clear();
+    }
+}
+
+/// The file a client NLM step without one (calls, replies) is about: its thread's request, or
+/// the file handle.
+pub(super) fn file_of(h: &Histories, tid: u32, fh: &[u8]) -> Option<FileKey> {
+    h.client
+        .by_tid
+        .get(&tid)
+        .map(|r| r.file)
+        .or_else(|| h.client.fh_file.get(fh).copied())
+}
+
+pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
+    match n.op {
+        CLNT_PROC_ENTER => enter(h, ev, n, out),
+        CLNT_CALL => call(h, ev, n),
+        CLNT_GRANTED_CB => {
+            let c = &mut h.client;
+            if let Some(r) = c
+                .by_tid
+                .values_mut()
+                .find(|r| r.svid == Some(n.svid) && r.fh == n.fh && r.granted.is_none())
+            {
+                r.granted = Some((ev.ts_ns, "by the server's GRANTED callback"));
+            }
+        }
+        CLNT_VFS => {
+            if let Some(r) = h.client.by_tid.get_mut(&ev.tid)
+                && r.granted.is_some()
+                && !r.is_unlock()
+            {
+                r.vfs_after_grant = Some((n.ret, n.blocker));
+            }
+        }
+        CLNT_PROC_EXIT => exit(h, ev, n, out),
+        CLNT_UNLOCK_CB => unlock_reply(h, ev, n, out),
+        CLNT_RECLAIM => reclaim(h, ev, n, out),
+        _ => {}
+    }
+}
+
+fn enter(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
+    let file = (n.dev, n.ino);
+    bounded(&mut h.client.by_tid);
+    h.client.by_tid.insert(
+        ev.tid,
+        Request {
+            file,
+            pid: ev.pid,
+            comm: ev.comm.clone(),
+            cmd: n.cmd,
+            lock: n.lock,
+            host: n.host.clone(),
+            ts_ns: ev.ts_ns,
+            svid: h
+                .client
+                .svid_of
+                .get(&(n.lock.owner, n.host.clone()))
+                .copied(),
+            fh: Vec::new(),
+            granted: None,
+            blocked_since: None,
+            blocked_reported: false,
+            vfs_after_grant: None,
+            unlock_reply: None,
+        },
+    );
+    if n.lock.flags & FL_FLOCK != 0
+        && n.lock.lock_type != F_UNLCK
+        && h.client.flock_seen.insert((file, n.lock.owner))
+    {
+        let path = h.files.get(&file).and_then(|f| f.path.clone());
+        let mut f = Finding::new(
+            Kind::FlockEmulated,
+            ev.ts_ns,
+            file,
+            path,
+            ev.pid as i32,
+            &ev.comm,
+        );
+        f.host = Some(n.host.clone());
+        f.headline = format!(
+            "{}: {} (pid {}) uses flock() on NFS; server {} sees a whole-file POSIX lock",
+            f.file_text(),
+            ev.comm,
+            ev.pid,
+            n.host
+        );
+        f.evidence = vec![
+            "the Linux NFS client sends flock() locks to the server as byte-range locks over \
+             the whole file: they conflict with fcntl()/lockf() locks of other clients, though \
+             locally flock and POSIX locks never conflict"
+                .into(),
+        ];
+        out.push(f);
+    }
+}
+
+fn call(h: &mut Histories, ev: &Event, n: &NlmRecord) {
+    let c = &mut h.client;
+    bounded(&mut c.last_call);
+    c.last_call.insert(ev.tid, (n.ret, n.nlm_status));
+    let Some(r) = c.by_tid.get_mut(&ev.tid) else {
+        return;
+    };
+    r.svid = Some(n.svid);
+    bounded(&mut c.svid_of);
+    c.svid_of.insert((r.lock.owner, r.host.clone()), n.svid);
+    if !n.fh.is_empty() {
+        r.fh = n.fh.clone();
+        bounded(&mut c.fh_file);
+        c.fh_file.insert(n.fh.clone(), r.file);
+    }
+    if n.cmd != PROC_LOCK || n.ret < 0 {
+        return;
+    }
+    match n.nlm_status {
+        Some(NLM_GRANTED) => {
+            r.granted = Some((ev.ts_ns, "in its reply"));
+            r.blocked_since = None;
+        }
+        Some(NLM_BLOCKED) => {
+            r.blocked_since.get_or_insert(ev.ts_ns);
+        }
+        _ => {}
+    }
+    let (r, fh) = (r.clone(), n.fh.clone());
+    if let Some(f) = h.files.get_mut(&r.file) {
+        if f.fh.is_empty() {
+            f.fh = fh;
+        }
+        if r.granted.is_some_and(|(t, _)| t == ev.ts_ns) {
+            f.nlm.apply(
+                &r.holder(),
+                r.lock.lock_type,
+                r.lock.start,
+                r.lock.end,
+                ev.ts_ns,
+            );
+        }
+    }
+}
+
+fn exit(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
+    let Some(r) = h.client.by_tid.remove(&ev.tid) else {
+        return;
+    };
+    if let Some((ts, status, prior)) = r.unlock_reply.clone() {
+        out.push(unexpected_unlock(h, &r, ts, status, prior, Some(n.ret)));
+    } else if r.is_unlock()
+        && let Some(svid) = r.svid
+    {
+        bounded(&mut h.client.unlocks);
+        h.client.unlocks.insert((r.host.clone(), svid), r.clone());
+    }
+    if let Some((vfs_ret, blocker)) = r.vfs_after_grant
+        && vfs_ret < 0
+    {
+        out.push(out_of_sync(h, &r, ev.ts_ns, vfs_ret, blocker, n.ret));
+    }
+}
+
+fn out_of_sync(
+    h: &mut Histories,
+    r: &Request,
+    ts: u64,
+    vfs_ret: i32,
+    blocker: Option<Lock>,
+    app: i32,
+) -> Finding {
+    let clock = h.clock;
+    let t = |ns| hms_micros(clock.wall_ns(ns));
+    let file = h.files.get(&r.file);
+    let path = file.and_then(|f| f.path.clone());
+    let mut f = Finding::new(Kind::OutOfSync, ts, r.file, path, r.pid as i32, &r.comm);
+    f.range = Some(r.range());
+    f.host = Some(r.host.clone());
+    f.svid = r.svid;
+    f.nlm_status = Some(NLM_GRANTED);
+    f.errno = Some(vfs_ret);
+    f.app_result = Some(app);
+    let (granted, via) = r.granted.unwrap_or((ts, ""));
+    f.granted_ns = Some(granted);
+    f.evidence.push(format!(
+        "{} (pid {}) asked for {} with {} at {}; server {} granted it {via} at {} (svid {})",
+        r.comm,
+        r.pid,
+        r.range().text(),
+        names::fcntl_cmd_name(r.cmd),
+        t(r.ts_ns),
+        r.host,
+        t(granted),
+        r.svid.map_or("?".into(), |s| s.to_string()),
+    ));
+    let why = match -vfs_ret {
+        512 | 4 => " — a signal interrupted its wait for the conflicting local lock",
+        35 => " — taking it would deadlock with a local lock",
+        37 | 12 => " — the kernel ran out of lock resources",
+        _ => "",
+    };
+    f.evidence.push(format!(
+        "the final local lock (do_vfs_lock) returned {}{why}",
+        errno_text(vfs_ret)
+    ));
+    let held = blocker.map(|b| {
+        file.and_then(|fh| {
+            fh.local
+                .held
+                .iter()
+                .find(|x| x.holder.owner == b.owner && x.overlaps(b.start, b.end))
+                .cloned()
+        })
+        .unwrap_or(super::table::Held {
+            holder: Holder {
+                owner: b.owner,
+                pid: b.pid,
+                ..Default::default()
+            },
+            lock_type: b.lock_type,
+            start: b.start,
+            end: b.end,
+            since_ns: ts,
+        })
+    });
+    let mut headline_blocker = String::new();
+    if let Some(b) = &held {
+        f.evidence
+            .push(format!("in the way locally: {}", held_text(b, &clock)));
+        headline_blocker = format!(
+            " behind {} (pid {})'s {}",
+            if b.holder.comm.is_empty() {
+                "pid"
+            } else {
+                &b.holder.comm
+            },
+            b.holder.pid,
+            Range {
+                lock_type: b.lock_type,
+                start: b.start,
+                end: b.end
+            }
+            .text()
+        );
+        let told = file.and_then(|fh| {
+            fh.nlm
+                .of(&b.holder, b.start, b.end)
+                .first()
+                .map(|x| (*x).clone())
+        });
+        match &told {
+            Some(x) => f.evidence.push(format!(
+                "the server had granted that lock to this client at {} (svid {}) and no unlock \
+                 of it was sent since: the server should have refused pid {}, so it had \
+                 forgotten the lock",
+                t(x.since_ns),
+                x.holder.svid.map_or("?".into(), |s| s.to_string()),
+                r.pid
+            )),
+            None => f.evidence.push(
+                "this client never told the server of that lock (taken before tracing, or \
+                 only locally)"
+                    .into(),
+            ),
+        }
+        let svid = told.as_ref().and_then(|x| x.holder.svid);
+        let forgot = svid.and_then(|s| super::server::forgotten(&h.server, &r.fh, s));
+        match &forgot {
+            Some(g) => f.evidence.push(format!(
+                "on the server, at {} {} (pid {}) released lockd's {} for host {} svid {} on {} \
+                 outside NLM (a write to /proc/fs/nfsd/unlock_ip or unlock_filesystem, or an \
+                 nfsd restart)",
+                t(g.ts_ns),
+                g.comm,
+                g.pid,
+                g.range.text(),
+                g.host,
+                g.svid,
+                g.path.as_deref().unwrap_or("the file")
+            )),
+            None if told.is_some() => f.evidence.push(
+                "the server side was not traced here: it lost the lock through \
+                 /proc/fs/nfsd/unlock_ip or unlock_filesystem, a restart, or a failed unlock"
+                    .into(),
+            ),
+            None => {}
+        }
+        f.forgotten = forgot;
+    }
+    f.blocker = held;
+    f.evidence.push(format!(
+        "nlmclnt_proc returned {}: the application was told it holds the lock",
+        names::result_name(app)
+    ));
+    f.evidence.push(format!(
+        "the server now holds {} for svid {} but the local VFS does not: pid {}'s unlock or \
+         close will find no local lock and skip the server, leaving that server lock orphaned \
+         (it blocks other clients until this client's lockd or the server restarts)",
+        r.range().text(),
+        r.svid.map_or("?".into(), |s| s.to_string()),
+        r.pid
+    ));
+    f.headline = format!(
+        "{}: server {} granted {} (pid {}) {}, but the local VFS refused it ({}){headline_blocker}; \
+         the application was told {}",
+        f.file_text(),
+        r.host,
+        r.comm,
+        r.pid,
+        r.range().text(),
+        names::errno_name(vfs_ret),
+        names::result_name(app)
+    );
+    f
+}
+
+fn unlock_reply(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
+    let status = n.nlm_status.unwrap_or(NLM_GRANTED);
+    let key = (n.host.clone(), n.svid);
+    let unexpected = n.ret >= 0 && status != NLM_GRANTED && status != NLM_GRACE;
+    // The request is either still in nlmclnt_proc (report at its exit, with what the
+    // application got) or already returned.
+    let c = &mut h.client;
+    let in_flight = c
+        .by_tid
+        .iter()
+        .find(|(_, r)| r.is_unlock() && r.svid == Some(n.svid) && r.host == n.host)
+        .map(|(tid, _)| *tid);
+    let req = match in_flight {
+        Some(tid) => c.by_tid.get(&tid).cloned(),
+        None => c.unlocks.remove(&key),
+    };
+    let Some(r) = req else {
+        return;
+    };
+    let prior = forget_nlm(h, &r, n);
+    match in_flight {
+        Some(tid) if unexpected => {
+            if let Some(r) = h.client.by_tid.get_mut(&tid) {
+                r.unlock_reply = Some((ev.ts_ns, status, prior));
+            }
+        }
+        None if unexpected => out.push(unexpected_unlock(h, &r, ev.ts_ns, status, prior, None)),
+        _ => {}
+    }
+}
+
+/// The client drops the lock from what the server holds, whatever the reply said; returns
+/// what the server had granted.
+fn forget_nlm(h: &mut Histories, r: &Request, n: &NlmRecord) -> Option<Held> {
+    let f = h.files.get_mut(&r.file)?;
+    let holder = r.holder();
+    let prior = f
+        .nlm
+        .of(&holder, n.lock.start, n.lock.end)
+        .first()
+        .map(|x| (*x).clone());
+    f.nlm.apply(&holder, F_UNLCK, n.lock.start, n.lock.end, 0);
+    prior
+}
+
+fn unexpected_unlock(
+    h: &Histories,
+    r: &Request,
+    ts: u64,
+    status: u32,
+    prior: Option<Held>,
+    app: Option<i32>,
+) -> Finding {
+    let clock = h.clock;
+    let t = |ns| hms_micros(clock.wall_ns(ns));
+    let file = h.files.get(&r.file);
+    let path = file.and_then(|f| f.path.clone());
+    let mut f = Finding::new(
+        Kind::UnexpectedUnlock,
+        ts,
+        r.file,
+        path,
+        r.pid as i32,
+        &r.comm,
+    );
+    f.range = Some(r.range());
+    f.host = Some(r.host.clone());
+    f.svid = r.svid;
+    f.nlm_status = Some(status);
+    f.app_result = app;
+    f.headline = format!(
+        "{}: server {} answered {} (pid {})'s unlock of {} with {} ({})",
+        f.file_text(),
+        r.host,
+        r.comm,
+        r.pid,
+        names::range(r.lock.start, r.lock.end),
+        status,
+        names::nlm_status_name(status)
+    );
+    f.evidence.push(format!(
+        "{} (pid {}) unlocked {} at {} (svid {}); the reply: {}",
+        r.comm,
+        r.pid,
+        names::range(r.lock.start, r.lock.end),
+        t(r.ts_ns),
+        r.svid.map_or("?".into(), |s| s.to_string()),
+        status_text(status)
+    ));
+    if let Some(g) = prior {
+        f.granted_ns = Some(g.since_ns);
+        f.evidence.push(format!(
+            "the server had granted this owner {} {} at {}",
+            names::lock_type_name(g.lock_type),
+            names::range(g.start, g.end),
+            t(g.since_ns)
+        ));
+    }
+    if let Some(g) = r
+        .svid
+        .and_then(|s| super::server::forgotten(&h.server, &r.fh, s))
+    {
+        f.evidence.push(format!(
+            "on the server, at {} {} (pid {}) released lockd's lock for svid {} on {} outside \
+             NLM (unlock_ip/unlock_filesystem)",
+            t(g.ts_ns),
+            g.comm,
+            g.pid,
+            g.svid,
+            g.path.as_deref().unwrap_or("the file")
+        ));
+        f.forgotten = Some(g);
+    }
+    if status == 7 {
+        f.evidence.push(
+            "STALE_FH: since the lock was taken the file was removed, replaced or unexported \
+             on the server, so the server cannot find the lock to release"
+                .into(),
+        );
+    }
+    f.evidence.push(match app {
+        Some(a) => format!(
+            "the local lock was released anyway; the application's unlock returned {}",
+            names::result_name(a)
+        ),
+        None => "the local lock was released anyway".into(),
+    });
+    f
+}
+
+fn reclaim(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
+    let file = (n.dev, n.ino);
+    let holder = Holder {
+        owner: n.lock.owner,
+        pid: n.lock.pid,
+        svid: Some(n.svid),
+        host: Some(n.host.clone()),
+        ..Default::default()
+    };
+    if n.ret >= 0 {
+        if let Some(f) = h.files.get_mut(&file) {
+            f.nlm.apply(
+                &holder,
+                n.lock.lock_type,
+                n.lock.start,
+                n.lock.end,
+                ev.ts_ns,
+            );
+        }
+        return;
+    }
+    let clock = h.clock;
+    let t = |ns| hms_micros(clock.wall_ns(ns));
+    let (call_ret, status) = h
+        .client
+        .last_call
+        .get(&ev.tid)
+        .copied()
+        .unwrap_or((n.ret, n.nlm_status));
+    let fh = h.files.get(&file);
+    let path = fh.and_then(|f| f.path.clone());
+    let owner_comm = fh
+        .and_then(|f| {
+            f.local
+                .of(&holder, n.lock.start, n.lock.end)
+                .first()
+                .map(|x| x.holder.comm.clone())
+        })
+        .unwrap_or_default();
+    let granted = fh.and_then(|f| {
+        f.nlm
+            .of(&holder, n.lock.start, n.lock.end)
+            .first()
+            .map(|x| x.since_ns)
+    });
+    let mut f = Finding::new(
+        Kind::FailedReclaim,
+        ev.ts_ns,
+        file,
+        path,
+        n.lock.pid,
+        &owner_comm,
+    );
+    let range = Range {
+        lock_type: n.lock.lock_type,
+        start: n.lock.start,
+        end: n.lock.end,
+    };
+    f.range = Some(range);
+    f.host = Some(n.host.clone());
+    f.svid = Some(n.svid);
+    f.nlm_status = status;
+    f.errno = Some(call_ret);
+    f.granted_ns = granted;
+    f.headline = format!(
+        "{}: pid {}'s {} could not be reclaimed from server {} (errno {}, status {}); the \
+         process was not told",
+        f.file_text(),
+        n.lock.pid,
+        range.text(),
+        n.host,
+        call_ret,
+        status.map_or("?".into(), |s| format!("{s} {}", names::nlm_status_name(s)))
+    );
+    if let Some((rt, state)) = super::server::rebooted(&h.server, &n.host) {
+        f.evidence.push(format!(
+            "server {} announced a reboot at {} (NSM state {state}); lockd's reclaimer ({}) \
+             re-sent every lock this client held there",
+            n.host,
+            t(rt),
+            ev.comm
+        ));
+    }
+    if let Some(g) = granted {
+        f.evidence.push(format!(
+            "the lock was granted at {} (svid {})",
+            t(g),
+            n.svid
+        ));
+    }
+    f.evidence.push(format!(
+        "the reclaim's NLM LOCK call returned {}{}",
+        errno_text(call_ret),
+        status.map_or(String::new(), |s| format!(" with {}", status_text(s)))
+    ));
+    if status == Some(NLM_GRACE) {
+        f.evidence.push(
+            "the server refused a reclaim during its own grace period (lockd logs \"spurious \
+             grace period reject?!\"): the server restarted again or was not ready"
+                .into(),
+        );
+    }
+    f.evidence.push(format!(
+        "the process was not told: pid {} still holds {} in the local VFS, but the server does \
+         not; another client can take the range now, and this client's unlock will likely get \
+         \"unexpected unlock status\"",
+        n.lock.pid,
+        range.text()
+    ));
+    if let Some(f) = h.files.get_mut(&file) {
+        f.nlm.apply(&holder, F_UNLCK, n.lock.start, n.lock.end, 0);
+    }
+    out.push(f);
+}
+
+/// Requests blocked at the server longer than the threshold.
+pub(super) fn advance(h: &mut Histories, now_ns: u64, out: &mut Vec<Finding>) {
+    let limit = h.limits.blocked_after_ns;
+    let clock = h.clock;
+    for r in h.client.by_tid.values_mut() {
+        let Some(since) = r.blocked_since else {
+            continue;
+        };
+        if r.blocked_reported || now_ns.saturating_sub(since) < limit {
+            continue;
+        }
+        r.blocked_reported = true;
+        let path = h.files.get(&r.file).and_then(|f| f.path.clone());
+        let mut f = Finding::new(
+            Kind::BlockedLong,
+            now_ns,
+            r.file,
+            path,
+            r.pid as i32,
+            &r.comm,
+        );
+        f.range = Some(r.range());
+        f.host = Some(r.host.clone());
+        f.svid = r.svid;
+        f.nlm_status = Some(NLM_BLOCKED);
+        f.headline = format!(
+            "{}: {} (pid {}) blocked at server {} for over {} s",
+            f.file_text(),
+            r.comm,
+            r.pid,
+            r.host,
+            limit / 1_000_000_000
+        );
+        f.evidence.push(format!(
+            "the server answered BLOCKED at {}: the request waits there for a GRANTED callback \
+             (or this client's re-poll every 30 s)",
+            hms_micros(clock.wall_ns(since))
+        ));
+        let wanted = (r.lock.lock_type, r.lock.start, r.lock.end);
+        if let Some(b) = super::server::holder_for(&h.server, &h.files, &r.fh, wanted) {
+            f.evidence.push(format!(
+                "in the way on the server: {}",
+                held_text(&b, &clock)
+            ));
+            f.blocker = Some(b);
+        }
+        out.push(f);
+    }
+}

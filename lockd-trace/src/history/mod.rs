@@ -1,0 +1,336 @@
+//! Per-file histories: every step seen on a file, the lock table the local VFS holds and the one
+//! the NLM peer was told of, bounded by an LRU over files. The detectors (client.rs for the
+//! NLM client, server.rs for lockd's server side and NSM) read and update them.
+
+mod client;
+mod server;
+pub mod table;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use lockd_trace_common::{
+    kernel::{F_UNLCK, FILE_LOCK_DEFERRED, FL_ACCESS, FL_CLOSE},
+    nlm_op,
+};
+use table::{Holder, LockTable};
+
+use crate::{
+    clock::Clock,
+    event::{Body, Event, LockRecord},
+    finding::{Finding, Kind, Range},
+};
+
+pub type FileKey = (u32, u64);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Files kept; the least recently used one goes first.
+    pub max_files: usize,
+    /// Steps kept per file; older steps are dropped (and counted).
+    pub max_steps: usize,
+    /// A request waiting longer than this is reported (nanoseconds).
+    pub blocked_after_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_files: 100_000,
+            max_steps: 64,
+            blocked_after_ns: 10_000_000_000,
+        }
+    }
+}
+
+pub struct FileHistory {
+    pub dev: u32,
+    pub ino: u64,
+    pub path: Option<String>,
+    /// NFS file handle, once an NLM step named it.
+    pub fh: Vec<u8>,
+    pub steps: VecDeque<Event>,
+    pub steps_dropped: u64,
+    /// What the local VFS holds.
+    pub local: LockTable,
+    /// Client side: what the server was told this host holds. Server side: what lockd
+    /// granted to clients.
+    pub nlm: LockTable,
+    last_use: u64,
+}
+
+impl FileHistory {
+    fn new(dev: u32, ino: u64) -> Self {
+        FileHistory {
+            dev,
+            ino,
+            path: None,
+            fh: Vec::new(),
+            steps: VecDeque::new(),
+            steps_dropped: 0,
+            local: LockTable::default(),
+            nlm: LockTable::default(),
+            last_use: 0,
+        }
+    }
+
+    /// Local locks the NLM peer was not told of, and NLM locks the local VFS lacks.
+    pub fn differences(&self) -> (Vec<&table::Held>, Vec<&table::Held>) {
+        let covered = |h: &table::Held, t: &LockTable| {
+            t.held
+                .iter()
+                .any(|o| o.holder.pid == h.holder.pid && o.start <= h.start && o.end >= h.end)
+        };
+        let local_only = self
+            .local
+            .held
+            .iter()
+            .filter(|h| !covered(h, &self.nlm))
+            .collect();
+        let nlm_only = self
+            .nlm
+            .held
+            .iter()
+            .filter(|h| !covered(h, &self.local))
+            .collect();
+        (local_only, nlm_only)
+    }
+}
+
+/// A local request queued behind a conflicting lock (posix_lock_inode said WAIT).
+struct Wait {
+    file: FileKey,
+    pid: u32,
+    comm: String,
+    since_ns: u64,
+    range: Range,
+    blocker: Option<table::Held>,
+    reported: bool,
+}
+
+pub struct Histories {
+    clock: Clock,
+    limits: Limits,
+    files: HashMap<FileKey, FileHistory>,
+    lru: BTreeMap<u64, FileKey>,
+    tick: u64,
+    pub evicted: u64,
+    waits: HashMap<u64, Wait>,
+    client: client::Client,
+    server: server::Server,
+}
+
+impl Histories {
+    pub fn new(clock: Clock, limits: Limits) -> Self {
+        Histories {
+            clock,
+            limits,
+            files: HashMap::new(),
+            lru: BTreeMap::new(),
+            tick: 0,
+            evicted: 0,
+            waits: HashMap::new(),
+            client: client::Client::default(),
+            server: server::Server::default(),
+        }
+    }
+
+    pub fn file(&self, key: FileKey) -> Option<&FileHistory> {
+        self.files.get(&key)
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &FileHistory> {
+        self.files.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The file's history, created (and the LRU file evicted) as needed; touched as used.
+    fn touch(&mut self, key: FileKey, path: Option<&str>) -> &mut FileHistory {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.files.contains_key(&key) {
+            while self.files.len() >= self.limits.max_files.max(1) {
+                let Some((_, old)) = self.lru.pop_first() else {
+                    break;
+                };
+                self.files.remove(&old);
+                self.evicted += 1;
+            }
+        }
+        let f = self
+            .files
+            .entry(key)
+            .or_insert_with(|| FileHistory::new(key.0, key.1));
+        self.lru.remove(&f.last_use);
+        f.last_use = tick;
+        self.lru.insert(tick, key);
+        if f.path.is_none() {
+            f.path = path.map(str::to_string);
+        }
+        f
+    }
+
+    fn record(&mut self, key: FileKey, path: Option<&str>, ev: &Event) -> &mut FileHistory {
+        let max = self.limits.max_steps;
+        let f = self.touch(key, path);
+        if f.steps.len() >= max {
+            f.steps.pop_front();
+            f.steps_dropped += 1;
+        }
+        f.steps.push_back(ev.clone());
+        f
+    }
+
+    /// Folds one event in; findings it completes are appended to `out`.
+    pub fn observe(&mut self, ev: &Event, path: Option<&str>, out: &mut Vec<Finding>) {
+        match &ev.body {
+            Body::Lock(r) => self.lock(ev, r, path, out),
+            Body::WaitEnd(r) => {
+                self.record((r.dev, r.ino), path, ev);
+                self.waits.remove(&r.fl);
+            }
+            Body::Getlk(g) => {
+                self.record((g.dev, g.ino), path, ev);
+            }
+            Body::Nlm(n) => {
+                let key = match (n.dev, n.ino) {
+                    (0, 0) => client::file_of(self, ev.tid, &n.fh),
+                    key => Some(key),
+                };
+                if let Some(key) = key {
+                    self.record(key, path, ev);
+                }
+                use nlm_op::*;
+                match n.op {
+                    CLNT_PROC_ENTER | CLNT_PROC_EXIT | CLNT_CALL | CLNT_UNLOCK_CB
+                    | CLNT_RECLAIM | CLNT_GRANTED_CB | CLNT_VFS => {
+                        client::observe(self, ev, n, out)
+                    }
+                    _ => server::observe(self, ev, n, out),
+                }
+            }
+            Body::FileName(_) => {}
+        }
+    }
+
+    fn lock(&mut self, ev: &Event, r: &LockRecord, path: Option<&str>, out: &mut Vec<Finding>) {
+        let key = (r.dev, r.ino);
+        let holder = Holder {
+            owner: r.lock.owner,
+            pid: r.lock.pid,
+            comm: ev.comm.clone(),
+            svid: None,
+            host: None,
+        };
+        let (start, end, lock_type) = if r.lock.flags & FL_CLOSE != 0 {
+            (0, i64::MAX, F_UNLCK)
+        } else {
+            (r.lock.start, r.lock.end, r.lock.lock_type)
+        };
+        let f = self.record(key, path, ev);
+        if r.lock.flags & FL_ACCESS != 0 {
+            return;
+        }
+        match r.ret {
+            0 => {
+                self.waits.remove(&r.fl);
+                if lock_type == F_UNLCK {
+                    server::released(self, ev, key, &holder, start, end, out);
+                }
+                let f = self.files.get_mut(&key).expect("just recorded");
+                f.local.apply(&holder, lock_type, start, end, ev.ts_ns);
+                server::tag_lockd_locks(&self.server, f);
+            }
+            FILE_LOCK_DEFERRED => {
+                let blocker = r.blocker.map(|b| {
+                    let since = f
+                        .local
+                        .held
+                        .iter()
+                        .find(|h| h.holder.owner == b.owner && h.overlaps(b.start, b.end))
+                        .cloned();
+                    since.unwrap_or(table::Held {
+                        holder: Holder {
+                            owner: b.owner,
+                            pid: b.pid,
+                            ..Default::default()
+                        },
+                        lock_type: b.lock_type,
+                        start: b.start,
+                        end: b.end,
+                        since_ns: ev.ts_ns,
+                    })
+                });
+                self.waits.insert(
+                    r.fl,
+                    Wait {
+                        file: key,
+                        pid: ev.pid,
+                        comm: ev.comm.clone(),
+                        since_ns: ev.ts_ns,
+                        range: Range {
+                            lock_type,
+                            start,
+                            end,
+                        },
+                        blocker,
+                        reported: false,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Time moved on to `now_ns`: report requests waiting longer than the threshold.
+    pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        let limit = self.limits.blocked_after_ns;
+        let clock = self.clock;
+        for w in self.waits.values_mut() {
+            if w.reported || now_ns.saturating_sub(w.since_ns) < limit {
+                continue;
+            }
+            w.reported = true;
+            let path = self.files.get(&w.file).and_then(|f| f.path.clone());
+            let mut evidence = vec![format!(
+                "{} (pid {}) asked for {} at {} and is still waiting after {:.1} s",
+                w.comm,
+                w.pid,
+                w.range.text(),
+                crate::clock::hms_micros(clock.wall_ns(w.since_ns)),
+                (now_ns - w.since_ns) as f64 / 1e9
+            )];
+            if let Some(b) = &w.blocker {
+                evidence.push(format!(
+                    "in the way locally: {}",
+                    crate::finding::held_text(b, &clock)
+                ));
+            }
+            let mut f = Finding::new(
+                Kind::BlockedLong,
+                now_ns,
+                w.file,
+                path,
+                w.pid as i32,
+                &w.comm,
+            );
+            f.headline = format!(
+                "{}: {} (pid {}) blocked for over {} s on a local lock",
+                f.file_text(),
+                w.comm,
+                w.pid,
+                limit / 1_000_000_000
+            );
+            f.range = Some(w.range);
+            f.blocker = w.blocker.clone();
+            f.evidence = evidence;
+            out.push(f);
+        }
+        client::advance(self, now_ns, out);
+    }
+}
+
+#[cfg(test)]
+mod tests;

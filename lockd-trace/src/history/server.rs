@@ -1,0 +1,291 @@
+//! lockd's server side and NSM: which client (host, svid) holds which lock, locks released
+//! outside NLM (unlock_ip, unlock_filesystem: the server "forgets" a client's lock), statd
+//! monitoring and reboot notifications.
+
+use std::collections::HashMap;
+
+use lockd_trace_common::{kernel::F_UNLCK, nlm_op::*};
+
+use super::{
+    FileHistory, FileKey, Histories,
+    table::{Held, Holder},
+};
+use crate::{
+    clock::hms_micros,
+    event::{Event, NlmRecord},
+    finding::{Finding, Forgotten, Kind, Range},
+};
+
+const NLM_GRANTED: u32 = 0;
+const MAX_REMEMBERED: usize = 65_536;
+
+#[derive(Default)]
+pub struct Server {
+    /// lockd's fl_owner for a client lock → (client host, svid), from nlmsvc_lock.
+    lockd_owner: HashMap<u64, (String, u32)>,
+    fh_file: HashMap<Vec<u8>, FileKey>,
+    forgotten: HashMap<(Vec<u8>, u32), Forgotten>,
+    /// Reboot notifications per host: (when, NSM state).
+    reboots: HashMap<String, (u64, u32)>,
+}
+
+fn room<K, V>(m: &mut HashMap<K, V>) {
+    if m.len() >= MAX_REMEMBERED {
+        m.clear();
+    }
+}
+
+pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
+    let key = (n.dev, n.ino);
+    match n.op {
+        SVC_LOCK if n.ret >= 0 && n.nlm_status == Some(NLM_GRANTED) => {
+            let s = &mut h.server;
+            room(&mut s.lockd_owner);
+            s.lockd_owner.insert(n.lock.owner, (n.host.clone(), n.svid));
+            if !n.fh.is_empty() {
+                room(&mut s.fh_file);
+                s.fh_file.insert(n.fh.clone(), key);
+            }
+            let holder = Holder {
+                owner: n.lock.owner,
+                pid: n.svid as i32,
+                comm: format!("{} svid {}", n.host, n.svid),
+                svid: Some(n.svid),
+                host: Some(n.host.clone()),
+            };
+            if let Some(f) = h.files.get_mut(&key) {
+                f.fh.clone_from(&n.fh);
+                f.nlm.apply(
+                    &holder,
+                    n.lock.lock_type,
+                    n.lock.start,
+                    n.lock.end,
+                    ev.ts_ns,
+                );
+                tag_lockd_locks(&h.server, f);
+            }
+        }
+        SVC_UNLOCK | SVC_CANCEL if n.ret >= 0 => {
+            if let Some(f) = h.files.get_mut(&key) {
+                let holders: Vec<Holder> = f
+                    .nlm
+                    .held
+                    .iter()
+                    .filter(|x| {
+                        x.holder.svid == Some(n.svid)
+                            && (n.host.is_empty() || x.holder.host.as_deref() == Some(&n.host))
+                    })
+                    .map(|x| x.holder.clone())
+                    .collect();
+                for holder in holders {
+                    f.nlm.apply(&holder, F_UNLCK, n.lock.start, n.lock.end, 0);
+                }
+            }
+        }
+        NSM_MONITOR if n.ret < 0 => {
+            let mut f = Finding::new(
+                Kind::MonitorFailed,
+                ev.ts_ns,
+                (0, 0),
+                None,
+                ev.pid as i32,
+                &ev.comm,
+            );
+            f.host = Some(n.host.clone());
+            f.errno = Some(n.ret);
+            f.headline = format!(
+                "statd could not be asked to monitor {} ({}): lock requests involving it fail \
+                 with ENOLCK",
+                n.host,
+                crate::names::errno_name(n.ret)
+            );
+            f.evidence.push(
+                "lockd asks the local rpc.statd (through rpcbind on 127.0.0.1) to monitor every \
+                 peer it holds locks with; check that rpc.statd and rpcbind run, and that the \
+                 host name resolves"
+                    .into(),
+            );
+            out.push(f);
+        }
+        HOST_REBOOTED => {
+            room(&mut h.server.reboots);
+            h.server.reboots.insert(n.host.clone(), (ev.ts_ns, n.state));
+            out.push(rebooted_finding(h, ev, n));
+        }
+        _ => {}
+    }
+}
+
+fn rebooted_finding(h: &Histories, ev: &Event, n: &NlmRecord) -> Finding {
+    let mut f = Finding::new(
+        Kind::HostRebooted,
+        ev.ts_ns,
+        (0, 0),
+        None,
+        ev.pid as i32,
+        &ev.comm,
+    );
+    f.host = Some(n.host.clone());
+    f.headline = format!(
+        "reboot notification (SM_NOTIFY) from {} (NSM state {}): lock recovery starts",
+        n.host, n.state
+    );
+    let mut held = 0;
+    for file in h.files.values() {
+        for x in file
+            .nlm
+            .held
+            .iter()
+            .filter(|x| x.holder.host.as_deref() == Some(&n.host))
+        {
+            held += 1;
+            f.evidence.push(format!(
+                "{}: {} {} (pid {}, svid {})",
+                file.path.as_deref().unwrap_or("?"),
+                crate::names::lock_type_name(x.lock_type),
+                crate::names::range(x.start, x.end),
+                x.holder.pid,
+                x.holder.svid.map_or("?".into(), |s| s.to_string())
+            ));
+        }
+    }
+    f.evidence.insert(
+        0,
+        format!(
+            "{held} lock(s) known here involve {}: as a client this host reclaims them; as a \
+             server lockd drops the locks that host held",
+            n.host
+        ),
+    );
+    f
+}
+
+/// A local unlock on `key`: when it releases a lock lockd holds for a client and was not done
+/// by lockd, the server has just forgotten that client's lock.
+pub(super) fn released(
+    h: &mut Histories,
+    ev: &Event,
+    key: FileKey,
+    holder: &Holder,
+    start: i64,
+    end: i64,
+    out: &mut Vec<Finding>,
+) {
+    if ev.comm == "lockd" {
+        return;
+    }
+    let Some((host, svid)) = h.server.lockd_owner.get(&holder.owner).cloned() else {
+        return;
+    };
+    let Some(f) = h.files.get_mut(&key) else {
+        return;
+    };
+    let nlm_holder = Holder {
+        owner: 0,
+        svid: Some(svid),
+        host: Some(host.clone()),
+        ..Default::default()
+    };
+    let lost: Vec<Held> = f
+        .nlm
+        .of(&nlm_holder, start, end)
+        .into_iter()
+        .cloned()
+        .collect();
+    if lost.is_empty() {
+        return;
+    }
+    f.nlm.apply(&nlm_holder, F_UNLCK, start, end, 0);
+    let (path, fh) = (f.path.clone(), f.fh.clone());
+    let clock = h.clock;
+    for l in lost {
+        let range = Range {
+            lock_type: l.lock_type,
+            start: l.start,
+            end: l.end,
+        };
+        let g = Forgotten {
+            ts_ns: ev.ts_ns,
+            pid: ev.pid,
+            comm: ev.comm.clone(),
+            host: host.clone(),
+            svid,
+            range,
+            path: path.clone(),
+        };
+        room(&mut h.server.forgotten);
+        h.server.forgotten.insert((fh.clone(), svid), g.clone());
+        let mut f = Finding::new(
+            Kind::ServerForgot,
+            ev.ts_ns,
+            key,
+            path.clone(),
+            ev.pid as i32,
+            &ev.comm,
+        );
+        f.range = Some(range);
+        f.host = Some(host.clone());
+        f.svid = Some(svid);
+        f.granted_ns = Some(l.since_ns);
+        f.headline = format!(
+            "{}: {} (pid {}) released lockd's {} for client {} svid {} outside NLM; the client \
+             still believes it holds it",
+            f.file_text(),
+            ev.comm,
+            ev.pid,
+            range.text(),
+            host,
+            svid
+        );
+        f.evidence.push(format!(
+            "lockd granted it at {}; it was released by a process other than lockd: a write to \
+             /proc/fs/nfsd/unlock_ip or unlock_filesystem (or nfsd shutting down)",
+            hms_micros(clock.wall_ns(l.since_ns))
+        ));
+        f.evidence.push(
+            "the server may now grant a conflicting lock to another owner; the client's local \
+             lock table still has this one (the way to \"VFS is out of sync\" and \"unexpected \
+             unlock status\")"
+                .into(),
+        );
+        f.forgotten = Some(g);
+        out.push(f);
+    }
+}
+
+/// Local locks lockd holds for clients are shown as the client's (host, svid).
+pub(super) fn tag_lockd_locks(s: &Server, f: &mut FileHistory) {
+    for x in &mut f.local.held {
+        if x.holder.svid.is_none()
+            && let Some((host, svid)) = s.lockd_owner.get(&x.holder.owner)
+        {
+            x.holder.svid = Some(*svid);
+            x.holder.host = Some(host.clone());
+        }
+    }
+}
+
+pub(super) fn forgotten(s: &Server, fh: &[u8], svid: u32) -> Option<Forgotten> {
+    s.forgotten.get(&(fh.to_vec(), svid)).cloned()
+}
+
+pub(super) fn rebooted(s: &Server, host: &str) -> Option<(u64, u32)> {
+    s.reboots.get(host).copied()
+}
+
+/// The server-side lock (traced on this host) in the way of `wanted` on the file with `fh`.
+pub(super) fn holder_for(
+    s: &Server,
+    files: &HashMap<FileKey, FileHistory>,
+    fh: &[u8],
+    wanted: (u32, i64, i64),
+) -> Option<Held> {
+    let f = files.get(s.fh_file.get(fh)?)?;
+    let nobody = Holder {
+        owner: u64::MAX,
+        ..Default::default()
+    };
+    f.local
+        .conflict(&nobody, wanted.0, wanted.1, wanted.2)
+        .cloned()
+}

@@ -1,0 +1,707 @@
+//! Detector tests on event sequences shaped like the lab's real traces (Debian 6.1/6.12):
+//! several owners, threads and hosts interleaved.
+
+use lockd_trace_common::{
+    hook,
+    kernel::{F_SETLK, F_SETLKW, F_UNLCK, F_WRLCK, FL_FLOCK, FL_POSIX, FL_SLEEP},
+    nlm_op::*,
+};
+
+use super::{Histories, Limits};
+use crate::{
+    clock::Clock,
+    correlate::{Correlator, Output},
+    event::{Body, Event, Lock, LockRecord, NlmRecord},
+    finding::{Finding, Kind},
+    kmsg::KernelLine,
+};
+
+const CLIENT: (u32, u64) = (32, 5);
+const SERVER: (u32, u64) = (31, 5);
+const FH: &[u8] = &[1, 0, 1, 1, 9, 9];
+const S: u64 = 1_000_000_000;
+
+fn lk(owner: u64, pid: i32, lock_type: u32, start: i64, end: i64) -> Lock {
+    Lock {
+        owner,
+        start,
+        end,
+        pid,
+        flags: FL_POSIX,
+        lock_type,
+    }
+}
+
+struct Trace {
+    h: Histories,
+    out: Vec<Finding>,
+    ts: u64,
+}
+
+impl Trace {
+    fn new() -> Trace {
+        Trace::with(Limits::default())
+    }
+
+    fn with(limits: Limits) -> Trace {
+        Trace {
+            h: Histories::new(Clock::from_pair(0, 0), limits),
+            out: Vec::new(),
+            ts: S,
+        }
+    }
+
+    fn ev(&mut self, tid: u32, comm: &str, body: Body) {
+        self.ts += 1_000_000;
+        let ev = Event {
+            ts_ns: self.ts,
+            tid,
+            pid: tid,
+            comm: comm.into(),
+            body,
+        };
+        let path = match ev.file_id() {
+            CLIENT => Some("/mnt/nfs/f"),
+            SERVER => Some("/export/f"),
+            _ => None,
+        };
+        self.h.observe(&ev, path, &mut self.out);
+    }
+
+    fn vfs(
+        &mut self,
+        tid: u32,
+        comm: &str,
+        file: (u32, u64),
+        lock: Lock,
+        ret: i32,
+        blocker: Option<Lock>,
+    ) {
+        let r = LockRecord {
+            hook: hook::POSIX_LOCK_INODE,
+            dev: file.0,
+            ino: file.1,
+            fl: lock.owner ^ 0xf1,
+            lock,
+            ret,
+            blocker,
+        };
+        self.ev(tid, comm, Body::Lock(r));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn nlm(
+        &mut self,
+        tid: u32,
+        comm: &str,
+        op: u16,
+        cmd: u32,
+        status: Option<u32>,
+        svid: u32,
+        file: (u32, u64),
+        lock: Lock,
+        ret: i32,
+        host: &str,
+    ) {
+        self.nlm_b(
+            tid, comm, op, cmd, status, svid, file, lock, ret, host, None,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn nlm_b(
+        &mut self,
+        tid: u32,
+        comm: &str,
+        op: u16,
+        cmd: u32,
+        status: Option<u32>,
+        svid: u32,
+        file: (u32, u64),
+        lock: Lock,
+        ret: i32,
+        host: &str,
+        blocker: Option<Lock>,
+    ) {
+        let fh = if matches!(op, CLNT_PROC_ENTER | CLNT_PROC_EXIT | CLNT_VFS) {
+            vec![]
+        } else {
+            FH.to_vec()
+        };
+        let n = NlmRecord {
+            op,
+            ret,
+            nlm_status: status,
+            cmd,
+            flags: 0,
+            svid,
+            dev: file.0,
+            ino: file.1,
+            lock,
+            blocker,
+            state: 3,
+            fh,
+            host: host.into(),
+        };
+        self.ev(tid, comm, Body::Nlm(n));
+    }
+
+    /// A client owner's lock granted by the server straight away (nlmclnt_proc on its thread).
+    fn granted(&mut self, pid: u32, owner: u64, svid: u32, start: i64, end: i64) {
+        let l = lk(owner, pid as i32, F_WRLCK, start, end);
+        self.nlm(
+            pid,
+            "locker",
+            CLNT_PROC_ENTER,
+            F_SETLKW,
+            None,
+            0,
+            CLIENT,
+            l,
+            0,
+            "srv",
+        );
+        self.nlm(
+            pid,
+            "locker",
+            CLNT_CALL,
+            2,
+            Some(0),
+            svid,
+            (0, 0),
+            l,
+            0,
+            "srv",
+        );
+        self.vfs(pid, "locker", CLIENT, l, 0, None);
+        self.nlm(pid, "locker", CLNT_VFS, 0, None, 0, CLIENT, l, 0, "");
+        self.nlm(
+            pid,
+            "locker",
+            CLNT_PROC_EXIT,
+            F_SETLKW,
+            None,
+            0,
+            CLIENT,
+            l,
+            0,
+            "srv",
+        );
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        self.out.iter().map(|f| f.kind).collect()
+    }
+
+    fn only(&self, kind: Kind) -> &Finding {
+        let v: Vec<&Finding> = self.out.iter().filter(|f| f.kind == kind).collect();
+        assert_eq!(v.len(), 1, "{kind:?} findings in {:?}", self.kinds());
+        v[0]
+    }
+}
+
+/// The lab's out-of-sync sequence; `server_side` adds what the server host's trace shows.
+fn out_of_sync(server_side: bool) -> Trace {
+    let mut t = Trace::new();
+    let (p_owner, q_owner, lockd_owner) = (0xa000, 0xb000, 0xc000);
+    t.granted(236, p_owner, 5, 0, 99);
+    if server_side {
+        let l = lk(lockd_owner, 180, F_WRLCK, 0, 99);
+        t.vfs(180, "lockd", SERVER, l, 0, None);
+        t.nlm(180, "lockd", SVC_LOCK, 2, Some(0), 5, SERVER, l, 0, "cli");
+        // /proc/fs/nfsd/unlock_filesystem, written by python3.
+        t.vfs(
+            234,
+            "python3",
+            SERVER,
+            lk(lockd_owner, 180, F_UNLCK, 0, i64::MAX),
+            0,
+            None,
+        );
+    }
+    let q = lk(q_owner, 237, F_WRLCK, 0, 99);
+    let p = lk(p_owner, 236, F_WRLCK, 0, 99);
+    t.nlm(
+        237,
+        "locker",
+        CLNT_PROC_ENTER,
+        F_SETLKW,
+        None,
+        0,
+        CLIENT,
+        q,
+        0,
+        "srv",
+    );
+    t.nlm(237, "locker", CLNT_CALL, 2, Some(3), 6, (0, 0), q, 0, "srv");
+    t.nlm(237, "locker", CLNT_CALL, 2, Some(0), 6, (0, 0), q, 0, "srv");
+    t.vfs(
+        237,
+        "locker",
+        CLIENT,
+        Lock {
+            flags: FL_POSIX | FL_SLEEP,
+            ..q
+        },
+        1,
+        Some(p),
+    );
+    t.nlm_b(
+        237,
+        "locker",
+        CLNT_VFS,
+        0,
+        None,
+        0,
+        CLIENT,
+        q,
+        -512,
+        "",
+        Some(p),
+    );
+    t.nlm(
+        237,
+        "locker",
+        CLNT_PROC_EXIT,
+        F_SETLKW,
+        None,
+        0,
+        CLIENT,
+        q,
+        0,
+        "srv",
+    );
+    t
+}
+
+#[test]
+fn out_of_sync_names_the_grant_the_refusal_and_the_local_blocker() {
+    let t = out_of_sync(false);
+    let f = t.only(Kind::OutOfSync);
+    assert_eq!(
+        (f.pid, f.svid, f.errno, f.app_result),
+        (237, Some(6), Some(-512), Some(0))
+    );
+    let r = f.range.unwrap();
+    assert_eq!((r.lock_type, r.start, r.end), (F_WRLCK, 0, 99));
+    assert_eq!(
+        (f.path.as_deref(), f.host.as_deref()),
+        (Some("/mnt/nfs/f"), Some("srv"))
+    );
+    let b = f.blocker.as_ref().unwrap();
+    assert_eq!(
+        (b.holder.pid, b.holder.comm.as_str(), b.start, b.end),
+        (236, "locker", 0, 99)
+    );
+    assert_eq!(b.since_ns, S + 3_000_000, "since P's local lock");
+    assert!(f.headline.contains("ERESTARTSYS"), "{}", f.headline);
+    assert!(
+        f.evidence.iter().any(|e| e.contains("svid 5")),
+        "{:?}",
+        f.evidence
+    );
+    assert!(f.forgotten.is_none());
+    // The client's tables now disagree: the server holds Q's lock, the VFS does not.
+    let h = t.h.file(CLIENT).unwrap();
+    let (local_only, nlm_only) = h.differences();
+    assert!(local_only.is_empty());
+    assert_eq!(
+        nlm_only.iter().map(|x| x.holder.pid).collect::<Vec<_>>(),
+        [237]
+    );
+}
+
+#[test]
+fn out_of_sync_says_what_made_the_server_forget() {
+    let t = out_of_sync(true);
+    let g = t.only(Kind::ServerForgot);
+    assert_eq!(
+        (g.pid, g.comm.as_str(), g.svid, g.host.as_deref()),
+        (234, "python3", Some(5), Some("cli"))
+    );
+    let f = t.only(Kind::OutOfSync);
+    let forgot = f
+        .forgotten
+        .as_ref()
+        .expect("linked by file handle and svid");
+    assert_eq!(
+        (forgot.pid, forgot.comm.as_str(), forgot.svid),
+        (234, "python3", 5)
+    );
+    assert_eq!(forgot.path.as_deref(), Some("/export/f"));
+}
+
+#[test]
+fn unexpected_unlock_status_is_tied_to_the_unlock_and_its_owner() {
+    let mut t = Trace::new();
+    t.granted(260, 0xa000, 7, 0, 9);
+    // Another owner on another host with the same svid must not be confused with it.
+    t.nlm(
+        300,
+        "other",
+        CLNT_PROC_ENTER,
+        F_SETLK,
+        None,
+        0,
+        (40, 1),
+        lk(0xd000, 300, F_UNLCK, 0, 9),
+        0,
+        "srv2",
+    );
+    t.nlm(
+        300,
+        "other",
+        CLNT_CALL,
+        2,
+        Some(0),
+        7,
+        (0, 0),
+        lk(0, 300, F_UNLCK, 0, 9),
+        0,
+        "srv2",
+    );
+    let u = lk(0xa000, 260, F_UNLCK, 0, 9);
+    t.nlm(
+        260,
+        "locker",
+        CLNT_PROC_ENTER,
+        F_SETLK,
+        None,
+        0,
+        CLIENT,
+        u,
+        0,
+        "srv",
+    );
+    t.vfs(260, "locker", CLIENT, u, 0, None);
+    t.nlm(
+        117,
+        "kworker/u8:3",
+        CLNT_UNLOCK_CB,
+        4,
+        Some(7),
+        7,
+        (0, 0),
+        lk(0, 0, F_UNLCK, 0, 9),
+        0,
+        "srv",
+    );
+    assert!(t.out.is_empty(), "reported at nlmclnt_proc's exit");
+    t.nlm(
+        260,
+        "locker",
+        CLNT_PROC_EXIT,
+        F_SETLK,
+        None,
+        0,
+        CLIENT,
+        u,
+        -37,
+        "srv",
+    );
+    let f = t.only(Kind::UnexpectedUnlock);
+    assert_eq!(
+        (f.pid, f.nlm_status, f.svid, f.app_result),
+        (260, Some(7), Some(7), Some(-37))
+    );
+    assert_eq!(f.path.as_deref(), Some("/mnt/nfs/f"));
+    assert_eq!((f.range.unwrap().start, f.range.unwrap().end), (0, 9));
+    assert!(f.granted_ns.is_some());
+    assert!(f.evidence.iter().any(|e| e.contains("STALE_FH")));
+    assert!(
+        t.h.file(CLIENT).unwrap().nlm.is_empty(),
+        "the client forgets the lock anyway"
+    );
+}
+
+#[test]
+fn failed_reclaim_decodes_errno_and_status_and_says_the_process_was_not_told() {
+    let mut t = Trace::new();
+    t.granted(283, 0xa000, 8, 0, 9);
+    t.nlm(
+        180,
+        "lockd",
+        HOST_REBOOTED,
+        0,
+        None,
+        0,
+        (0, 0),
+        Lock::default(),
+        0,
+        "srv",
+    );
+    let l = lk(0xa000, 283, F_WRLCK, 0, 9);
+    t.nlm(
+        286,
+        "srv-reclaim",
+        CLNT_CALL,
+        2,
+        Some(7),
+        8,
+        (0, 0),
+        l,
+        0,
+        "srv",
+    );
+    t.nlm(
+        286,
+        "srv-reclaim",
+        CLNT_RECLAIM,
+        2,
+        None,
+        8,
+        CLIENT,
+        l,
+        -37,
+        "srv",
+    );
+    let r = t.only(Kind::HostRebooted);
+    assert!(r.evidence[0].starts_with("1 lock(s)"), "{:?}", r.evidence);
+    let f = t.only(Kind::FailedReclaim);
+    assert_eq!(
+        (f.pid, f.errno, f.nlm_status, f.svid),
+        (283, Some(0), Some(7), Some(8))
+    );
+    assert_eq!(f.comm, "locker");
+    assert!(
+        f.headline.contains("errno 0, status 7 STALE_FH"),
+        "{}",
+        f.headline
+    );
+    assert!(f.evidence.iter().any(|e| e.contains("not told")));
+    let h = t.h.file(CLIENT).unwrap();
+    assert_eq!(
+        h.differences().0.len(),
+        1,
+        "held locally, no longer at the server"
+    );
+}
+
+#[test]
+fn grace_period_reclaim_is_explained() {
+    let mut t = Trace::new();
+    let l = lk(0xa000, 145, F_WRLCK, 0, 9);
+    t.nlm(
+        290,
+        "srv-reclaim",
+        CLNT_CALL,
+        2,
+        Some(4),
+        8,
+        (0, 0),
+        l,
+        -37,
+        "srv",
+    );
+    t.nlm(
+        290,
+        "srv-reclaim",
+        CLNT_RECLAIM,
+        2,
+        None,
+        8,
+        CLIENT,
+        l,
+        -37,
+        "srv",
+    );
+    let f = t.only(Kind::FailedReclaim);
+    assert_eq!((f.errno, f.nlm_status), (Some(-37), Some(4)));
+    assert!(f.evidence.iter().any(|e| e.contains("grace period")));
+}
+
+#[test]
+fn long_waits_local_and_at_the_server() {
+    let mut t = Trace::new();
+    let held = lk(0xa000, 10, F_WRLCK, 0, 99);
+    t.vfs(10, "holder", (8, 1), held, 0, None);
+    t.vfs(
+        11,
+        "waiter",
+        (8, 1),
+        lk(0xb000, 11, F_WRLCK, 5, 5),
+        1,
+        Some(held),
+    );
+    let q = lk(0xc000, 12, F_WRLCK, 0, 0);
+    t.nlm(
+        12,
+        "nfswaiter",
+        CLNT_PROC_ENTER,
+        F_SETLKW,
+        None,
+        0,
+        CLIENT,
+        q,
+        0,
+        "srv",
+    );
+    t.nlm(
+        12,
+        "nfswaiter",
+        CLNT_CALL,
+        2,
+        Some(3),
+        9,
+        (0, 0),
+        q,
+        0,
+        "srv",
+    );
+    let now = t.ts;
+    t.h.advance(now + 5 * S, &mut t.out);
+    assert!(t.out.is_empty());
+    t.h.advance(now + 11 * S, &mut t.out);
+    t.h.advance(now + 12 * S, &mut t.out);
+    let v: Vec<_> = t
+        .out
+        .iter()
+        .filter(|f| f.kind == Kind::BlockedLong)
+        .collect();
+    assert_eq!(v.len(), 2, "once each");
+    let local = v.iter().find(|f| f.pid == 11).unwrap();
+    assert_eq!(local.blocker.as_ref().unwrap().holder.pid, 10);
+    let remote = v.iter().find(|f| f.pid == 12).unwrap();
+    assert_eq!(
+        (remote.host.as_deref(), remote.nlm_status),
+        (Some("srv"), Some(3))
+    );
+}
+
+#[test]
+fn flock_over_nfs_is_reported_once_per_owner() {
+    let mut t = Trace::new();
+    let l = Lock {
+        flags: FL_FLOCK,
+        ..lk(0xa000, 50, F_WRLCK, 0, i64::MAX)
+    };
+    for _ in 0..2 {
+        t.nlm(
+            50,
+            "flocker",
+            CLNT_PROC_ENTER,
+            F_SETLKW,
+            None,
+            0,
+            CLIENT,
+            l,
+            0,
+            "srv",
+        );
+        t.nlm(
+            50,
+            "flocker",
+            CLNT_PROC_EXIT,
+            F_SETLKW,
+            None,
+            0,
+            CLIENT,
+            l,
+            0,
+            "srv",
+        );
+    }
+    assert_eq!(t.kinds(), [Kind::FlockEmulated]);
+}
+
+#[test]
+fn histories_are_bounded_and_evictions_counted() {
+    let mut t = Trace::with(Limits {
+        max_files: 2,
+        max_steps: 3,
+        ..Limits::default()
+    });
+    for ino in 1..=3 {
+        for _ in 0..5 {
+            t.vfs(1, "a", (9, ino), lk(1, 1, F_WRLCK, 0, 0), 0, None);
+        }
+    }
+    assert_eq!((t.h.len(), t.h.evicted), (2, 1));
+    let f = t.h.file((9, 3)).unwrap();
+    assert_eq!((f.steps.len(), f.steps_dropped), (3, 2));
+    assert!(t.h.file((9, 1)).is_none(), "least recently used went first");
+}
+
+fn line(ts: u64, text: &str) -> KernelLine {
+    KernelLine {
+        ts_ns: ts,
+        text: text.into(),
+    }
+}
+
+#[test]
+fn kernel_lines_get_their_explanation_either_order() {
+    let t = out_of_sync(false);
+    let f = t.only(Kind::OutOfSync).clone();
+    let mut c = Correlator::default();
+    let mut out = Vec::new();
+    // Line first (the log can beat the ring buffer), then the finding.
+    c.line(
+        line(
+            f.ts_ns,
+            "nlmclnt_lock: VFS is out of sync with lock manager!",
+        ),
+        &mut out,
+    );
+    assert!(out.is_empty());
+    c.finding(f.clone(), &mut out);
+    assert!(matches!(&out[..], [Output::Kernel { finding: Some(x), .. }] if x.pid == 237));
+    out.clear();
+    // Finding first: held until its line comes.
+    c.finding(f.clone(), &mut out);
+    assert!(out.is_empty());
+    c.line(
+        line(
+            f.ts_ns + 1000,
+            "nlmclnt_lock: VFS is out of sync with lock manager!",
+        ),
+        &mut out,
+    );
+    assert!(matches!(
+        &out[..],
+        [Output::Kernel {
+            finding: Some(_),
+            ..
+        }]
+    ));
+    assert_eq!(c.matched, 2);
+}
+
+#[test]
+fn unexplained_lines_and_findings_are_released_after_the_window() {
+    let mut c = Correlator::default();
+    let mut out = Vec::new();
+    let mut t = Trace::new();
+    t.granted(283, 0xa000, 8, 0, 9);
+    let l = lk(0xa000, 283, F_WRLCK, 0, 9);
+    t.nlm(286, "r", CLNT_CALL, 2, Some(7), 8, (0, 0), l, 0, "srv");
+    t.nlm(286, "r", CLNT_RECLAIM, 2, None, 8, CLIENT, l, -37, "srv");
+    let f = t.only(Kind::FailedReclaim).clone();
+    c.finding(f.clone(), &mut out);
+    // A different pid's reclaim failure is not this finding's line.
+    c.line(
+        line(
+            f.ts_ns,
+            "lockd: failed to reclaim lock for pid 999 (errno 0, status 7)",
+        ),
+        &mut out,
+    );
+    c.line(line(f.ts_ns, "lockd: something new"), &mut out);
+    assert!(matches!(
+        &out[..],
+        [Output::Kernel {
+            message: None,
+            finding: None,
+            ..
+        }]
+    ));
+    c.advance(f.ts_ns + 3 * S, &mut out);
+    let kinds: Vec<_> = out
+        .iter()
+        .map(|o| match o {
+            Output::Finding(f) => format!("finding {}", f.pid),
+            Output::Kernel { finding, .. } => format!("line {}", finding.is_some()),
+        })
+        .collect();
+    assert_eq!(kinds, ["line false", "finding 283", "line false"]);
+}

@@ -1,0 +1,136 @@
+//! One pass of the data path for live tracing and for trace files: decoded events (with their
+//! file's path) and kernel lines go to the trace file if recording, to the engine, and what is
+//! shown goes to the sink.
+
+use std::io;
+
+use crate::{
+    clock::Clock,
+    correlate::Output,
+    engine::Engine,
+    event::Event,
+    kmsg::KernelLine,
+    sinks::{Context, Sink},
+    tracefile::Writer,
+};
+
+/// Which events are shown (the engine always sees them all).
+#[derive(Default)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub errors_only: bool,
+    /// Findings and kernel lines only.
+    pub no_events: bool,
+}
+
+impl Filter {
+    fn keep(&self, ev: &Event) -> bool {
+        !self.no_events
+            && self.pid.is_none_or(|p| p == ev.pid)
+            && self.comm.as_ref().is_none_or(|c| *c == ev.comm)
+            && (!self.errors_only || ev.ret() < 0)
+    }
+}
+
+#[derive(Default)]
+pub struct Tally {
+    pub events: u64,
+    pub shown: u64,
+    pub findings: u64,
+    pub kernel_lines: u64,
+}
+
+pub struct Pipeline<'a> {
+    pub clock: Clock,
+    pub engine: Engine,
+    pub filter: Filter,
+    pub sink: Box<dyn Sink + 'a>,
+    pub writer: Option<Writer>,
+    /// Write only the events the filter keeps (record); else write everything (live -w).
+    pub filter_writes: bool,
+    pub tally: Tally,
+    outputs: Vec<Output>,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(clock: Clock, engine: Engine, filter: Filter, sink: Box<dyn Sink + 'a>) -> Self {
+        Pipeline {
+            clock,
+            engine,
+            filter,
+            sink,
+            writer: None,
+            filter_writes: false,
+            tally: Tally::default(),
+            outputs: Vec::new(),
+        }
+    }
+
+    pub fn event(&mut self, ev: &Event, path: Option<&str>) -> io::Result<()> {
+        self.tally.events += 1;
+        let keep = self.filter.keep(ev);
+        if let Some(w) = &mut self.writer
+            && (keep || !self.filter_writes)
+        {
+            w.event(ev, path)?;
+        }
+        if keep {
+            self.tally.shown += 1;
+            self.sink.event(
+                ev,
+                &Context {
+                    clock: &self.clock,
+                    file: path,
+                },
+            )?;
+        }
+        let mut out = std::mem::take(&mut self.outputs);
+        self.engine.event(ev, path, &mut out);
+        self.show(out)
+    }
+
+    pub fn kernel(&mut self, line: KernelLine) -> io::Result<()> {
+        self.tally.kernel_lines += 1;
+        if let Some(w) = &mut self.writer {
+            w.kernel(&line)?;
+        }
+        let mut out = std::mem::take(&mut self.outputs);
+        self.engine.kernel(line, &mut out);
+        self.show(out)
+    }
+
+    pub fn lost(&mut self, kind: &str, total: u64) -> io::Result<()> {
+        if let Some(w) = &mut self.writer {
+            w.lost(kind, total)?;
+        }
+        self.sink.lost(kind, total)
+    }
+
+    pub fn advance(&mut self, now_ns: u64) -> io::Result<()> {
+        let mut out = std::mem::take(&mut self.outputs);
+        self.engine.advance(now_ns, &mut out);
+        self.show(out)
+    }
+
+    pub fn finish(&mut self) -> io::Result<()> {
+        let mut out = std::mem::take(&mut self.outputs);
+        self.engine.finish(&mut out);
+        self.show(out)?;
+        if let Some(w) = &mut self.writer {
+            w.flush()?;
+        }
+        Ok(())
+    }
+
+    fn show(&mut self, mut out: Vec<Output>) -> io::Result<()> {
+        for o in out.drain(..) {
+            if matches!(o, Output::Finding(_)) {
+                self.tally.findings += 1;
+            }
+            self.sink.output(&o, &self.clock)?;
+        }
+        self.outputs = out;
+        Ok(())
+    }
+}

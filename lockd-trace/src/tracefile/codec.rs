@@ -1,0 +1,326 @@
+//! Record payloads: LEB128 varints, zigzag for signed values, deltas for times and kernel
+//! pointers (neighbouring records share their high bits), and interned strings.
+
+use lockd_trace_common::NO_STATUS;
+
+use super::rec;
+use crate::event::{Body, Event, Flock, GetlkRecord, Lock, LockRecord, NlmRecord};
+
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+pub fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a varint from the front of `b`: (value, bytes used), or None if cut short or too long.
+pub fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// State shared by the encoder and decoder of one file: previous time and pointer.
+#[derive(Default)]
+pub struct Deltas {
+    ts: u64,
+    ptr: u64,
+}
+
+pub struct Enc<'a> {
+    pub out: &'a mut Vec<u8>,
+    pub d: &'a mut Deltas,
+}
+
+impl Enc<'_> {
+    pub fn u(&mut self, v: u64) {
+        put_varint(self.out, v);
+    }
+    pub fn i(&mut self, v: i64) {
+        put_varint(self.out, zigzag(v));
+    }
+    pub fn ts(&mut self, ts: u64) {
+        self.i(ts.wrapping_sub(self.d.ts) as i64);
+        self.d.ts = ts;
+    }
+    pub fn ptr(&mut self, p: u64) {
+        self.i(p.wrapping_sub(self.d.ptr) as i64);
+        self.d.ptr = p;
+    }
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.u(b.len() as u64);
+        self.out.extend_from_slice(b);
+    }
+
+    fn lock(&mut self, l: &Lock) {
+        self.ptr(l.owner);
+        self.i(l.start);
+        // Length, 0 = to end of file: ranges are small numbers either way.
+        self.u(if l.end == i64::MAX {
+            0
+        } else {
+            (l.end.wrapping_sub(l.start) as u64).wrapping_add(1)
+        });
+        self.i(i64::from(l.pid));
+        self.u(u64::from(l.flags));
+        self.u(u64::from(l.lock_type));
+    }
+
+    fn opt_lock(&mut self, l: &Option<Lock>) {
+        match l {
+            Some(l) => {
+                self.u(1);
+                self.lock(l);
+            }
+            None => self.u(0),
+        }
+    }
+
+    fn flock(&mut self, f: &Flock) {
+        self.i(i64::from(f.l_type));
+        self.i(i64::from(f.l_whence));
+        self.i(f.l_start);
+        self.i(f.l_len);
+        self.i(i64::from(f.l_pid));
+    }
+
+    /// An event; `comm`, `fh` and `host` are string ids the writer interned.
+    pub fn event(&mut self, ev: &Event, comm: u32, fh: u32, host: u32) {
+        let kind = match &ev.body {
+            Body::Lock(_) => rec::LOCK,
+            Body::WaitEnd(_) => rec::WAIT_END,
+            Body::Getlk(_) => rec::GETLK,
+            Body::Nlm(_) => rec::NLM,
+            Body::FileName(_) => unreachable!("file names are written as PATH records"),
+        };
+        self.out.push(kind);
+        self.ts(ev.ts_ns);
+        self.u(u64::from(ev.tid));
+        self.i(i64::from(ev.tid) - i64::from(ev.pid));
+        self.u(u64::from(comm));
+        match &ev.body {
+            Body::Lock(r) | Body::WaitEnd(r) => {
+                self.u(u64::from(r.hook));
+                self.u(u64::from(r.dev));
+                self.u(r.ino);
+                self.ptr(r.fl);
+                self.i(i64::from(r.ret));
+                self.lock(&r.lock);
+                self.opt_lock(&r.blocker);
+            }
+            Body::Getlk(g) => {
+                self.u(u64::from(g.dev));
+                self.u(g.ino);
+                self.u(u64::from(g.fd));
+                self.u(u64::from(g.cmd));
+                self.i(i64::from(g.ret));
+                self.flock(&g.request);
+                self.flock(&g.answer);
+            }
+            Body::Nlm(n) => {
+                self.u(u64::from(n.op));
+                self.i(i64::from(n.ret));
+                self.u(n.nlm_status.map_or(0, |s| u64::from(s) + 1));
+                self.u(u64::from(n.cmd));
+                self.u(u64::from(n.flags));
+                self.u(u64::from(n.svid));
+                self.u(u64::from(n.dev));
+                self.u(n.ino);
+                self.lock(&n.lock);
+                self.opt_lock(&n.blocker);
+                self.u(u64::from(n.state));
+                self.u(u64::from(fh));
+                self.u(u64::from(host));
+            }
+            Body::FileName(_) => {}
+        }
+    }
+}
+
+/// A payload being read; every getter fails on a short payload instead of panicking.
+pub struct Dec<'a> {
+    pub b: &'a [u8],
+    pub d: &'a mut Deltas,
+}
+
+pub type DecResult<T> = Result<T, &'static str>;
+
+impl Dec<'_> {
+    pub fn u(&mut self) -> DecResult<u64> {
+        let (v, n) = get_varint(self.b).ok_or("truncated number")?;
+        self.b = &self.b[n..];
+        Ok(v)
+    }
+    pub fn u32(&mut self) -> DecResult<u32> {
+        u32::try_from(self.u()?).map_err(|_| "number out of range")
+    }
+    pub fn i(&mut self) -> DecResult<i64> {
+        Ok(unzigzag(self.u()?))
+    }
+    pub fn i32(&mut self) -> DecResult<i32> {
+        i32::try_from(self.i()?).map_err(|_| "number out of range")
+    }
+    pub fn ts(&mut self) -> DecResult<u64> {
+        self.d.ts = self.d.ts.wrapping_add(self.i()? as u64);
+        Ok(self.d.ts)
+    }
+    pub fn ptr(&mut self) -> DecResult<u64> {
+        self.d.ptr = self.d.ptr.wrapping_add(self.i()? as u64);
+        Ok(self.d.ptr)
+    }
+    pub fn bytes(&mut self) -> DecResult<&[u8]> {
+        let n = usize::try_from(self.u()?).map_err(|_| "length out of range")?;
+        if n > self.b.len() {
+            return Err("truncated bytes");
+        }
+        let (v, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(v)
+    }
+
+    fn lock(&mut self) -> DecResult<Lock> {
+        let owner = self.ptr()?;
+        let start = self.i()?;
+        let len = self.u()?;
+        let end = if len == 0 {
+            i64::MAX
+        } else {
+            start.wrapping_add(len as i64 - 1)
+        };
+        Ok(Lock {
+            owner,
+            start,
+            end,
+            pid: self.i32()?,
+            flags: self.u32()?,
+            lock_type: self.u32()?,
+        })
+    }
+
+    fn opt_lock(&mut self) -> DecResult<Option<Lock>> {
+        match self.u()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.lock()?)),
+            _ => Err("bad presence flag"),
+        }
+    }
+
+    fn flock(&mut self) -> DecResult<Flock> {
+        let small = |v: i64| i16::try_from(v).map_err(|_| "number out of range");
+        Ok(Flock {
+            l_type: small(self.i()?)?,
+            l_whence: small(self.i()?)?,
+            l_start: self.i()?,
+            l_len: self.i()?,
+            l_pid: self.i32()?,
+        })
+    }
+
+    /// An event of `kind`; strings come back as ids for the reader to resolve:
+    /// (event with empty comm/host/fh, comm id, fh id, host id).
+    pub fn event(&mut self, kind: u8) -> DecResult<(Event, u32, u32, u32)> {
+        let ts_ns = self.ts()?;
+        let tid = self.u32()?;
+        let pid = u32::try_from(i64::from(tid) - self.i()?).map_err(|_| "bad pid")?;
+        let comm = self.u32()?;
+        let (mut fh, mut host) = (0, 0);
+        let body = match kind {
+            rec::LOCK | rec::WAIT_END => {
+                let hook = u16::try_from(self.u()?).map_err(|_| "bad hook")?;
+                let r = LockRecord {
+                    hook,
+                    dev: self.u32()?,
+                    ino: self.u()?,
+                    fl: self.ptr()?,
+                    ret: self.i32()?,
+                    lock: self.lock()?,
+                    blocker: self.opt_lock()?,
+                };
+                if kind == rec::LOCK {
+                    Body::Lock(r)
+                } else {
+                    Body::WaitEnd(r)
+                }
+            }
+            rec::GETLK => Body::Getlk(GetlkRecord {
+                dev: self.u32()?,
+                ino: self.u()?,
+                fd: self.u32()?,
+                cmd: self.u32()?,
+                ret: self.i32()?,
+                request: self.flock()?,
+                answer: self.flock()?,
+            }),
+            _ => {
+                let op = u16::try_from(self.u()?).map_err(|_| "bad op")?;
+                let ret = self.i32()?;
+                let status = self.u32()?;
+                let n = NlmRecord {
+                    op,
+                    ret,
+                    nlm_status: status.checked_sub(1).filter(|s| *s != NO_STATUS),
+                    cmd: self.u32()?,
+                    flags: self.u32()?,
+                    svid: self.u32()?,
+                    dev: self.u32()?,
+                    ino: self.u()?,
+                    lock: self.lock()?,
+                    blocker: self.opt_lock()?,
+                    state: self.u32()?,
+                    fh: Vec::new(),
+                    host: String::new(),
+                };
+                fh = self.u32()?;
+                host = self.u32()?;
+                Body::Nlm(n)
+            }
+        };
+        if !self.b.is_empty() {
+            return Err("trailing bytes");
+        }
+        Ok((
+            Event {
+                ts_ns,
+                tid,
+                pid,
+                comm: String::new(),
+                body,
+            },
+            comm,
+            fh,
+            host,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_and_zigzag() {
+        for v in [0u64, 1, 127, 128, 300, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(get_varint(&b), Some((v, b.len())));
+            assert_eq!(get_varint(&b[..b.len() - 1]), None);
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Reads a trace file record by record. A torn tail (the recorder was killed mid-write) and
+//! a damaged record are both reported with their offset; everything before them is usable.
+
+use std::{collections::HashMap, fmt, fs, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    FORMAT_VERSION, Header, MAGIC,
+    codec::{Dec, Deltas, get_varint},
+    rec,
+};
+use crate::{
+    event::{Body, Event},
+    kmsg::KernelLine,
+};
+
+pub enum Item {
+    Event(Event),
+    Kernel(KernelLine),
+    Lost { kind: String, total: u64 },
+}
+
+/// Where reading stopped and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub offset: u64,
+    /// The file just ends inside a record (normal after SIGKILL or power loss).
+    pub torn: bool,
+    pub what: String,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.torn {
+            write!(f, "torn tail at offset {}: {}", self.offset, self.what)
+        } else {
+            write!(f, "damaged record at offset {}: {}", self.offset, self.what)
+        }
+    }
+}
+
+pub struct Reader {
+    data: Vec<u8>,
+    pos: usize,
+    strings: Vec<Vec<u8>>,
+    paths: HashMap<(u32, u64), u32>,
+    deltas: Deltas,
+    pub header: Header,
+    /// Records of kinds newer than this reader knows (intact, skipped).
+    pub skipped: u64,
+}
+
+const LEAD: usize = 12;
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Reader::from_bytes(data).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn from_bytes(data: Vec<u8>) -> Result<Reader> {
+        if data.len() < LEAD || &data[..8] != MAGIC {
+            bail!("not a lockd-trace trace file (no LDTRACE magic at offset 0)");
+        }
+        let version = u16::from_le_bytes([data[8], data[9]]);
+        if version != FORMAT_VERSION {
+            bail!(
+                "trace format version {version}; this lockd-trace reads version {FORMAT_VERSION}"
+            );
+        }
+        if data[10..12] != [0, 0] {
+            bail!(
+                "unknown flags in the trace file's lead (offset 10): damaged or from a newer lockd-trace"
+            );
+        }
+        let mut r = Reader {
+            data,
+            pos: LEAD,
+            strings: vec![Vec::new()],
+            paths: HashMap::new(),
+            deltas: Deltas::default(),
+            header: Header::default(),
+            skipped: 0,
+        };
+        let (kind, payload) = r
+            .frame()
+            .map_err(|d| anyhow::anyhow!("the header record is unreadable: {d}"))?
+            .ok_or_else(|| anyhow::anyhow!("the file ends before its header record"))?;
+        if kind != rec::HEADER {
+            bail!("the first record (offset {LEAD}) is not a header");
+        }
+        r.header = serde_json::from_slice(&r.data[payload.0..payload.1])
+            .map_err(|e| anyhow::anyhow!("the header record at offset {LEAD} is not valid: {e}"))?;
+        Ok(r)
+    }
+
+    /// The path recorded for a file, if any.
+    pub fn path(&self, dev: u32, ino: u64) -> Option<&str> {
+        let id = *self.paths.get(&(dev, ino))?;
+        std::str::from_utf8(&self.strings[id as usize]).ok()
+    }
+
+    /// The next framed record: (kind, payload bounds), checked against its CRC.
+    fn frame(&mut self) -> Result<Option<(u8, (usize, usize))>, Damage> {
+        let at = self.pos;
+        let rest = &self.data[at..];
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let torn = |what: &str| Damage {
+            offset: at as u64,
+            torn: true,
+            what: what.into(),
+        };
+        let damaged = |what: String| Damage {
+            offset: at as u64,
+            torn: false,
+            what,
+        };
+        let (len, n) = match get_varint(rest) {
+            Some(v) => v,
+            None if rest.len() < 10 => return Err(torn("the record's length is cut off")),
+            None => return Err(damaged("invalid record length".into())),
+        };
+        let len = usize::try_from(len).map_err(|_| damaged("invalid record length".into()))?;
+        if len == 0 {
+            return Err(damaged("empty record".into()));
+        }
+        let need = n.checked_add(4).and_then(|x| x.checked_add(len));
+        let Some(need) = need.filter(|&x| x <= rest.len()) else {
+            return Err(torn(&format!(
+                "a {len}-byte record is cut off after {} bytes",
+                rest.len()
+            )));
+        };
+        let crc = u32::from_le_bytes(rest[n..n + 4].try_into().expect("4 bytes"));
+        let payload = &rest[n + 4..need];
+        if crc32fast::hash(payload) != crc {
+            return Err(damaged(format!("checksum mismatch in a {len}-byte record")));
+        }
+        self.pos = at + need;
+        let start = at + n + 4;
+        Ok(Some((payload[0], (start + 1, at + need))))
+    }
+
+    pub fn next(&mut self) -> Result<Option<Item>, Damage> {
+        loop {
+            let at = self.pos as u64;
+            let Some((kind, (s, e))) = self.frame()? else {
+                return Ok(None);
+            };
+            let damaged = |what: &str| Damage {
+                offset: at,
+                torn: false,
+                what: what.into(),
+            };
+            let mut d = Dec {
+                b: &self.data[s..e],
+                d: &mut self.deltas,
+            };
+            match kind {
+                rec::STRING => {
+                    let id = d.u32().map_err(damaged)?;
+                    let bytes = d.bytes().map_err(damaged)?.to_vec();
+                    if id as usize != self.strings.len() {
+                        return Err(damaged("string ids out of sequence"));
+                    }
+                    self.strings.push(bytes);
+                }
+                rec::PATH => {
+                    let dev = d.u32().map_err(damaged)?;
+                    let ino = d.u().map_err(damaged)?;
+                    let id = d.u32().map_err(damaged)?;
+                    if id as usize >= self.strings.len() {
+                        return Err(damaged("path names an unknown string"));
+                    }
+                    self.paths.insert((dev, ino), id);
+                }
+                rec::LOCK | rec::WAIT_END | rec::GETLK | rec::NLM => {
+                    let (mut ev, comm, fh, host) = d.event(kind).map_err(damaged)?;
+                    let get = |id: u32| {
+                        self.strings
+                            .get(id as usize)
+                            .ok_or_else(|| damaged("unknown string id"))
+                    };
+                    ev.comm = String::from_utf8_lossy(get(comm)?).into_owned();
+                    if let Body::Nlm(n) = &mut ev.body {
+                        n.fh = get(fh)?.clone();
+                        n.host = String::from_utf8_lossy(get(host)?).into_owned();
+                    }
+                    return Ok(Some(Item::Event(ev)));
+                }
+                rec::KERNEL => {
+                    let ts_ns = d.ts().map_err(damaged)?;
+                    let text = String::from_utf8_lossy(d.bytes().map_err(damaged)?).into_owned();
+                    return Ok(Some(Item::Kernel(KernelLine { ts_ns, text })));
+                }
+                rec::LOST => {
+                    let id = d.u32().map_err(damaged)?;
+                    let total = d.u().map_err(damaged)?;
+                    let kind = self
+                        .strings
+                        .get(id as usize)
+                        .ok_or_else(|| damaged("unknown string id"))?;
+                    return Ok(Some(Item::Lost {
+                        kind: String::from_utf8_lossy(kind).into_owned(),
+                        total,
+                    }));
+                }
+                rec::HEADER => return Err(damaged("a second header record")),
+                _ => self.skipped += 1,
+            }
+        }
+    }
+}
