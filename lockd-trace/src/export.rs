@@ -131,6 +131,9 @@ fn csv(m: &mut Merged, clock: &Clock, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
+/// An open hold slice: (start µs, name, holder pid), per (file, lock owner).
+type Holds = HashMap<((u32, u64), u64), (f64, String, u32)>;
+
 /// Track ids for files: pids above any real one.
 const FILE_TRACKS: u64 = 1 << 32;
 
@@ -140,7 +143,7 @@ struct Perfetto<'w, W: Write> {
     files: HashMap<(u32, u64), u64>,
     procs: HashMap<u32, ()>,
     /// Open hold slices: (file, owner) → (start µs, name, pid).
-    holds: HashMap<((u32, u64), u64), (f64, String, u32)>,
+    holds: Holds,
     /// Open waits: fl → (start µs, name, pid, tid).
     waits: HashMap<u64, (f64, String, u32, u32)>,
 }

@@ -214,20 +214,11 @@ fn call(h: &mut Histories, ev: &Event, n: &NlmRecord) {
         }
         _ => {}
     }
-    let (r, fh) = (r.clone(), n.fh.clone());
-    if let Some(f) = h.files.get_mut(&r.file) {
-        if f.fh.is_empty() {
-            f.fh = fh;
-        }
-        if r.granted.is_some_and(|(t, _)| t == ev.ts_ns) {
-            f.nlm.apply(
-                &r.holder(),
-                r.lock.lock_type,
-                r.lock.start,
-                r.lock.end,
-                ev.ts_ns,
-            );
-        }
+    let file = r.file;
+    if let Some(f) = h.files.get_mut(&file)
+        && f.fh.is_empty()
+    {
+        f.fh.clone_from(&n.fh);
     }
 }
 
@@ -235,6 +226,18 @@ fn exit(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
     let Some(r) = h.client.by_tid.remove(&ev.tid) else {
         return;
     };
+    // Granted (in a reply or by callback): the server now holds it for this client.
+    if let Some((granted, _)) = r.granted
+        && let Some(f) = h.files.get_mut(&r.file)
+    {
+        f.nlm.apply(
+            &r.holder(),
+            r.lock.lock_type,
+            r.lock.start,
+            r.lock.end,
+            granted,
+        );
+    }
     if let Some((ts, status, prior)) = r.unlock_reply.clone() {
         out.push(unexpected_unlock(h, &r, ts, status, prior, Some(n.ret)));
     } else if r.is_unlock()
@@ -353,7 +356,8 @@ fn out_of_sync(
             ),
         }
         let svid = told.as_ref().and_then(|x| x.holder.svid);
-        let forgot = svid.and_then(|s| super::server::forgotten(&h.server, &r.fh, s));
+        let fh = file.map_or(&r.fh, |f| &f.fh);
+        let forgot = svid.and_then(|s| super::server::forgotten(&h.server, fh, s));
         match &forgot {
             Some(g) => f.evidence.push(format!(
                 "on the server, at {} {} (pid {}) released lockd's {} for host {} svid {} on {} \
@@ -501,9 +505,10 @@ fn unexpected_unlock(
             t(g.since_ns)
         ));
     }
+    let fh = file.map_or(&r.fh, |f| &f.fh);
     if let Some(g) = r
         .svid
-        .and_then(|s| super::server::forgotten(&h.server, &r.fh, s))
+        .and_then(|s| super::server::forgotten(&h.server, fh, s))
     {
         f.evidence.push(format!(
             "on the server, at {} {} (pid {}) released lockd's lock for svid {} on {} outside \

@@ -238,12 +238,16 @@ impl Histories {
                 self.waits.remove(&r.fl);
                 if lock_type == F_UNLCK {
                     server::released(self, ev, key, &holder, start, end, out);
+                } else if ev.comm == "lockd" {
+                    server::lockd_took(self, key, holder.owner, lock_type, start, end, ev.ts_ns);
                 }
                 let f = self.files.get_mut(&key).expect("just recorded");
                 f.local.apply(&holder, lock_type, start, end, ev.ts_ns);
                 server::tag_lockd_locks(&self.server, f);
             }
-            FILE_LOCK_DEFERRED => {
+            // lockd's deferred requests are blocks queued at the NLM server, not waiting
+            // threads; the client side reports those.
+            FILE_LOCK_DEFERRED if ev.comm != "lockd" => {
                 let blocker = r.blocker.map(|b| {
                     let since = f
                         .local

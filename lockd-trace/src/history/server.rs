@@ -37,31 +37,28 @@ fn room<K, V>(m: &mut HashMap<K, V>) {
 
 pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
     let key = (n.dev, n.ino);
+    if !n.fh.is_empty() && key != (0, 0) {
+        room(&mut h.server.fh_file);
+        h.server.fh_file.insert(n.fh.clone(), key);
+    }
     match n.op {
-        SVC_LOCK if n.ret >= 0 && n.nlm_status == Some(NLM_GRANTED) => {
+        // BLOCKED too: a block granted later (GRANTED callback) keeps lockd's owner.
+        SVC_LOCK if n.ret >= 0 => {
             let s = &mut h.server;
             room(&mut s.lockd_owner);
             s.lockd_owner.insert(n.lock.owner, (n.host.clone(), n.svid));
-            if !n.fh.is_empty() {
-                room(&mut s.fh_file);
-                s.fh_file.insert(n.fh.clone(), key);
-            }
-            let holder = Holder {
-                owner: n.lock.owner,
-                pid: n.svid as i32,
-                comm: format!("{} svid {}", n.host, n.svid),
-                svid: Some(n.svid),
-                host: Some(n.host.clone()),
-            };
             if let Some(f) = h.files.get_mut(&key) {
                 f.fh.clone_from(&n.fh);
-                f.nlm.apply(
-                    &holder,
-                    n.lock.lock_type,
-                    n.lock.start,
-                    n.lock.end,
-                    ev.ts_ns,
-                );
+                if n.nlm_status == Some(NLM_GRANTED) {
+                    let l = n.lock;
+                    f.nlm.apply(
+                        &client_holder(&n.host, n.svid, l.owner),
+                        l.lock_type,
+                        l.start,
+                        l.end,
+                        ev.ts_ns,
+                    );
+                }
                 tag_lockd_locks(&h.server, f);
             }
         }
@@ -158,6 +155,42 @@ fn rebooted_finding(h: &Histories, ev: &Event, n: &NlmRecord) -> Finding {
         ),
     );
     f
+}
+
+/// How a client's lock shows in the server's NLM table.
+fn client_holder(host: &str, svid: u32, owner: u64) -> Holder {
+    Holder {
+        owner,
+        pid: svid as i32,
+        comm: format!("{host} svid {svid}"),
+        svid: Some(svid),
+        host: Some(host.to_string()),
+    }
+}
+
+/// lockd took a local lock for a client: granted to that client (also when the grant went
+/// out as a GRANTED callback, which nlmsvc_lock does not return).
+pub(super) fn lockd_took(
+    h: &mut Histories,
+    key: FileKey,
+    owner: u64,
+    lock_type: u32,
+    start: i64,
+    end: i64,
+    ts: u64,
+) {
+    let Some((host, svid)) = h.server.lockd_owner.get(&owner).cloned() else {
+        return;
+    };
+    if let Some(f) = h.files.get_mut(&key) {
+        f.nlm.apply(
+            &client_holder(&host, svid, owner),
+            lock_type,
+            start,
+            end,
+            ts,
+        );
+    }
 }
 
 /// A local unlock on `key`: when it releases a lock lockd holds for a client and was not done

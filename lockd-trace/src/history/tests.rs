@@ -705,3 +705,32 @@ fn unexplained_lines_and_findings_are_released_after_the_window() {
         .collect();
     assert_eq!(kinds, ["line false", "finding 283", "line false"]);
 }
+
+#[test]
+fn a_lock_granted_by_callback_is_known_to_the_server_side() {
+    // 6.1: nlmsvc_lock answers BLOCKED; the grant goes out as a GRANTED callback (no
+    // nlmsvc_lock GRANTED), visible as lockd taking the local lock with the block's owner.
+    let mut t = Trace::new();
+    let lockd_owner = 0xc000;
+    let l = lk(lockd_owner, 180, F_WRLCK, 0, 99);
+    t.vfs(180, "lockd", SERVER, l, -11, None);
+    t.nlm(180, "lockd", SVC_LOCK, 2, Some(3), 5, SERVER, l, 0, "cli");
+    t.vfs(180, "lockd", SERVER, l, 0, None);
+    let h = t.h.file(SERVER).unwrap();
+    assert_eq!(h.nlm.held.len(), 1);
+    assert_eq!(
+        h.local.held[0].holder.svid,
+        Some(5),
+        "lockd's lock shown as the client's"
+    );
+    t.vfs(
+        234,
+        "python3",
+        SERVER,
+        lk(lockd_owner, 180, F_UNLCK, 0, i64::MAX),
+        0,
+        None,
+    );
+    let g = t.only(Kind::ServerForgot);
+    assert_eq!((g.svid, g.range.unwrap().end), (Some(5), 99));
+}

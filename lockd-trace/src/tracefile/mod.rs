@@ -13,6 +13,12 @@ pub use writer::{Rotation, Writer};
 pub const MAGIC: &[u8; 8] = b"LDTRACE\0";
 pub const FORMAT_VERSION: u16 = 1;
 
+/// The byte after a record's length: its bytes XORed with 0xA5, so a flipped length bit is
+/// caught before the length is trusted (a wrong length would otherwise look like a torn tail).
+pub fn length_check(len_bytes: &[u8]) -> u8 {
+    len_bytes.iter().fold(0xA5, |a, b| a ^ b)
+}
+
 /// Payload kinds (the payload's first byte).
 pub mod rec {
     pub const HEADER: u8 = 1;

@@ -53,6 +53,9 @@ pub struct Reader {
 
 const LEAD: usize = 12;
 
+/// (kind, (payload start after the kind byte, payload end)).
+type Frame = (u8, (usize, usize));
+
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
         let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -101,8 +104,9 @@ impl Reader {
         std::str::from_utf8(&self.strings[id as usize]).ok()
     }
 
-    /// The next framed record: (kind, payload bounds), checked against its CRC.
-    fn frame(&mut self) -> Result<Option<(u8, (usize, usize))>, Damage> {
+    /// The next framed record: its kind and the bounds of the rest of its payload, checked
+    /// against its CRC.
+    fn frame(&mut self) -> Result<Option<Frame>, Damage> {
         let at = self.pos;
         let rest = &self.data[at..];
         if rest.is_empty() {
@@ -127,6 +131,16 @@ impl Reader {
         if len == 0 {
             return Err(damaged("empty record".into()));
         }
+        match rest.get(n) {
+            None => return Err(torn("the record's length check is cut off")),
+            Some(&c) if c != super::length_check(&rest[..n]) => {
+                return Err(damaged(format!(
+                    "the record's length ({len}) fails its check"
+                )));
+            }
+            Some(_) => {}
+        }
+        let n = n + 1;
         let need = n.checked_add(4).and_then(|x| x.checked_add(len));
         let Some(need) = need.filter(|&x| x <= rest.len()) else {
             return Err(torn(&format!(

@@ -142,7 +142,7 @@ fn events() -> Vec<Event> {
     ]
 }
 
-fn write_sample(path: &PathBuf) -> Vec<Event> {
+fn write_sample(path: &std::path::Path) -> Vec<Event> {
     let evs = events();
     let header = Header::here(
         vec![("posix_lock_inode".into(), Some("tp_btf".into()))],
@@ -284,10 +284,20 @@ fn rotation_keeps_the_newest_files() {
         }
     }
     w.flush().unwrap();
-    for p in [path.clone(), tmp("rot.ldt.1"), tmp("rot.ldt.2")] {
+    for (p, full) in [
+        (path.clone(), false),
+        (tmp("rot.ldt.1"), true),
+        (tmp("rot.ldt.2"), true),
+    ] {
         let mut r = Reader::open(&p).unwrap();
         let (items, damage) = read_all(&mut r);
-        assert!(damage.is_none() && !items.is_empty(), "{}", p.display());
+        assert!(damage.is_none(), "{}", p.display());
+        assert!(
+            !full || items.len() > 5,
+            "{} holds {} records",
+            p.display(),
+            items.len()
+        );
     }
     assert!(!tmp("rot.ldt.3").exists());
 }

@@ -91,8 +91,9 @@ impl Writer {
     }
 
     fn frame(&mut self) -> io::Result<()> {
-        let mut head = Vec::with_capacity(14);
+        let mut head = Vec::with_capacity(15);
         put_varint(&mut head, self.payload.len() as u64);
+        head.push(super::length_check(&head));
         head.extend_from_slice(&crc32fast::hash(&self.payload).to_le_bytes());
         self.out.write_all(&head)?;
         self.out.write_all(&self.payload)?;

@@ -46,9 +46,15 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `lockd-trace live --json ARGS` and waits until its probes are attached.
     pub fn start(args: &[&str]) -> Tracer {
+        let mut all = vec!["live", "--json"];
+        all.extend_from_slice(args);
+        Tracer::command(&all)
+    }
+
+    /// Starts `lockd-trace ARGS` (a tracing command) and waits until its probes are attached.
+    pub fn command(args: &[&str]) -> Tracer {
         require_root();
         let mut child = Command::new(tracer_bin())
-            .args(["live", "--json"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -109,6 +115,14 @@ impl Tracer {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
             .collect();
         (events, self.stderr_seen)
+    }
+}
+
+impl Tracer {
+    /// SIGKILL, as a crash or the OOM killer would.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }
 

@@ -6,10 +6,10 @@ use std::{fs, path::Path};
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-struct Results {
+pub struct Results {
     facts: Value,
-    events: Vec<Value>,
-    dmesg: String,
+    pub events: Vec<Value>,
+    pub dmesg: String,
 }
 
 fn load(dir: &Path) -> Result<Results> {
@@ -46,7 +46,7 @@ fn load(dir: &Path) -> Result<Results> {
 }
 
 impl Results {
-    fn pid(&self, who: &str) -> Result<u64> {
+    pub fn pid(&self, who: &str) -> Result<u64> {
         self.facts[who]["pid"]
             .as_u64()
             .with_context(|| format!("no pid for {who} in the facts"))
@@ -92,7 +92,8 @@ pub fn check(scenario: &str, dir: &Path) -> Result<()> {
         "stale-unlock" => stale_unlock(&r),
         "reclaim" => reclaim(&r),
         s => bail!("no expectations for scenario {s}"),
-    }
+    }?;
+    super::explained::check(scenario, dir, &r)
 }
 
 fn conflict(r: &Results) -> Result<()> {

@@ -2,6 +2,7 @@
 //! inside one guest, scenarios driven by real processes while lockd-trace records.
 
 mod expect;
+mod explained;
 mod image;
 mod vm;
 

@@ -1,0 +1,232 @@
+//! Trace files end to end on the host kernel: `record` real lock traffic, then `analyze`,
+//! `history` and `export` it as an unprivileged user; a SIGKILLed recorder's file; damage.
+
+mod harness;
+
+use std::{
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use harness::{Locker, Tracer, scratch_file, tracer_bin};
+use serde_json::Value;
+
+const NOBODY: u32 = 65534;
+
+/// A world-readable directory with a copy of the binary, for runs as `nobody`.
+fn public_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lockd-trace-tf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("lockd-trace");
+    if !bin.exists() {
+        std::fs::copy(tracer_bin(), &bin).unwrap();
+    }
+    dir
+}
+
+/// Runs lockd-trace as `nobody` (no root, no capabilities): (exit code, stdout, stderr).
+fn unprivileged(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(public_dir().join("lockd-trace"))
+        .args(args)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A copy of `trace` that `nobody` can read.
+fn shareable(trace: &Path, name: &str) -> String {
+    let p = public_dir().join(name);
+    std::fs::copy(trace, &p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn json_lines(s: &str) -> Vec<Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn recorded_blocking_is_explained_without_root() {
+    let file = scratch_file("recorded");
+    let trace = public_dir().join("recorded.ldt");
+    let t = Tracer::command(&["record", "-o", trace.to_str().unwrap()]);
+    let mut holder = Locker::spawn(&file);
+    let mut waiter = Locker::spawn(&file);
+    assert_eq!(holder.cmd("setlk w 0 100"), "ok");
+    waiter.send("setlkw w 10 5");
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(holder.cmd("setlk u 0 100"), "ok");
+    assert_eq!(waiter.read_line(), "ok");
+    let (hp, wp) = (holder.pid, waiter.pid);
+    holder.exit();
+    waiter.exit();
+    let (_, stderr) = t.stop();
+    assert!(stderr.iter().any(|l| l.contains(" 0 lost")), "{stderr:?}");
+    let mode = std::fs::metadata(&trace).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "trace files name files and processes");
+
+    let shared = shareable(&trace, "recorded-copy.ldt");
+    let (code, out, err) = unprivileged(&["analyze", "--json", "--blocked-after", "1s", &shared]);
+    assert_eq!(code, 0, "{err}");
+    let findings = json_lines(&out);
+    let f = findings
+        .iter()
+        .find(|f| f["kind"] == "blocked_long" && f["pid"] == wp)
+        .unwrap_or_else(|| panic!("no blocked finding for {wp}: {out}"));
+    assert_eq!(f["file"], file.as_str());
+    assert_eq!(
+        (f["lock"]["start"].as_i64(), f["lock"]["end"].as_i64()),
+        (Some(10), Some(14))
+    );
+    assert_eq!(f["blocker"]["pid"], hp);
+    assert_eq!(
+        (f["blocker"]["start"].as_i64(), f["blocker"]["end"].as_i64()),
+        (Some(0), Some(99))
+    );
+
+    let (code, out, err) = unprivileged(&["history", "--json", "--file", &file, &shared]);
+    assert_eq!(code, 0, "{err}");
+    let h: Value = serde_json::from_str(out.trim()).unwrap();
+    let pids: Vec<u64> = h["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["pid"].as_u64())
+        .collect();
+    assert!(
+        pids.contains(&(hp as u64)) && pids.contains(&(wp as u64)),
+        "{pids:?}"
+    );
+    assert_eq!(
+        h["local"],
+        serde_json::json!([]),
+        "every lock was released: {h}"
+    );
+
+    let (code, out, err) = unprivileged(&["export", "--format", "jsonl", &shared]);
+    assert_eq!(code, 0, "{err}");
+    let evs = json_lines(&out);
+    assert!(
+        evs.iter()
+            .any(|e| e["event"] == "lock" && e["pid"] == wp && e["result"] == "WAIT")
+    );
+
+    let (code, out, err) = unprivileged(&["export", "--format", "perfetto", &shared]);
+    assert_eq!(code, 0, "{err}");
+    let p: Value = serde_json::from_str(&out).expect("Perfetto export is one JSON document");
+    let evs = p["traceEvents"].as_array().unwrap();
+    for e in evs {
+        for k in ["ph", "ts", "pid", "tid", "name"] {
+            assert!(!e[k].is_null(), "trace event without {k}: {e}");
+        }
+    }
+    let hold = evs
+        .iter()
+        .find(|e| {
+            e["ph"] == "X"
+                && e["tid"] == hp
+                && e["name"].as_str().unwrap().contains("holds WRLCK [0-99]")
+        })
+        .unwrap_or_else(|| panic!("no hold slice for {hp}"));
+    assert!(
+        hold["dur"].as_f64().unwrap() >= 1_000_000.0,
+        "held for 1.5 s: {hold}"
+    );
+    assert!(evs.iter().any(|e| e["ph"] == "X"
+        && e["pid"] == wp
+        && e["name"].as_str().unwrap().starts_with("waits for")));
+
+    let (code, out, err) = unprivileged(&["export", "--format", "csv", &shared]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("time,ts_ns,pid,tid,comm,event,op,file")
+    );
+    assert!(lines.any(|l| l.contains(&format!(",{wp},")) && l.contains("WAIT")));
+}
+
+#[test]
+fn a_sigkilled_recorder_leaves_a_readable_file() {
+    let file = scratch_file("killed");
+    let trace = public_dir().join("killed.ldt");
+    let t = Tracer::command(&["record", "-o", trace.to_str().unwrap()]);
+    let mut l = Locker::spawn(&file);
+    for _ in 0..200 {
+        assert_eq!(l.cmd("setlk w 0 10"), "ok");
+        assert_eq!(l.cmd("setlk u 0 10"), "ok");
+    }
+    // Past the recorder's 1 s flush, then more traffic that may be cut mid-record.
+    thread::sleep(Duration::from_millis(1500));
+    for _ in 0..100 {
+        l.cmd("setlk w 0 10");
+        l.cmd("setlk u 0 10");
+    }
+    t.kill();
+    l.exit();
+    let shared = shareable(&trace, "killed-copy.ldt");
+    let (code, out, err) = unprivileged(&["export", "--format", "jsonl", &shared]);
+    assert_eq!(code, 0, "a torn tail is not an error: {err}");
+    let mine = json_lines(&out)
+        .into_iter()
+        .filter(|e| e["pid"] == l_pid(&out, &file))
+        .count();
+    assert!(
+        mine >= 400,
+        "the first 400 flushed lock events read back, got {mine}"
+    );
+    assert!(!err.contains("damaged"), "{err}");
+}
+
+/// The locker's pid as recorded for `file` (the only process locking it).
+fn l_pid(out: &str, file: &str) -> Value {
+    json_lines(out)
+        .into_iter()
+        .find(|e| e["file"] == file)
+        .map(|e| e["pid"].clone())
+        .expect("events for the file")
+}
+
+#[test]
+fn damaged_and_foreign_files_get_one_clear_error() {
+    let file = scratch_file("damaged");
+    let trace = public_dir().join("damaged.ldt");
+    let t = Tracer::command(&["record", "-o", trace.to_str().unwrap()]);
+    let mut l = Locker::spawn(&file);
+    for _ in 0..20 {
+        l.cmd("setlk w 0 10");
+        l.cmd("setlk u 0 10");
+    }
+    l.exit();
+    t.stop();
+    let mut bytes = std::fs::read(&trace).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x10;
+    let damaged = public_dir().join("damaged-copy.ldt");
+    std::fs::write(&damaged, &bytes).unwrap();
+    std::fs::set_permissions(&damaged, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = unprivileged(&["analyze", damaged.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("damaged record at offset"), "{err}");
+    assert!(err.contains("the records before it were read"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let (code, _, err) = unprivileged(&["analyze", "/etc/hostname"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not a lockd-trace trace file"), "{err}");
+}
