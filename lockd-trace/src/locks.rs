@@ -139,7 +139,41 @@ pub async fn run(args: LocksArgs) -> Result<()> {
         "lockd-trace: {matched} traced locks match /proc/locks, {missing} traced locks missing \
          from it, {untraced} locks in it not seen taken"
     );
+    statd(args.json);
     Ok(())
+}
+
+/// statd's monitored (sm/) and not-yet-notified (sm.bak/) peers.
+fn statd(json: bool) {
+    let Some(dir) = crate::statd::state_dir() else {
+        if !json {
+            println!("statd: no state directory (sm/) found: statd not installed or never run");
+        }
+        return;
+    };
+    for e in crate::statd::entries(&dir) {
+        let since = e.modified.map(|t| {
+            let ns = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128);
+            crate::clock::rfc3339(ns)
+        });
+        if json {
+            println!(
+                "{}",
+                json!({"statd": e.list, "host": e.host, "since": since, "meaning": e.meaning(),
+                       "dir": dir.join(e.list)})
+            );
+        } else {
+            println!(
+                "statd {:<7} {:<32} since {} — {}",
+                e.list,
+                e.host,
+                since.as_deref().unwrap_or("?"),
+                e.meaning()
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod probes;
 mod probes_cmd;
 mod ringbuf;
 mod sinks;
+mod statd;
 mod tracefile;
 
 use std::process::ExitCode;

@@ -125,7 +125,14 @@ impl<'a> Pipeline<'a> {
 
     fn show(&mut self, mut out: Vec<Output>) -> io::Result<()> {
         for o in out.drain(..) {
-            if matches!(o, Output::Finding(_)) {
+            if matches!(
+                o,
+                Output::Finding(_)
+                    | Output::Kernel {
+                        finding: Some(_),
+                        ..
+                    }
+            ) {
                 self.tally.findings += 1;
             }
             self.sink.output(&o, &self.clock)?;

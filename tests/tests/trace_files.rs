@@ -230,3 +230,37 @@ fn damaged_and_foreign_files_get_one_clear_error() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not a lockd-trace trace file"), "{err}");
 }
+
+#[test]
+fn locks_checks_the_traced_table_against_proc_locks() {
+    let file = scratch_file("locks");
+    let mut before = Locker::spawn(&file);
+    assert_eq!(before.cmd("setlk r 200 10"), "ok");
+    let t = Tracer::command(&["locks", "--json", "-d", "60s"]);
+    let mut during = Locker::spawn(&file);
+    assert_eq!(during.cmd("setlk w 0 100"), "ok");
+    let (lines, stderr) = t.stop();
+    let (bp, dp) = (before.pid, during.pid);
+    before.exit();
+    during.exit();
+    let f = lines
+        .iter()
+        .find(|l| l["file"] == file.as_str())
+        .unwrap_or_else(|| panic!("{file} not reported: {lines:?} {stderr:?}"));
+    let rows = f["locks"].as_array().unwrap();
+    let row = |pid: u32| {
+        rows.iter()
+            .find(|r| r["pid"] == pid)
+            .unwrap_or_else(|| panic!("{pid}: {rows:?}"))
+    };
+    let d = row(dp);
+    assert_eq!(
+        (d["state"].as_str(), d["start"].as_i64(), d["end"].as_i64()),
+        (Some("ok"), Some(0), Some(99))
+    );
+    let b = row(bp);
+    assert_eq!(
+        (b["state"].as_str(), b["start"].as_i64(), b["end"].as_i64()),
+        (Some("UNTRACED"), Some(200), Some(209))
+    );
+}

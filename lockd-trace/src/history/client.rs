@@ -679,11 +679,12 @@ pub(super) fn advance(h: &mut Histories, now_ns: u64, out: &mut Vec<Finding>) {
         f.svid = r.svid;
         f.nlm_status = Some(NLM_BLOCKED);
         f.headline = format!(
-            "{}: {} (pid {}) blocked at server {} for over {} s",
+            "{}: {} (pid {}) blocked at server {} for {:.1} s (over {} s)",
             f.file_text(),
             r.comm,
             r.pid,
             r.host,
+            (now_ns - since) as f64 / 1e9,
             limit / 1_000_000_000
         );
         f.evidence.push(format!(

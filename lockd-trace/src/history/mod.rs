@@ -321,10 +321,11 @@ impl Histories {
                 &w.comm,
             );
             f.headline = format!(
-                "{}: {} (pid {}) blocked for over {} s on a local lock",
+                "{}: {} (pid {}) blocked on a local lock for {:.1} s (over {} s)",
                 f.file_text(),
                 w.comm,
                 w.pid,
+                (now_ns - w.since_ns) as f64 / 1e9,
                 limit / 1_000_000_000
             );
             f.range = Some(w.range);
