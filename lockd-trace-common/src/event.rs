@@ -13,8 +13,10 @@ pub mod kind {
     pub const NLM: u16 = 4;
     /// A file's name, sent the first time the programs see it ([`super::FileNameEvent`]).
     pub const FILE_NAME: u16 = 5;
+    /// A process that had taken a lock exited (the header alone: who and when).
+    pub const PROC_EXIT: u16 = 6;
     /// Number of kinds, for per-kind counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Which hook produced a record (`Header::hook`).
@@ -186,6 +188,10 @@ pub struct NlmEvent {
     pub state: u32,
     pub fh_len: u32,
     pub host_len: u32,
+    /// The peer's address family (AF_INET, AF_INET6, or 0 when unknown) and address.
+    pub addr_family: u32,
+    pub _pad: u32,
+    pub addr: [u8; 16],
     /// NFS file handle (first 64 bytes): the same on client and server.
     pub fh: [u8; 64],
     /// Peer name: the server (client side) or the client (server side), or the rebooted host.

@@ -27,6 +27,9 @@ pub const FL_RECLAIM: u32 = 4096;
 /// posix_lock_inode / flock_lock_inode: the request was queued behind a conflicting lock.
 pub const FILE_LOCK_DEFERRED: i32 = 1;
 
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
 pub const EAGAIN: i32 = 11;
 pub const EDEADLK: i32 = 35;
 

@@ -42,6 +42,8 @@ pub struct Offsets {
 pub struct NlmOffsets {
     /// nlm_host.h_name (char *)
     pub host_name: u32,
+    /// nlm_host.h_addr (struct sockaddr_storage)
+    pub host_addr: u32,
     /// nlm_rqst.a_host, .a_args.lock, .a_args.block, .a_args.reclaim, .a_res.status
     pub rqst_host: u32,
     pub rqst_lock: u32,

@@ -37,6 +37,7 @@ static OFFSETS: Offsets = Offsets {
 #[unsafe(no_mangle)]
 static NLM_OFFSETS: NlmOffsets = NlmOffsets {
     host_name: 0,
+    host_addr: 0,
     rqst_host: 0,
     rqst_lock: 0,
     rqst_block: 0,

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod emit;
+mod exits;
 mod kread;
 mod names;
 mod nlm;
@@ -88,6 +89,13 @@ pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_flock")]
 pub fn sys_exit_flock(ctx: TracePointContext) -> u32 {
     sys::exit_flock(&ctx);
+    0
+}
+
+// sched:sched_process_exit: a process that took a lock exits (before its files are closed).
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    exits::exited();
     0
 }
 

@@ -12,10 +12,15 @@ use aya_ebpf::{
     maps::{LruHashMap, ring_buf::RingBufEntry},
     programs::{ProbeContext, RetProbeContext},
 };
-use lockd_trace_common::{LockInfo, NO_STATUS, NlmEvent, NlmOffsets, Offsets, kind, nlm_flag};
+use lockd_trace_common::{
+    LockInfo, NO_STATUS, NlmEvent, NlmOffsets, Offsets,
+    kernel::{AF_INET, AF_INET6, F_UNLCK},
+    kind, nlm_flag,
+};
 
 use crate::{
     emit::{EVENTS, count_lost, header},
+    exits,
     kread::{fl_inode_id, lock_info, nlm_offsets, offsets, read},
     names,
     vfs::find_blocker,
@@ -136,6 +141,18 @@ fn set_host(e: &mut NlmEvent, host: u64, n: &NlmOffsets) {
     if let Ok(s) = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut e.host) } {
         e.host_len = s.len() as u32;
     }
+    // The name is what the peer calls itself; the address is what statd's sm/ files and the
+    // other host's view use.
+    let addr = host + u64::from(n.host_addr);
+    let family = u32::from(read::<u16>(addr, 0));
+    let at = match family {
+        AF_INET => 4,
+        AF_INET6 => 8,
+        _ => return,
+    };
+    e.addr_family = family;
+    // SAFETY: 16 bytes inside the sockaddr_storage (IPv4 uses the first 4).
+    let _ = unsafe { bpf_probe_read_kernel_buf((addr + at) as *const u8, &mut e.addr) };
 }
 
 /// The fields of a struct nlm_rqst: host, procedure flags, lock, and the reply status.
@@ -191,6 +208,9 @@ pub fn clnt_proc_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     set_host(e, host, &n);
     e.cmd = cmd as u32;
     set_fl(e, fl, &o);
+    if e.ret == 0 && e.lock.lock_type != F_UNLCK {
+        exits::took_lock();
+    }
     r.submit(0);
 }
 

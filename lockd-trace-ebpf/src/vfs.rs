@@ -3,12 +3,13 @@
 use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
 use lockd_trace_common::{
     LockInfo, Offsets, VfsLockEvent, counter, hook,
-    kernel::{EAGAIN, EDEADLK, F_WRLCK, FILE_LOCK_DEFERRED, MAX_WALK},
+    kernel::{EAGAIN, EDEADLK, F_UNLCK, F_WRLCK, FILE_LOCK_DEFERRED, MAX_WALK},
     kind,
 };
 
 use crate::{
     emit::{count, header, send},
+    exits,
     kread::{inode_id, lock_info, offsets, read},
     names,
 };
@@ -46,6 +47,9 @@ pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_
             }
             None => count(counter::BLOCKER_NOT_FOUND),
         }
+    }
+    if ret == 0 && lock.lock_type != F_UNLCK {
+        exits::took_lock();
     }
     if ret == FILE_LOCK_DEFERRED {
         let tid = bpf_get_current_pid_tgid() as u32;

@@ -1,8 +1,9 @@
 //! `lockd-trace analyze` and `history`: trace files → the same engine as live. Several files
 //! (a client's and its server's) are merged in time order on the first file's clock, through
-//! each file's recorded monotonic↔wall reference.
+//! each file's recorded monotonic↔wall reference. Files from different boots are different
+//! hosts: their paths get a "host:" prefix and their device numbers are kept apart.
 
-use std::{io, path::PathBuf};
+use std::{collections::HashMap, io, path::PathBuf};
 
 use anyhow::{Result, bail};
 
@@ -10,7 +11,7 @@ use crate::{
     cli::{AnalyzeArgs, HistoryArgs},
     clock::Clock,
     engine::Engine,
-    event::Event,
+    event::{Body, Event},
     history::{FileHistory, Limits},
     kmsg::KernelLine,
     names,
@@ -35,6 +36,21 @@ struct Input {
     shift: i128,
     next: Option<Item>,
     last_ts: u64,
+    /// Set when several hosts are merged: "host:" for paths, and this host's index.
+    host: Option<(String, u32)>,
+    /// Device numbers of a host after the first, renumbered so hosts' files never collide.
+    devs: HashMap<u32, u32>,
+}
+
+/// A device number for host `host` (1, 2, ...): major 4095-host, minors in order of appearance.
+fn host_dev(devs: &mut HashMap<u32, u32>, host: u32, dev: u32) -> u32 {
+    if host == 0 || dev == 0 {
+        return dev;
+    }
+    let next = devs.len() as u32 + 1;
+    *devs
+        .entry(dev)
+        .or_insert(((4095 - host) << 20) | (next & 0xfffff))
 }
 
 fn item_ts(i: &Item, last: u64) -> u64 {
@@ -56,12 +72,27 @@ impl Merged {
                 shift: 0,
                 next: None,
                 last_ts: 0,
+                host: None,
+                devs: HashMap::new(),
             });
         }
         let clock = inputs[0].reader.header.clock();
         let base = clock.wall_ns(0);
+        let mut boots: Vec<String> = Vec::new();
         for i in &mut inputs {
             i.shift = i.reader.header.clock().wall_ns(0) - base;
+            let h = &i.reader.header;
+            let boot = format!("{} {}", h.host, h.boot_id);
+            let n = boots.iter().position(|b| *b == boot).unwrap_or_else(|| {
+                boots.push(boot);
+                boots.len() - 1
+            });
+            i.host = Some((h.host.clone(), n as u32));
+        }
+        if boots.len() == 1 {
+            for i in &mut inputs {
+                i.host = None;
+            }
         }
         let mut m = Merged {
             inputs,
@@ -73,6 +104,11 @@ impl Merged {
             m.fill(i);
         }
         Ok(m)
+    }
+
+    /// The files' headers, in the order given.
+    pub fn headers(&self) -> impl Iterator<Item = &crate::tracefile::Header> {
+        self.inputs.iter().map(|i| &i.reader.header)
     }
 
     fn fill(&mut self, i: usize) {
@@ -101,8 +137,15 @@ impl Merged {
             Item::Event(e) => {
                 input.last_ts = e.ts_ns;
                 let (dev, ino) = e.file_id();
-                let p = input.reader.path(dev, ino).map(str::to_string);
+                let mut p = input.reader.path(dev, ino).map(str::to_string);
                 e.ts_ns = shift(e.ts_ns);
+                if let Body::Statd(s) = &mut e.body {
+                    s.since_ns = shift(s.since_ns);
+                }
+                if let Some((name, n)) = &input.host {
+                    p = p.map(|p| format!("{name}:{p}"));
+                    set_dev(e, host_dev(&mut input.devs, *n, dev));
+                }
                 p
             }
             Item::Kernel(k) => {
@@ -111,6 +154,9 @@ impl Merged {
                 None
             }
             Item::Lost { kind, total } => {
+                if let Some((name, _)) = &input.host {
+                    *kind = format!("{name}:{kind}");
+                }
                 self.lost.push((kind.clone(), *total));
                 None
             }
@@ -145,6 +191,16 @@ impl Merged {
             bail!("damaged trace data: {}", corrupt.join("; "));
         }
         Ok(())
+    }
+}
+
+fn set_dev(e: &mut Event, dev: u32) {
+    match &mut e.body {
+        Body::Lock(r) | Body::WaitEnd(r) => r.dev = dev,
+        Body::Getlk(g) => g.dev = dev,
+        Body::Nlm(n) => n.dev = dev,
+        Body::FileName(f) => f.dev = dev,
+        Body::Exit | Body::Statd(_) => {}
     }
 }
 

@@ -53,6 +53,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Convert a trace file to JSON lines, Perfetto (Chrome trace-event JSON) or CSV.
     Export(ExportArgs),
+    /// Merge trace files (client and server) into one, on one clock, hosts kept apart.
+    Merge(MergeArgs),
     /// Trace for a while, then check the rebuilt local lock tables against /proc/locks.
     Locks(LocksArgs),
     /// Explain lockd/statd kernel messages (no root, no tracing).
@@ -79,6 +81,27 @@ impl AnalysisArgs {
     }
 }
 
+/// statd's sm/ and sm.bak/ are watched while tracing; changes are events.
+#[derive(Args)]
+pub struct StatdArgs {
+    /// statd's state directory (default: the one in use, e.g. /var/lib/nfs).
+    #[arg(long, value_name = "DIR")]
+    pub statd_dir: Option<PathBuf>,
+    /// Report a peer still in sm.bak/ (not answering this host's reboot notification) after
+    /// this long.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub unanswered_after: Duration,
+}
+
+impl StatdArgs {
+    pub fn watcher(&self) -> crate::statd::Watcher {
+        crate::statd::Watcher::new(
+            self.statd_dir.clone(),
+            self.unanswered_after.as_nanos() as u64,
+        )
+    }
+}
+
 #[derive(Args)]
 pub struct RecordArgs {
     /// The trace file (created mode 0600).
@@ -87,9 +110,9 @@ pub struct RecordArgs {
     /// Only this process (tgid).
     #[arg(short, long)]
     pub pid: Option<u32>,
-    /// Only processes with this command name.
-    #[arg(long)]
-    pub comm: Option<String>,
+    /// Only processes with these command names (comma-separated or repeated).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub comm: Vec<String>,
     /// Stop after this long.
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -102,6 +125,8 @@ pub struct RecordArgs {
     /// Do not follow the kernel log (/dev/kmsg).
     #[arg(long)]
     pub no_kmsg: bool,
+    #[command(flatten)]
+    pub statd: StatdArgs,
     #[command(flatten)]
     pub tracing: TracingArgs,
 }
@@ -154,6 +179,16 @@ pub struct ExportArgs {
 }
 
 #[derive(Args)]
+pub struct MergeArgs {
+    /// Trace files: each host's (a client's and its server's), or one host's rotated files.
+    #[arg(required = true, num_args = 2..)]
+    pub files: Vec<PathBuf>,
+    /// The merged trace file (created mode 0600).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Args)]
 pub struct LocksArgs {
     /// How long to trace before comparing.
     #[arg(short, long, default_value = "2s", value_parser = parse_duration)]
@@ -169,9 +204,9 @@ pub struct LiveArgs {
     /// Only this process (tgid).
     #[arg(short, long)]
     pub pid: Option<u32>,
-    /// Only processes with this command name.
-    #[arg(long)]
-    pub comm: Option<String>,
+    /// Only processes with these command names (comma-separated or repeated).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub comm: Vec<String>,
     /// Only requests that failed.
     #[arg(short = 'x', long)]
     pub errors_only: bool,
@@ -190,6 +225,8 @@ pub struct LiveArgs {
     /// Do not follow the kernel log (/dev/kmsg).
     #[arg(long)]
     pub no_kmsg: bool,
+    #[command(flatten)]
+    pub statd: StatdArgs,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
     #[command(flatten)]

@@ -1,12 +1,14 @@
 //! Ring-buffer records → events. The layouts are lockd-trace-common's; fields are read in
 //! order with `bytes`, so a short or unknown record is an error, never undefined behaviour.
 
-use std::fmt;
+use std::{fmt, net::IpAddr};
 
 use bytes::Buf;
 use lockd_trace_common::{
     FileNameEvent, GetlkEvent, Header, LockInfo, NAME_DEPTH, NAME_LEN, NO_STATUS, NlmEvent,
-    UserFlock, VfsLockEvent, kind,
+    UserFlock, VfsLockEvent,
+    kernel::{AF_INET, AF_INET6},
+    kind,
 };
 
 use crate::event::{Body, Event, FileName, Flock, GetlkRecord, Lock, LockRecord, NlmRecord};
@@ -42,6 +44,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
         kind::GETLK => size_of::<GetlkEvent>(),
         kind::NLM => size_of::<NlmEvent>(),
         kind::FILE_NAME => size_of::<FileNameEvent>(),
+        kind::PROC_EXIT => size_of::<Header>(),
         k => return Err(DecodeError::UnknownKind(k)),
     };
     if got < need {
@@ -52,6 +55,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
         kind::GETLK => Body::Getlk(getlk(&mut buf)),
         kind::NLM => Body::Nlm(nlm(hdr.hook, &mut buf)),
         kind::FILE_NAME => Body::FileName(file_name(&mut buf)),
+        kind::PROC_EXIT => Body::Exit,
         k => {
             let r = lock_record(hdr.hook, &mut buf);
             if k == kind::VFS_LOCK {
@@ -178,6 +182,15 @@ fn nlm(op: u16, b: &mut &[u8]) -> NlmRecord {
     let state = b.get_u32_le();
     let fh_len = b.get_u32_le() as usize;
     let host_len = b.get_u32_le() as usize;
+    let family = b.get_u32_le();
+    let _pad = b.get_u32_le();
+    let mut a = [0u8; 16];
+    b.copy_to_slice(&mut a);
+    let addr = match family {
+        AF_INET => Some(IpAddr::from([a[0], a[1], a[2], a[3]])),
+        AF_INET6 => Some(IpAddr::from(a)),
+        _ => None,
+    };
     let mut fh = [0u8; 64];
     b.copy_to_slice(&mut fh);
     let mut host = [0u8; 64];
@@ -196,6 +209,7 @@ fn nlm(op: u16, b: &mut &[u8]) -> NlmRecord {
         state,
         fh: fh[..fh_len.min(64)].to_vec(),
         host: text(&host[..host_len.min(64)]),
+        addr,
     }
 }
 
@@ -386,6 +400,9 @@ mod tests {
             state: 3,
             fh_len: 4,
             host_len: 9,
+            addr_family: lockd_trace_common::kernel::AF_INET,
+            _pad: 0,
+            addr: [10, 99, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             fh,
             host,
         };
@@ -398,6 +415,8 @@ mod tests {
             ("127.0.0.1", &[1u8, 2, 3, 4][..])
         );
         assert_eq!((n.lock.pid, n.lock.end, n.blocker), (145, 9, None));
+        assert_eq!(n.addr, Some(IpAddr::from([10, 99, 0, 2])));
+        assert_eq!(n.peer(), "127.0.0.1 (10.99.0.2)");
         let none = NlmEvent {
             nlm_status: NO_STATUS,
             ..raw

@@ -47,7 +47,9 @@ impl Engine {
 
     /// The input ended: release everything still waiting for its counterpart.
     pub fn finish(&mut self, out: &mut Vec<Output>) {
-        self.advance(self.now_ns, out);
+        self.histories.finish(self.now_ns, &mut self.findings);
+        self.flush(out);
+        self.correlator.advance(self.now_ns, out);
         self.correlator.advance(u64::MAX, out);
     }
 

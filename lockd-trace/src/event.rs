@@ -1,5 +1,7 @@
 //! Decoded events: what the rest of the agent (histories, explanations, sinks) works with.
 
+use std::net::IpAddr;
+
 /// One lock as the kernel held or requested it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lock {
@@ -63,6 +65,61 @@ pub struct NlmRecord {
     pub state: u32,
     pub fh: Vec<u8>,
     pub host: String,
+    /// The peer's address, when the hook had an nlm_host.
+    pub addr: Option<IpAddr>,
+}
+
+impl NlmRecord {
+    /// "name (address)", or whichever is known.
+    pub fn peer(&self) -> String {
+        match self.addr {
+            Some(a) if a.to_string() != self.host && !self.host.is_empty() => {
+                format!("{} ({a})", self.host)
+            }
+            Some(a) => a.to_string(),
+            None => self.host.clone(),
+        }
+    }
+}
+
+/// A change in statd's records (sm/, sm.bak/), seen by the agent polling them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatdRecord {
+    pub change: StatdChange,
+    /// "sm" or "sm.bak".
+    pub list: String,
+    /// The entry's name: the peer as statd was asked to monitor it (an address by default).
+    pub host: String,
+    /// When the agent first saw the entry in this list (CLOCK_MONOTONIC ns).
+    pub since_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatdChange {
+    Appeared = 1,
+    Gone = 2,
+    /// Still in sm.bak past the agent's threshold: the peer does not answer SM_NOTIFY.
+    Unanswered = 3,
+}
+
+impl StatdChange {
+    pub fn name(self) -> &'static str {
+        match self {
+            StatdChange::Appeared => "appeared",
+            StatdChange::Gone => "gone",
+            StatdChange::Unanswered => "unanswered",
+        }
+    }
+
+    pub fn from_u64(v: u64) -> Option<StatdChange> {
+        [
+            StatdChange::Appeared,
+            StatdChange::Gone,
+            StatdChange::Unanswered,
+        ]
+        .into_iter()
+        .find(|c| *c as u64 == v)
+    }
 }
 
 /// A file's name as the kernel knows it: components leaf first, up to its filesystem root.
@@ -83,6 +140,9 @@ pub enum Body {
     Nlm(NlmRecord),
     /// Metadata, not shown: teaches the agent a path.
     FileName(FileName),
+    /// A process that had taken a lock exited (pid, comm and time are the event's).
+    Exit,
+    Statd(StatdRecord),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +164,7 @@ impl Event {
             Body::Getlk(g) => (g.dev, g.ino),
             Body::Nlm(n) => (n.dev, n.ino),
             Body::FileName(f) => (f.dev, f.ino),
+            Body::Exit | Body::Statd(_) => (0, 0),
         }
     }
 
@@ -113,7 +174,7 @@ impl Event {
             Body::Lock(r) | Body::WaitEnd(r) => r.ret,
             Body::Getlk(g) => g.ret,
             Body::Nlm(n) => n.ret,
-            Body::FileName(_) => 0,
+            Body::FileName(_) | Body::Exit | Body::Statd(_) => 0,
         }
     }
 }

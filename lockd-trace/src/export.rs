@@ -253,6 +253,14 @@ impl<W: Write> Perfetto<'_, W> {
                 let v = instant(name, json!({"host": n.host, "svid": n.svid, "file": path}));
                 self.emit(v)?;
             }
+            Body::Exit => self.emit(instant("exit".into(), json!({})))?,
+            Body::Statd(st) => {
+                let v = instant(
+                    format!("statd {} {}", st.list, st.host),
+                    json!(st.change.name()),
+                );
+                self.emit(v)?;
+            }
             Body::Getlk(_) | Body::FileName(_) => {}
         }
         Ok(())

@@ -27,6 +27,10 @@ pub enum Kind {
     MonitorFailed,
     /// A reboot notification (SM_NOTIFY) arrived: recovery starts.
     HostRebooted,
+    /// A process exited and a lock it took is still held (locally or by the server).
+    OwnerExited,
+    /// statd has been telling a peer of this host's reboot and the peer does not answer.
+    HostNotAnswering,
 }
 
 impl Kind {
@@ -40,6 +44,8 @@ impl Kind {
             Kind::FlockEmulated => "flock_emulated",
             Kind::MonitorFailed => "nsm_monitor_failed",
             Kind::HostRebooted => "host_rebooted",
+            Kind::OwnerExited => "lock_owner_exited",
+            Kind::HostNotAnswering => "nsm_host_not_answering",
         }
     }
 }
@@ -167,6 +173,7 @@ impl Finding {
                 "pid": b.holder.pid,
                 "comm": b.holder.comm,
                 "svid": b.holder.svid,
+                "host": b.holder.host,
                 "type": names::lock_type_name(b.lock_type),
                 "start": b.start,
                 "end": b.end,
@@ -214,10 +221,12 @@ impl Finding {
 
 /// "WRLCK [0-99] held by locker (pid 236) since 04:29:34.477"
 pub fn held_text(h: &Held, clock: &Clock) -> String {
-    let who = if h.holder.comm.is_empty() {
-        format!("pid {}", h.holder.pid)
-    } else {
-        format!("{} (pid {})", h.holder.comm, h.holder.pid)
+    let who = match (&h.holder.host, h.holder.svid) {
+        (Some(host), Some(svid)) if h.holder.comm == "lockd" => {
+            format!("lockd for NFS client {host} (svid {svid})")
+        }
+        _ if h.holder.comm.is_empty() => format!("pid {}", h.holder.pid),
+        _ => format!("{} (pid {})", h.holder.comm, h.holder.pid),
     };
     format!(
         "{} {} held by {who} since {}",

@@ -18,7 +18,7 @@ use crate::{
     clock::Clock,
     decode::decode,
     engine::Engine,
-    event::Body,
+    event::{Body, Event},
     history::Limits,
     kmsg::Kmsg,
     paths::Paths,
@@ -26,6 +26,7 @@ use crate::{
     probes::{Counters, Tracer},
     ringbuf::EventStream,
     sinks::{Sink, json::Json, null::Null, terminal::Terminal},
+    statd::Watcher,
     tracefile::{Header, Rotation, Writer},
 };
 
@@ -39,6 +40,7 @@ struct Session {
     duration: Option<Duration>,
     limits: Limits,
     kmsg: bool,
+    statd: Option<Watcher>,
     tracing: crate::probes::Options,
 }
 
@@ -55,6 +57,7 @@ pub async fn quietly(
         duration: Some(duration),
         limits: Limits::default(),
         kmsg: false,
+        statd: None,
         tracing,
     })
     .await
@@ -80,6 +83,7 @@ pub async fn live(args: LiveArgs) -> Result<()> {
         duration: args.duration,
         limits: args.analysis.limits(),
         kmsg: !args.no_kmsg,
+        statd: Some(args.statd.watcher()),
         tracing: args.tracing.options(),
     })
     .await
@@ -105,13 +109,14 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         duration: args.duration,
         limits: Limits::default(),
         kmsg: !args.no_kmsg,
+        statd: Some(args.statd.watcher()),
         tracing: args.tracing.options(),
     })
     .await
     .map(drop)
 }
 
-async fn run(s: Session) -> Result<Pipeline<'static>> {
+async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     let mut tracer = Tracer::start(&s.tracing)?;
     if let Some(logger) = tracer.take_logger() {
         spawn_kernel_log(logger)?;
@@ -173,6 +178,7 @@ async fn run(s: Session) -> Result<Pipeline<'static>> {
     let deadline = time::sleep(s.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut tick = time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
     let mut lost = Vec::new();
     let status = s.recording && io::stderr().is_terminal();
     let mut io_result = Ok(());
@@ -198,7 +204,12 @@ async fn run(s: Session) -> Result<Pipeline<'static>> {
             _ = terminate.recv() => break,
             () = &mut deadline => break,
             _ = tick.tick() => {
-                io_result = report_lost(&counters, &mut p, &mut lost)
+                ticks += 1;
+                if ticks % STATD_POLL_TICKS == 1 && let Some(w) = &mut s.statd {
+                    io_result = statd_changes(w, &mut p);
+                }
+                io_result = io_result
+                    .and_then(|()| report_lost(&counters, &mut p, &mut lost))
                     .and_then(|()| p.advance(Clock::monotonic_now()))
                     .and_then(|()| p.writer.as_mut().map_or(Ok(()), Writer::flush));
                 if status {
@@ -224,6 +235,25 @@ async fn run(s: Session) -> Result<Pipeline<'static>> {
     }
     summary(&p, &lost, undecodable, &counters);
     Ok(p)
+}
+
+/// statd's directories are read every this many seconds (ticks).
+const STATD_POLL_TICKS: u64 = 5;
+
+/// statd's record changes, as events (time: now).
+fn statd_changes(w: &mut Watcher, p: &mut Pipeline<'_>) -> io::Result<()> {
+    let now = Clock::monotonic_now();
+    for r in w.poll(now) {
+        let ev = Event {
+            ts_ns: now,
+            tid: 0,
+            pid: 0,
+            comm: "statd".into(),
+            body: Body::Statd(r),
+        };
+        p.event(&ev, None)?;
+    }
+    Ok(())
 }
 
 /// The kernel log's next lines; never ready when the log is not followed.

@@ -1,36 +1,13 @@
-//! lockd-trace: kernel programs → ring buffer → decoder → (histories → explanations) → sinks.
-//! Module per stage: probes/ (load, plan, attach), ringbuf + kmsg (sources), decode, event,
-//! history/ (per-file state and detectors), finding, correlate (kernel lines ↔ findings),
-//! engine, pipeline, sinks/, tracefile/ (record/read); live, analyze, export, locks (commands).
-
-mod analyze;
-mod cli;
-mod clock;
-mod correlate;
-mod decode;
-mod engine;
-mod event;
-mod explain;
-mod export;
-mod finding;
-mod history;
-mod kmsg;
-mod live;
-mod locks;
-mod names;
-mod paths;
-mod pipeline;
-mod probes;
-mod probes_cmd;
-mod ringbuf;
-mod sinks;
-mod statd;
-mod tracefile;
+//! The lockd-trace command: parses the command line and runs one command (see lib.rs).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use cli::{Cli, Command};
+use lockd_trace::{
+    analyze,
+    cli::{Cli, Command},
+    explain, export, live, locks, merge, probes_cmd,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -49,6 +26,7 @@ fn main() -> ExitCode {
             Command::Analyze(args) => analyze::analyze(&args),
             Command::History(args) => analyze::history(&args),
             Command::Export(args) => export::export(&args),
+            Command::Merge(args) => merge::merge(&args),
             Command::Locks(args) => locks::run(args).await,
             Command::Probes(args) => probes_cmd::run(&args),
             Command::Explain(args) => explain::run(&args),

@@ -18,7 +18,8 @@ use crate::{
 #[derive(Default)]
 pub struct Filter {
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    /// Command names kept (empty: all).
+    pub comm: Vec<String>,
     pub errors_only: bool,
     /// Findings and kernel lines only.
     pub no_events: bool,
@@ -28,7 +29,7 @@ impl Filter {
     fn keep(&self, ev: &Event) -> bool {
         !self.no_events
             && self.pid.is_none_or(|p| p == ev.pid)
-            && self.comm.as_ref().is_none_or(|c| *c == ev.comm)
+            && (self.comm.is_empty() || self.comm.contains(&ev.comm))
             && (!self.errors_only || ev.ret() < 0)
     }
 }

@@ -1,12 +1,16 @@
 //! statd's records of monitored peers: sm/ (hosts this host holds or held locks with) and
 //! sm.bak/ (hosts to be told of this host's reboot that have not acknowledged: stale when a
-//! peer vanished). Read by `lockd-trace locks`.
+//! peer vanished). Read by `lockd-trace locks`, and watched while tracing: changes become
+//! events (recorded in trace files like kernel records), so analysis sees them too.
 
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
     time::SystemTime,
 };
+
+use crate::event::{StatdChange, StatdRecord};
 
 /// Where statd keeps its state on current and older distributions.
 const DIRS: &[&str] = &["/var/lib/nfs/statd", "/var/lib/nfs", "/var/statmon", "/etc"];
@@ -60,6 +64,68 @@ pub fn entries(dir: &Path) -> Vec<Entry> {
     out
 }
 
+/// Polls statd's directories and reports what changed.
+pub struct Watcher {
+    dir: Option<PathBuf>,
+    unanswered_after_ns: u64,
+    /// (list, host) → (first seen, reported as unanswered).
+    seen: HashMap<(&'static str, String), (u64, bool)>,
+}
+
+impl Watcher {
+    /// Watches `dir`, or the state directory in use; an sm.bak entry older than
+    /// `unanswered_after_ns` is reported once as unanswered.
+    pub fn new(dir: Option<PathBuf>, unanswered_after_ns: u64) -> Self {
+        Watcher {
+            dir: dir.or_else(state_dir),
+            unanswered_after_ns,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// What changed since the last poll, at monotonic time `now_ns`.
+    pub fn poll(&mut self, now_ns: u64) -> Vec<StatdRecord> {
+        let Some(dir) = &self.dir else {
+            return Vec::new();
+        };
+        let now: HashMap<_, _> = entries(dir)
+            .into_iter()
+            .map(|e| ((e.list, e.host), ()))
+            .collect();
+        let mut out = Vec::new();
+        let record = |change, (list, host): &(&'static str, String), since_ns| StatdRecord {
+            change,
+            list: list.to_string(),
+            host: host.clone(),
+            since_ns,
+        };
+        self.seen.retain(|k, (since, _)| {
+            let kept = now.contains_key(k);
+            if !kept {
+                out.push(record(StatdChange::Gone, k, *since));
+            }
+            kept
+        });
+        for k in now.into_keys() {
+            let (since, reported) = self.seen.entry(k.clone()).or_insert_with(|| {
+                out.push(record(StatdChange::Appeared, &k, now_ns));
+                (now_ns, false)
+            });
+            if k.0 == "sm.bak"
+                && !*reported
+                && now_ns.saturating_sub(*since) >= self.unanswered_after_ns
+            {
+                *reported = true;
+                out.push(record(StatdChange::Unanswered, &k, *since));
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.change as u8, &a.list, &a.host).cmp(&(b.change as u8, &b.list, &b.host))
+        });
+        out
+    }
+}
+
 /// "0100007f 000186b5 00000003 00000010 <priv> mon_name my_name" per line (nfs-utils).
 fn records(text: &str) -> Vec<(String, String)> {
     text.lines()
@@ -94,6 +160,40 @@ mod tests {
             ("sm.bak", "gone.example.com")
         );
         assert!(e[1].meaning().contains("stale"));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn watcher_reports_changes_and_unanswered_peers_once() {
+        let d = std::env::temp_dir().join(format!("lockd-trace-watch-{}", std::process::id()));
+        fs::create_dir_all(d.join("sm")).unwrap();
+        fs::create_dir_all(d.join("sm.bak")).unwrap();
+        fs::write(d.join("sm/a"), "").unwrap();
+        let mut w = Watcher::new(Some(d.clone()), 10);
+        let changes = |v: Vec<StatdRecord>| -> Vec<(StatdChange, String, String, u64)> {
+            v.into_iter()
+                .map(|r| (r.change, r.list, r.host, r.since_ns))
+                .collect()
+        };
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            changes(w.poll(100)),
+            [(StatdChange::Appeared, s("sm"), s("a"), 100)]
+        );
+        fs::rename(d.join("sm/a"), d.join("sm.bak/a")).unwrap();
+        assert_eq!(
+            changes(w.poll(105)),
+            [
+                (StatdChange::Appeared, s("sm.bak"), s("a"), 105),
+                (StatdChange::Gone, s("sm"), s("a"), 100)
+            ]
+        );
+        assert_eq!(changes(w.poll(110)), []);
+        assert_eq!(
+            changes(w.poll(115)),
+            [(StatdChange::Unanswered, s("sm.bak"), s("a"), 105)]
+        );
+        assert_eq!(changes(w.poll(200)), []);
         fs::remove_dir_all(d).unwrap();
     }
 }

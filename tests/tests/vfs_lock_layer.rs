@@ -207,6 +207,82 @@ fn ofd_conflict() {
     assert_eq!(b_evs[0]["blocker"]["owner"], a0["lock"]["owner"]);
     assert_lock(b_evs[1], "F_OFD_GETLK", "RDLCK", 10, 10, "ok");
     assert_blocker(b_evs[1], -1, "WRLCK", 0, 99);
+    // Its close released the OFD lock: the exit is not reported as leaving a lock behind.
+    assert!(findings(&events, "lock_owner_exited").is_empty());
+}
+
+fn findings<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "finding" && e["kind"] == kind)
+        .collect()
+}
+
+/// A lock outliving its owner: the setter of an OFD lock exits while a forked child keeps the
+/// open file; sched_process_exit reports the exit and the agent names the lock still held.
+/// A POSIX locker's exit releases its lock (the close is traced) and is not reported.
+#[test]
+fn lock_held_after_its_setter_exited() {
+    let f = scratch_file("orphan");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("ofd_setlk w 0 100"), "ok");
+    assert_eq!(b.cmd("setlk w 200 10"), "ok");
+    let child: i32 = a
+        .cmd("fork")
+        .strip_prefix("ok ")
+        .and_then(|p| p.parse().ok())
+        .expect("fork answered ok PID");
+    let (apid, bpid) = (a.pid, b.pid);
+    a.exit();
+    b.exit();
+    // The child still holds the open file description: the kernel keeps the OFD lock.
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    assert!(
+        locks
+            .lines()
+            .any(|l| l.contains("OFDLCK") && l.ends_with(" 0 99")),
+        "{locks}"
+    );
+    // The agent judges an exit a second after it (its closes come first); then someone runs
+    // into the lock.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let mut c = Locker::spawn(&f);
+    assert_eq!(c.cmd("setlk w 50 1"), "err EAGAIN");
+    assert_eq!(c.cmd("setlk w 200 10"), "ok", "b's lock went with b");
+    let cpid = c.pid;
+    c.exit();
+    // SAFETY: plain syscall on the child this test forked (through the locker).
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    for pid in [apid, bpid] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "exit" && e["pid"] == pid),
+            "no exit event for {pid}"
+        );
+    }
+    let orphans = findings(&events, "lock_owner_exited");
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    let o = orphans[0];
+    assert_eq!(o["pid"], apid, "{o}");
+    assert_eq!(o["comm"], "locker", "{o}");
+    assert_eq!(o["file"], f.as_str(), "{o}");
+    assert_eq!(
+        (&o["lock"]["type"], &o["lock"]["start"], &o["lock"]["end"]),
+        (&"WRLCK".into(), &0.into(), &99.into()),
+        "{o}"
+    );
+    assert!(
+        o["headline"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("is in the way of locker (pid {cpid})")),
+        "{o}"
+    );
 }
 
 /// flock(2): whole-file locks, refused with EAGAIN under LOCK_NB, naming the holder (on a

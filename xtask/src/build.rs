@@ -55,7 +55,11 @@ pub fn run(args: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// Every test: the workspace's unit and host-kernel tests, then (unless skipped) the lab.
+/// How long `test` fuzzes the trace reader (docs/trace-format.md has longer runs).
+const FUZZ_SECONDS: u64 = 60;
+
+/// Every test: the workspace's unit and host-kernel tests, the trace reader's fuzz target for a
+/// minute, then (unless skipped) the lab.
 pub fn test(with_lab: bool) -> Result<()> {
     setup::toolchain()?;
     release()?;
@@ -69,6 +73,7 @@ pub fn test(with_lab: bool) -> Result<()> {
             .args(["test", "--release"])
             .env("LOCKD_TRACE_BIN", binary()),
     )?;
+    crate::fuzz::run(FUZZ_SECONDS)?;
     if with_lab {
         lab::test()?;
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's commands. Each installs what it needs first (see setup.rs).
 
 mod build;
+mod fuzz;
 mod lab;
 mod setup;
 mod sh;
@@ -36,6 +37,11 @@ enum Cmd {
         #[arg(long)]
         no_lab: bool,
     },
+    /// Fuzz the trace-file reader (cargo-fuzz) for a bounded time and print the run count.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// The NFS lab: Debian kernels with lockd, nfsd and statd in qemu.
     Lab(lab::LabArgs),
 }
@@ -53,6 +59,7 @@ fn main() -> ExitCode {
         Cmd::Build => setup::toolchain().and_then(|()| build::release()),
         Cmd::Run { args } => build::run(args),
         Cmd::Test { no_lab } => build::test(!no_lab),
+        Cmd::Fuzz { seconds } => fuzz::run(seconds),
         Cmd::Lab(args) => lab::run(args),
     };
     match result {

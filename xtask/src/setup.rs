@@ -9,6 +9,9 @@ use crate::sh;
 
 /// LLVM major version bpf-linker is built against (Debian 12 carries it in bookworm-security).
 const LLVM: &str = "22";
+/// The nightly whose LLVM matches: bpf-linker cannot read newer LLVM bitcode ("Invalid
+/// record"). lockd-trace/build.rs names the same toolchain.
+pub const NIGHTLY: &str = "nightly-2026-05-01";
 /// bpf-linker release known to work with the LLVM above.
 const BPF_LINKER: &str = "0.13.0";
 
@@ -43,16 +46,16 @@ fn nightly_rust_src() -> Result<()> {
         "list",
         "--installed",
         "--toolchain",
-        "nightly",
+        NIGHTLY,
     ]));
     if installed.is_some_and(|l| l.lines().any(|c| c.starts_with("rust-src"))) {
         return Ok(());
     }
-    eprintln!("xtask: installing the nightly toolchain with rust-src (eBPF needs -Z build-std)");
+    eprintln!("xtask: installing {NIGHTLY} with rust-src (eBPF needs -Z build-std)");
     sh::run(Command::new("rustup").args([
         "toolchain",
         "install",
-        "nightly",
+        NIGHTLY,
         "--profile",
         "minimal",
         "--component",

@@ -3,6 +3,8 @@
 //! NLM client, server.rs for lockd's server side and NSM) read and update them.
 
 mod client;
+mod exits;
+mod nsm;
 mod server;
 pub mod table;
 
@@ -117,6 +119,9 @@ pub struct Histories {
     waits: HashMap<u64, Wait>,
     client: client::Client,
     server: server::Server,
+    exits: Vec<exits::Exit>,
+    /// Local locks whose setter exited, by lock owner (reported when in someone's way).
+    orphans: HashMap<u64, exits::Exit>,
 }
 
 impl Histories {
@@ -131,6 +136,8 @@ impl Histories {
             waits: HashMap::new(),
             client: client::Client::default(),
             server: server::Server::default(),
+            exits: Vec::new(),
+            orphans: HashMap::new(),
         }
     }
 
@@ -211,6 +218,8 @@ impl Histories {
                     _ => server::observe(self, ev, n, out),
                 }
             }
+            Body::Exit => exits::exited(self, ev),
+            Body::Statd(s) => nsm::observe(self, ev, s, out),
             Body::FileName(_) => {}
         }
     }
@@ -229,7 +238,7 @@ impl Histories {
         } else {
             (r.lock.start, r.lock.end, r.lock.lock_type)
         };
-        let f = self.record(key, path, ev);
+        self.record(key, path, ev);
         if r.lock.flags & FL_ACCESS != 0 {
             return;
         }
@@ -245,9 +254,18 @@ impl Histories {
                 f.local.apply(&holder, lock_type, start, end, ev.ts_ns);
                 server::tag_lockd_locks(&self.server, f);
             }
+            ret if ret < 0
+                && let Some(b) = &r.blocker =>
+            {
+                exits::in_the_way(self, ev, key, b, out)
+            }
             // lockd's deferred requests are blocks queued at the NLM server, not waiting
             // threads; the client side reports those.
             FILE_LOCK_DEFERRED if ev.comm != "lockd" => {
+                if let Some(b) = &r.blocker {
+                    exits::in_the_way(self, ev, key, b, out);
+                }
+                let f = self.files.get(&key).expect("just recorded");
                 let blocker = r.blocker.map(|b| {
                     let since = f
                         .local
@@ -288,8 +306,16 @@ impl Histories {
         }
     }
 
-    /// Time moved on to `now_ns`: report requests waiting longer than the threshold.
+    /// The input ended: judge what was waiting for more time (exits).
+    pub fn finish(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        self.advance(now_ns, out);
+        exits::advance(self, now_ns, true, out);
+    }
+
+    /// Time moved on to `now_ns`: report requests waiting longer than the threshold, and
+    /// locks that outlived their owner.
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        exits::advance(self, now_ns, false, out);
         let limit = self.limits.blocked_after_ns;
         let clock = self.clock;
         for w in self.waits.values_mut() {

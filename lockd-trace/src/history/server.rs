@@ -46,13 +46,13 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
         SVC_LOCK if n.ret >= 0 => {
             let s = &mut h.server;
             room(&mut s.lockd_owner);
-            s.lockd_owner.insert(n.lock.owner, (n.host.clone(), n.svid));
+            s.lockd_owner.insert(n.lock.owner, (n.peer(), n.svid));
             if let Some(f) = h.files.get_mut(&key) {
                 f.fh.clone_from(&n.fh);
                 if n.nlm_status == Some(NLM_GRANTED) {
                     let l = n.lock;
                     f.nlm.apply(
-                        &client_holder(&n.host, n.svid, l.owner),
+                        &client_holder(&n.peer(), n.svid, l.owner),
                         l.lock_type,
                         l.start,
                         l.end,
@@ -70,7 +70,7 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
                     .iter()
                     .filter(|x| {
                         x.holder.svid == Some(n.svid)
-                            && (n.host.is_empty() || x.holder.host.as_deref() == Some(&n.host))
+                            && (n.host.is_empty() || x.holder.host == Some(n.peer()))
                     })
                     .map(|x| x.holder.clone())
                     .collect();
@@ -129,12 +129,7 @@ fn rebooted_finding(h: &Histories, ev: &Event, n: &NlmRecord) -> Finding {
     );
     let mut held = 0;
     for file in h.files.values() {
-        for x in file
-            .nlm
-            .held
-            .iter()
-            .filter(|x| x.holder.host.as_deref() == Some(&n.host))
-        {
+        for x in file.nlm.held.iter().filter(|x| x.holder.is_peer(&n.host)) {
             held += 1;
             f.evidence.push(format!(
                 "{}: {} {} (pid {}, svid {})",

@@ -16,6 +16,14 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// Whether the peer is `name`: hosts show as "name (address)" when both are known, and
+    /// statd and reboot notifications name a peer by either.
+    pub fn is_peer(&self, name: &str) -> bool {
+        self.host.as_deref().is_some_and(|h| {
+            h == name || h.starts_with(&format!("{name} (")) || h.ends_with(&format!("({name})"))
+        })
+    }
+
     fn same(&self, o: &Holder) -> bool {
         match (self.owner, o.owner) {
             (0, _) | (_, 0) => self.svid == o.svid && self.host == o.host && self.svid.is_some(),

@@ -3,7 +3,9 @@
 
 use lockd_trace_common::{
     hook,
-    kernel::{F_SETLK, F_SETLKW, F_UNLCK, F_WRLCK, FL_FLOCK, FL_POSIX, FL_SLEEP},
+    kernel::{
+        F_SETLK, F_SETLKW, F_UNLCK, F_WRLCK, FL_CLOSE, FL_FLOCK, FL_OFDLCK, FL_POSIX, FL_SLEEP,
+    },
     nlm_op::*,
 };
 
@@ -11,7 +13,7 @@ use super::{Histories, Limits};
 use crate::{
     clock::Clock,
     correlate::{Correlator, Output},
-    event::{Body, Event, Lock, LockRecord, NlmRecord},
+    event::{Body, Event, Lock, LockRecord, NlmRecord, StatdChange, StatdRecord},
     finding::{Finding, Kind},
     kmsg::KernelLine,
 };
@@ -142,6 +144,7 @@ impl Trace {
             state: 3,
             fh,
             host: host.into(),
+            addr: None,
         };
         self.ev(tid, comm, Body::Nlm(n));
     }
@@ -733,4 +736,170 @@ fn a_lock_granted_by_callback_is_known_to_the_server_side() {
     );
     let g = t.only(Kind::ServerForgot);
     assert_eq!((g.svid, g.range.unwrap().end), (Some(5), 99));
+}
+
+#[test]
+fn a_lock_the_server_keeps_after_its_owner_exited() {
+    // The lab's out-of-sync run, then the owners exit: P's close unlocks locally and at the
+    // server; Q's close finds no local lock and sends nothing, so the server keeps Q's lock.
+    let mut t = out_of_sync(false);
+    t.ev(236, "locker", Body::Exit);
+    let close = Lock {
+        flags: FL_POSIX | FL_CLOSE,
+        ..lk(0xa000, 236, F_UNLCK, 0, i64::MAX)
+    };
+    t.vfs(236, "locker", CLIENT, close, 0, None);
+    let unlock = lk(0xa000, 236, F_UNLCK, 0, i64::MAX);
+    t.nlm(
+        236,
+        "locker",
+        CLNT_PROC_ENTER,
+        F_SETLK,
+        None,
+        0,
+        CLIENT,
+        unlock,
+        0,
+        "srv",
+    );
+    t.nlm(
+        236,
+        "locker",
+        CLNT_PROC_EXIT,
+        F_SETLK,
+        None,
+        0,
+        CLIENT,
+        unlock,
+        0,
+        "srv",
+    );
+    t.nlm(
+        236,
+        "locker",
+        CLNT_UNLOCK_CB,
+        4,
+        Some(0),
+        5,
+        (0, 0),
+        unlock,
+        0,
+        "srv",
+    );
+    t.ev(237, "locker", Body::Exit);
+    t.h.advance(t.ts + S / 2, &mut t.out);
+    assert!(!t.kinds().contains(&Kind::OwnerExited), "judged too early");
+    t.h.advance(t.ts + 2 * S, &mut t.out);
+    let f = t.only(Kind::OwnerExited);
+    assert_eq!(
+        (f.pid, f.svid, f.host.as_deref(), f.path.as_deref()),
+        (237, Some(6), Some("srv"), Some("/mnt/nfs/f"))
+    );
+    let r = f.range.unwrap();
+    assert_eq!((r.lock_type, r.start, r.end), (F_WRLCK, 0, 99));
+    assert!(
+        f.headline
+            .contains("at server srv (svid 6) was never unlocked"),
+        "{}",
+        f.headline
+    );
+    assert!(f.evidence.iter().any(|e| e.contains("unlock_ip")));
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e.contains("no UNLOCK went to the server"))
+    );
+}
+
+#[test]
+fn an_ofd_lock_outliving_its_setter_is_reported_when_in_the_way() {
+    let local = (8, 9);
+    let mut t = Trace::new();
+    let ofd = Lock {
+        flags: FL_OFDLCK,
+        ..lk(0xf11e, 300, F_WRLCK, 0, 9)
+    };
+    t.vfs(300, "parent", local, ofd, 0, None);
+    t.vfs(
+        301,
+        "other",
+        local,
+        lk(0xf00, 301, F_WRLCK, 20, 29),
+        0,
+        None,
+    );
+    t.ev(300, "parent", Body::Exit);
+    t.ev(301, "other", Body::Exit);
+    let close = Lock {
+        flags: FL_POSIX | FL_CLOSE,
+        ..lk(0xf00, 301, F_UNLCK, 0, i64::MAX)
+    };
+    t.vfs(301, "other", local, close, 0, None);
+    t.ts += 2 * S;
+    t.h.advance(t.ts, &mut t.out);
+    assert!(t.out.is_empty(), "a lock living on is not news by itself");
+    // Someone runs into it: now it is (once), and the other owner's closed lock never is.
+    for _ in 0..2 {
+        let want = lk(0xbad, 302, F_WRLCK, 5, 5);
+        t.vfs(302, "late", local, want, -11, Some(ofd));
+    }
+    t.vfs(
+        303,
+        "late2",
+        local,
+        lk(0xbee, 303, F_WRLCK, 20, 29),
+        0,
+        None,
+    );
+    let f = t.only(Kind::OwnerExited);
+    assert_eq!((f.pid, f.comm.as_str()), (300, "parent"));
+    let r = f.range.unwrap();
+    assert_eq!((r.start, r.end), (0, 9));
+    assert!(
+        f.headline
+            .contains("lives on and is in the way of late (pid 302)"),
+        "{}",
+        f.headline
+    );
+}
+
+#[test]
+fn a_peer_not_answering_statd_is_named_with_the_locks_it_holds() {
+    let mut t = Trace::new();
+    let l = lk(0xc000, 180, F_WRLCK, 0, 99);
+    t.vfs(180, "lockd", SERVER, l, 0, None);
+    t.nlm(
+        180,
+        "lockd",
+        SVC_LOCK,
+        2,
+        Some(0),
+        7,
+        SERVER,
+        l,
+        0,
+        "gone (10.99.0.2)",
+    );
+    let statd = |change, since_ns| {
+        Body::Statd(StatdRecord {
+            change,
+            list: "sm.bak".into(),
+            host: "10.99.0.2".into(),
+            since_ns,
+        })
+    };
+    t.ts += 60 * S;
+    t.ev(0, "statd", statd(StatdChange::Appeared, t.ts));
+    assert!(t.out.is_empty());
+    t.ev(0, "statd", statd(StatdChange::Unanswered, t.ts - 30 * S));
+    let f = t.only(Kind::HostNotAnswering);
+    assert_eq!(f.host.as_deref(), Some("10.99.0.2"));
+    assert!(f.headline.contains("(30 s)"), "{}", f.headline);
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e.contains("/export/f WRLCK [0-99] (svid 7)")),
+        "{:?}",
+        f.evidence
+    );
 }

@@ -62,6 +62,7 @@ pub fn nlm_offsets(vmlinux: &Btf) -> Result<Option<NlmOffsets>> {
     let f = |ty: &str, paths: &[&str]| field_offset(&btf, ty, paths);
     Ok(Some(NlmOffsets {
         host_name: f("nlm_host", &["h_name"])?,
+        host_addr: f("nlm_host", &["h_addr"])?,
         rqst_host: f("nlm_rqst", &["a_host"])?,
         rqst_lock: f("nlm_rqst", &["a_args.lock"])?,
         rqst_block: f("nlm_rqst", &["a_args.block"])?,

@@ -126,6 +126,17 @@ pub const PROBES: &[Probe] = &[
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
         ways: &[way(Tracepoint, "sys_exit_flock", "syscalls:sys_exit_flock")],
     },
+    Probe {
+        name: "process_exit",
+        module: "",
+        captures: "the exit of a process that took a lock (a lock outliving its owner)",
+        kernels: "sched tracepoint, all supported kernels",
+        ways: &[way(
+            Tracepoint,
+            "sched_process_exit",
+            "sched:sched_process_exit",
+        )],
+    },
     kprobe!(
         Kprobe,
         "nlmclnt_proc",

@@ -56,14 +56,22 @@ fn tracefs() -> Result<()> {
             std::ptr::null(),
         )
     };
-    if rc != 0 || !Path::new(TRACEFS).join("events").exists() {
+    let err = std::io::Error::last_os_error();
+    // Another lockd-trace starting at the same time may have mounted it (EBUSY here).
+    if !Path::new(TRACEFS).join("events").exists() {
         bail!(
             "tracefs is not mounted at {TRACEFS} and mounting it failed ({}); mount it with \
              `mount -t tracefs nodev {TRACEFS}`",
-            std::io::Error::last_os_error()
+            if rc == 0 {
+                "no events/ after mounting".into()
+            } else {
+                err.to_string()
+            }
         );
     }
-    log::info!("mounted tracefs at {TRACEFS}");
+    if rc == 0 {
+        log::info!("mounted tracefs at {TRACEFS}");
+    }
     Ok(())
 }
 

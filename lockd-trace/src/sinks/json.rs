@@ -119,6 +119,7 @@ pub fn event_json(ev: &Event, cx: &Context<'_>) -> Value {
                 n.nlm_status.map(names::nlm_status_meaning).into(),
             );
             m.insert("host".into(), n.host.clone().into());
+            m.insert("addr".into(), n.addr.map(|a| a.to_string()).into());
             m.insert("svid".into(), n.svid.into());
             m.insert("fh".into(), names::hex(&n.fh).into());
             m.insert("nlm_flags".into(), names::nlm_flag_names(n.flags).into());
@@ -129,6 +130,19 @@ pub fn event_json(ev: &Event, cx: &Context<'_>) -> Value {
             m.insert(
                 "blocker".into(),
                 n.blocker.as_ref().map_or(Value::Null, lock_json),
+            );
+        }
+        Body::Exit => {
+            m.insert("event".into(), "exit".into());
+        }
+        Body::Statd(st) => {
+            m.insert("event".into(), "statd".into());
+            m.insert("change".into(), st.change.name().into());
+            m.insert("list".into(), st.list.clone().into());
+            m.insert("host".into(), st.host.clone().into());
+            m.insert(
+                "since".into(),
+                clock::rfc3339(cx.clock.wall_ns(st.since_ns)).into(),
             );
         }
         Body::FileName(f) => {

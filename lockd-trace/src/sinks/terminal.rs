@@ -49,7 +49,7 @@ fn nlm_columns(n: &NlmRecord) -> (String, String, Option<String>) {
         CLNT_VFS => "do_vfs_lock".into(),
         _ => names::nlm_proc_name(n.cmd),
     };
-    let mut extra = vec![format!("host {}", n.host)];
+    let mut extra = vec![format!("host {}", n.peer())];
     if n.svid != 0 {
         extra.push(format!("svid {}", n.svid));
     }
@@ -71,10 +71,11 @@ fn nlm_columns(n: &NlmRecord) -> (String, String, Option<String>) {
 pub fn line(ev: &Event, cx: &Context<'_>) -> String {
     let time = clock::hms_micros(cx.clock.wall_ns(ev.ts_ns));
     let (dev, ino) = ev.file_id();
-    let file = cx.file.map_or_else(
-        || format!("{} ino {ino}", names::dev_name(dev)),
-        str::to_string,
-    );
+    let file = match (cx.file, dev, ino) {
+        (Some(f), ..) => f.to_string(),
+        (None, 0, 0) => "-".into(),
+        (None, ..) => format!("{} ino {ino}", names::dev_name(dev)),
+    };
     let (op, what, blocker) = match &ev.body {
         Body::Lock(r) => (
             names::op_name(r).to_string(),
@@ -117,6 +118,12 @@ pub fn line(ev: &Event, cx: &Context<'_>) -> String {
         }
         Body::Nlm(n) => nlm_columns(n),
         Body::FileName(f) => ("name".into(), f.components.join(" < "), None),
+        Body::Exit => ("exit".into(), String::new(), None),
+        Body::Statd(st) => (
+            format!("statd {}", st.change.name()),
+            format!("{}/{}", st.list, st.host),
+            None,
+        ),
     };
     let mut s = format!(
         "{time} {:<15} {:>7} {:<16} {:<24} {:<32} {}",

@@ -3,8 +3,12 @@
 
 use lockd_trace_common::NO_STATUS;
 
+use std::net::IpAddr;
+
 use super::rec;
-use crate::event::{Body, Event, Flock, GetlkRecord, Lock, LockRecord, NlmRecord};
+use crate::event::{
+    Body, Event, Flock, GetlkRecord, Lock, LockRecord, NlmRecord, StatdChange, StatdRecord,
+};
 
 pub fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
@@ -98,13 +102,16 @@ impl Enc<'_> {
         self.i(i64::from(f.l_pid));
     }
 
-    /// An event; `comm`, `fh` and `host` are string ids the writer interned.
+    /// An event; `comm`, `fh` and `host` are string ids the writer interned (for statd
+    /// records: the list and the host).
     pub fn event(&mut self, ev: &Event, comm: u32, fh: u32, host: u32) {
         let kind = match &ev.body {
             Body::Lock(_) => rec::LOCK,
             Body::WaitEnd(_) => rec::WAIT_END,
             Body::Getlk(_) => rec::GETLK,
             Body::Nlm(_) => rec::NLM,
+            Body::Exit => rec::EXIT,
+            Body::Statd(_) => rec::STATD,
             Body::FileName(_) => unreachable!("file names are written as PATH records"),
         };
         self.out.push(kind);
@@ -145,8 +152,19 @@ impl Enc<'_> {
                 self.u(u64::from(n.state));
                 self.u(u64::from(fh));
                 self.u(u64::from(host));
+                match n.addr {
+                    Some(IpAddr::V4(a)) => self.bytes(&a.octets()),
+                    Some(IpAddr::V6(a)) => self.bytes(&a.octets()),
+                    None => self.bytes(&[]),
+                }
             }
-            Body::FileName(_) => {}
+            Body::Statd(s) => {
+                self.u(s.change as u64);
+                self.u(u64::from(fh));
+                self.u(u64::from(host));
+                self.i(s.since_ns.wrapping_sub(ev.ts_ns) as i64);
+            }
+            Body::Exit | Body::FileName(_) => {}
         }
     }
 }
@@ -265,6 +283,18 @@ impl Dec<'_> {
                 request: self.flock()?,
                 answer: self.flock()?,
             }),
+            rec::EXIT => Body::Exit,
+            rec::STATD => {
+                let change = StatdChange::from_u64(self.u()?).ok_or("bad statd change")?;
+                fh = self.u32()?;
+                host = self.u32()?;
+                Body::Statd(StatdRecord {
+                    change,
+                    list: String::new(),
+                    host: String::new(),
+                    since_ns: ts_ns.wrapping_add(self.i()? as u64),
+                })
+            }
             _ => {
                 let op = u16::try_from(self.u()?).map_err(|_| "bad op")?;
                 let ret = self.i32()?;
@@ -283,10 +313,18 @@ impl Dec<'_> {
                     state: self.u32()?,
                     fh: Vec::new(),
                     host: String::new(),
+                    addr: None,
                 };
                 fh = self.u32()?;
                 host = self.u32()?;
-                Body::Nlm(n)
+                let addr = match *self.bytes()? {
+                    [] => None,
+                    [a, b, c, d] => Some(IpAddr::from([a, b, c, d])),
+                    ref v => Some(IpAddr::from(
+                        <[u8; 16]>::try_from(v).map_err(|_| "bad address length")?,
+                    )),
+                };
+                Body::Nlm(NlmRecord { addr, ..n })
             }
         };
         if !self.b.is_empty() {

@@ -11,7 +11,7 @@ pub use writer::{Rotation, Writer};
 
 /// "LDTRACE" and a NUL, then the format version (u16 LE) and two reserved bytes.
 pub const MAGIC: &[u8; 8] = b"LDTRACE\0";
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// The byte after a record's length: its bytes XORed with 0xA5, so a flipped length bit is
 /// caught before the length is trusted (a wrong length would otherwise look like a torn tail).
@@ -30,6 +30,8 @@ pub mod rec {
     pub const NLM: u8 = 7;
     pub const KERNEL: u8 = 8;
     pub const LOST: u8 = 9;
+    pub const EXIT: u8 = 10;
+    pub const STATD: u8 = 11;
 }
 
 /// What the recorder knew about the machine and the tracing session.

@@ -191,7 +191,7 @@ impl Reader {
                     }
                     self.paths.insert((dev, ino), id);
                 }
-                rec::LOCK | rec::WAIT_END | rec::GETLK | rec::NLM => {
+                rec::LOCK | rec::WAIT_END | rec::GETLK | rec::NLM | rec::EXIT | rec::STATD => {
                     let (mut ev, comm, fh, host) = d.event(kind).map_err(damaged)?;
                     let get = |id: u32| {
                         self.strings
@@ -199,9 +199,17 @@ impl Reader {
                             .ok_or_else(|| damaged("unknown string id"))
                     };
                     ev.comm = String::from_utf8_lossy(get(comm)?).into_owned();
-                    if let Body::Nlm(n) = &mut ev.body {
-                        n.fh = get(fh)?.clone();
-                        n.host = String::from_utf8_lossy(get(host)?).into_owned();
+                    let text = |id| get(id).map(|b| String::from_utf8_lossy(b).into_owned());
+                    match &mut ev.body {
+                        Body::Nlm(n) => {
+                            n.fh = get(fh)?.clone();
+                            n.host = text(host)?;
+                        }
+                        Body::Statd(s) => {
+                            s.list = text(fh)?;
+                            s.host = text(host)?;
+                        }
+                        _ => {}
                     }
                     return Ok(Some(Item::Event(ev)));
                 }

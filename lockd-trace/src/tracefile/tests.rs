@@ -116,6 +116,7 @@ fn events() -> Vec<Event> {
                 state: 5,
                 fh: vec![1, 0, 1, 1, 0, 0, 0, 0, 0xff],
                 host: "127.0.0.1".into(),
+                addr: Some(std::net::IpAddr::from([127, 0, 0, 1])),
             }),
         ),
         ev(
@@ -137,6 +138,20 @@ fn events() -> Vec<Event> {
                 state: 0,
                 fh: vec![],
                 host: "nfs1.example.com".into(),
+                addr: Some("fd00::2".parse().unwrap()),
+            }),
+        ),
+        ev(61_400_000_000, 4242, 4242, "locker", Body::Exit),
+        ev(
+            61_500_000_000,
+            0,
+            0,
+            "statd",
+            Body::Statd(crate::event::StatdRecord {
+                change: crate::event::StatdChange::Unanswered,
+                list: "sm.bak".into(),
+                host: "10.99.0.2".into(),
+                since_ns: 1_500_000_000,
             }),
         ),
     ]
@@ -191,9 +206,9 @@ fn every_record_kind_round_trips() {
     assert_eq!(got, evs.iter().collect::<Vec<_>>());
     assert_eq!(r.path(31, 5), Some("/export/oos"));
     assert!(
-        matches!(&items[5], Item::Kernel(k) if k.text.ends_with("status: 7") && k.ts_ns == 61_400_000_000)
+        matches!(&items[7], Item::Kernel(k) if k.text.ends_with("status: 7") && k.ts_ns == 61_400_000_000)
     );
-    assert!(matches!(&items[6], Item::Lost { kind, total: 12 } if kind == "lock"));
+    assert!(matches!(&items[8], Item::Lost { kind, total: 12 } if kind == "lock"));
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -220,7 +235,7 @@ fn every_truncation_reads_a_prefix_and_says_the_tail_is_torn() {
             assert!(d.offset <= n as u64);
         }
     }
-    assert_eq!(last, 7);
+    assert_eq!(last, 9);
 }
 
 #[test]

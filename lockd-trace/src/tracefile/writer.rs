@@ -143,6 +143,10 @@ impl Writer {
         let comm = self.intern(ev.comm.as_bytes())?;
         let (fh, host) = match &ev.body {
             Body::Nlm(n) => (self.intern(&n.fh)?, self.intern(n.host.as_bytes())?),
+            Body::Statd(s) => (
+                self.intern(s.list.as_bytes())?,
+                self.intern(s.host.as_bytes())?,
+            ),
             _ => (0, 0),
         };
         self.payload.clear();

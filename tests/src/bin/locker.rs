@@ -2,7 +2,9 @@
 //! each on stdout: "ok", "err ENAME", or for getlk "getlk unlck" / "getlk TYPE START LEN PID".
 //!
 //! Commands: open PATH | setlk|setlkw|ofd_setlk|ofd_setlkw T START LEN | getlk|ofd_getlk T
-//! START LEN | flock sh|ex|un [nb] | lockf lock|tlock|ulock LEN | exit  (T: r, w or u)
+//! START LEN | flock sh|ex|un [nb] | lockf lock|tlock|ulock LEN | fork | exit  (T: r, w or u)
+//! fork: a child that keeps the open file (and so its OFD and flock locks) until killed;
+//! the answer is "ok CHILD_PID".
 //! SIGUSR1 interrupts a blocked call (handler installed without SA_RESTART: EINTR).
 
 use std::{
@@ -121,6 +123,17 @@ fn main() {
                 };
                 // SAFETY: plain libc call.
                 result(unsafe { libc::lockf(fd, op, args[1].parse().expect("len")) })
+            }
+            "fork" => {
+                // SAFETY: the child only sleeps in pause() until it is killed.
+                match unsafe { libc::fork() } {
+                    0 => loop {
+                        // SAFETY: plain libc call.
+                        unsafe { libc::pause() };
+                    },
+                    -1 => result(-1),
+                    child => format!("ok {child}"),
+                }
             }
             "exit" => break,
             other => format!("err unknown command {other}"),

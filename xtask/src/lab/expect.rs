@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 pub struct Results {
-    facts: Value,
+    pub facts: Value,
     pub events: Vec<Value>,
     pub dmesg: String,
 }
@@ -91,6 +91,7 @@ pub fn check(scenario: &str, dir: &Path) -> Result<()> {
         "out-of-sync" => out_of_sync(&r),
         "stale-unlock" => stale_unlock(&r),
         "reclaim" => reclaim(&r),
+        "vanished-client" => vanished_client(&r),
         s => bail!("no expectations for scenario {s}"),
     }?;
     super::explained::check(scenario, dir, &r)
@@ -196,6 +197,17 @@ fn out_of_sync(r: &Results) -> Result<()> {
     r.find("nlmclnt_proc told q success", |e| {
         nlm(e, "nlmclnt_result", q) && e["ret"] == 0 && e["cmd"] == "F_SETLKW"
     })?;
+    // q's close at exit skipped the server (no local lock): the server keeps q's lock.
+    let orphan = finding(r, "lock_owner_exited", |f| f["pid"] == q)?;
+    if orphan["file"] != "/mnt/nfs/oos" || !range(orphan, 0, 99) || orphan["svid"].is_null() {
+        bail!("q's orphaned server lock is misreported: {orphan:#}");
+    }
+    if r.events
+        .iter()
+        .any(|e| e["kind"] == "lock_owner_exited" && e["pid"] == p)
+    {
+        bail!("p's lock was released at its exit, yet reported as left behind");
+    }
     Ok(())
 }
 
@@ -236,5 +248,79 @@ fn reclaim(r: &Results) -> Result<()> {
     r.find("the reboot notification that started the reclaim", |e| {
         e["event"] == "nlm" && e["op"] == "nsm_reboot_notification" && e["host"] == "127.0.0.1"
     })?;
+    Ok(())
+}
+
+/// The finding of `kind` about `pred`, from the live JSON lines.
+fn finding<'a>(r: &'a Results, kind: &str, pred: impl Fn(&Value) -> bool) -> Result<&'a Value> {
+    r.find(&format!("a {kind} finding"), |e| {
+        e["event"] == "finding" && e["kind"] == kind && pred(e)
+    })
+}
+
+fn vanished_client(r: &Results) -> Result<()> {
+    let (v, x) = (r.pid("v")?, r.pid("x")?);
+    r.fact("v", "setlk w 0 100", "ok")?;
+    r.fact("x", "setlk w 0 100", "err EAGAIN")?;
+    // unlock_ip released the vanished client's lock: the server-local waiter got it.
+    r.fact("x", "setlkw w 0 100", "ok")?;
+    let listed = |list: &str| {
+        r.facts[list]
+            .as_array()
+            .is_some_and(|l| l.contains(&"10.99.0.2".into()))
+    };
+    if !listed("sm") || !listed("sm.bak") {
+        bail!("statd's sm/ and sm.bak/ should list 10.99.0.2: {}", r.facts);
+    }
+    r.find(
+        "the client 10.99.0.2's LOCK granted (its own trace of it)",
+        |e| nlm(e, "nlmclnt_call", v) && e["nlm_status"] == 0 && e["addr"] == "10.99.0.1",
+    )?;
+    let granted = r.find("the server granted 10.99.0.2 its lock [0-99]", |e| {
+        e["event"] == "nlm"
+            && e["op"] == "nlmsvc_lock"
+            && e["nlm_status"] == 0
+            && e["addr"] == "10.99.0.2"
+            && range(e, 0, 99)
+    })?;
+    let svid = &granted["svid"];
+    let blocked = finding(r, "blocked_long", |f| f["pid"] == x)?;
+    let b = &blocked["blocker"];
+    if b["svid"] != *svid || !b["host"].as_str().is_some_and(|h| h.contains("10.99.0.2")) {
+        bail!("x's wait should name the vanished client's lock (svid {svid}): {blocked:#}");
+    }
+    r.find("statd's sm.bak/10.99.0.2 seen", |e| {
+        e["event"] == "statd" && e["list"] == "sm.bak" && e["host"] == "10.99.0.2"
+    })?;
+    let quiet = finding(r, "nsm_host_not_answering", |f| f["host"] == "10.99.0.2")?;
+    let named = quiet["evidence"].as_array().is_some_and(|ev| {
+        ev.iter().any(|l| {
+            l.as_str().is_some_and(|l| {
+                l.contains("/export/vanished WRLCK [0-99]") && l.contains(&format!("svid {svid}"))
+            })
+        })
+    });
+    if !named {
+        bail!("the unanswered-host finding should name the lock it holds: {quiet:#}");
+    }
+    finding(r, "server_forgot_lock", |f| {
+        f["pid"] == r.facts["scenario_pid"]["pid"] && f["svid"] == *svid
+    })?;
+    // The vanished client's locker exits at the end: its UNLOCK cannot reach the server,
+    // and the trace holds the server's release (unlock_ip) too.
+    let gone = finding(r, "lock_owner_exited", |f| f["pid"] == v)?;
+    let says = |what: &str| {
+        gone["evidence"].as_array().is_some_and(|ev| {
+            ev.iter()
+                .any(|l| l.as_str().is_some_and(|l| l.contains(what)))
+        })
+    };
+    if !says("never confirmed") || !says("released it there") {
+        bail!("the vanished client's exit is misexplained: {gone:#}");
+    }
+    eprintln!(
+        "xtask lab:   explained: {}",
+        quiet["headline"].as_str().unwrap_or("")
+    );
     Ok(())
 }

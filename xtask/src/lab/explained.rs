@@ -1,33 +1,14 @@
 //! The explanation of each seed message: the finding lockd-trace attached to the kernel line
-//! live (JSON lines), and the same rebuilt without root from the recorded trace file.
+//! live (JSON lines), and the same rebuilt without root from the recorded trace file (which
+//! also exports, survives damage, and, for out-of-sync, merges from a client-side and a
+//! server-side recording).
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use super::expect::Results;
-
-/// `lockd-trace analyze --json` of the scenario's trace file, run on the host with the
-/// binary the guest recorded with (share/lockd-trace; `dir` is share/results/SCENARIO).
-fn analyzed(dir: &Path) -> Result<Vec<Value>> {
-    let bin = dir.join("../../lockd-trace");
-    let out = Command::new(bin)
-        .args(["analyze", "--json"])
-        .arg(dir.join("trace.ldt"))
-        .output()
-        .context("running lockd-trace analyze")?;
-    if !out.status.success() {
-        bail!(
-            "lockd-trace analyze failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).context("analyze printed a line that is not JSON"))
-        .collect()
-}
+use super::{expect::Results, offline::Public};
 
 /// The finding attached to the first kernel line containing `text`.
 fn explanation<'a>(events: &'a [Value], text: &str, source: &str) -> Result<&'a Value> {
@@ -126,16 +107,70 @@ pub fn check(scenario: &str, dir: &Path, r: &Results) -> Result<()> {
     for (field, expected) in &checks {
         want(live, field, expected.clone(), "live")?;
     }
-    let from_file = analyzed(dir)?;
-    let again = explanation(&from_file, text, "analyze of trace.ldt")?;
+    let public = Public::new(dir)?;
+    let trace = public.copy(&dir.join("trace.ldt"), "trace.ldt")?;
+    let from_file = public.analyze(&trace)?;
+    let again = explanation(&from_file, text, "analyze of trace.ldt (as nobody)")?;
     if again != live {
         bail!(
             "analyze of the trace file explains `{text}` differently:\nlive: {live:#}\nanalyze: {again:#}"
         );
     }
+    super::offline::exports(&public, &trace, r.events.len())?;
+    super::offline::damaged(&public, &trace)?;
+    if scenario == "out-of-sync" {
+        merged(&public, dir, text, live)?;
+    }
     eprintln!(
         "xtask lab:   explained: {}",
         live["headline"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+/// The out-of-sync run was also recorded as two files: the client side (the lockers' NLM
+/// client calls and local locks) and the server side (lockd, and the python3 that wrote
+/// unlock_filesystem). The client file alone cannot say why the server granted the lock;
+/// merged with the server file, the same explanation names who made the server forget.
+fn merged(public: &Public, dir: &Path, text: &str, live: &Value) -> Result<()> {
+    let client = public.copy(&dir.join("client.ldt"), "client.ldt")?;
+    let server = public.copy(&dir.join("server.ldt"), "server.ldt")?;
+    let alone = public.analyze(&client)?;
+    let one_side = explanation(&alone, text, "analyze of client.ldt")?;
+    if !one_side["server_forgot"].is_null() {
+        bail!("the client-side file alone cannot know the server forgot: {one_side:#}");
+    }
+    let both = public.path("both.ldt");
+    let (ok, _, err) = public.run(&[
+        "merge",
+        &client.to_string_lossy(),
+        &server.to_string_lossy(),
+        "-o",
+        &both.to_string_lossy(),
+    ])?;
+    if !ok {
+        bail!("lockd-trace merge failed: {err}");
+    }
+    let merged = public.analyze(&both)?;
+    let m = explanation(&merged, text, "analyze of the merged file")?;
+    for field in [
+        "kind",
+        "pid",
+        "lock",
+        "blocker.pid",
+        "server_forgot.pid",
+        "server_forgot.file",
+    ] {
+        want(
+            m,
+            field,
+            field.split('.').fold(live, |v, k| &v[k]).clone(),
+            "merged",
+        )?;
+    }
+    eprintln!(
+        "xtask lab:   merged client+server files: the server forgot through pid {}",
+        m["server_forgot"]["pid"]
     );
     Ok(())
 }

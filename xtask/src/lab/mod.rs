@@ -4,6 +4,7 @@
 mod expect;
 mod explained;
 mod image;
+mod offline;
 mod vm;
 
 use std::{
@@ -20,7 +21,14 @@ use image::{KERNELS, Kernel};
 use crate::{build, sh};
 
 /// Scenarios that run and are checked; `all` means these.
-pub const SCENARIOS: &[&str] = &["conflict", "out-of-sync", "stale-unlock", "reclaim"];
+/// The order matters: vanished-client leaves a host unreachable and statd retrying, so last.
+pub const SCENARIOS: &[&str] = &[
+    "conflict",
+    "out-of-sync",
+    "stale-unlock",
+    "reclaim",
+    "vanished-client",
+];
 
 #[derive(Args)]
 pub struct LabArgs {

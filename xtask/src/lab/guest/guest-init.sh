@@ -29,11 +29,21 @@ echo "LAB: grace period over"
 for s in $(cat /share/scenarios.txt); do
     d=/share/results/$s; mkdir -p $d; dmesg -C
     # Live with explanations (JSON lines) and the same session recorded to a trace file.
-    /share/lockd-trace live --json --blocked-after 20s -w $d/trace.ldt > $d/trace.jsonl 2> $d/tracer.log & T=$!
-    for i in $(seq 240); do grep -q tracing $d/tracer.log && break; sleep 0.5; done
-    grep -q tracing $d/tracer.log || echo "tracer did not start" > $d/tracer.failed
+    /share/lockd-trace live --json --blocked-after 20s --unanswered-after 20s -w $d/trace.ldt > $d/trace.jsonl 2> $d/tracer.log & T=$!
+    logs=$d/tracer.log; P=
+    if [ $s = out-of-sync ]; then
+        # The same run recorded as two sides, to be merged on the host: the client's
+        # processes, and the server's lockd plus the admin's write to /proc/fs/nfsd.
+        /share/lockd-trace record --comm locker -o $d/client.ldt 2> $d/client.log & P="$P $!"
+        /share/lockd-trace record --comm lockd,python3 -o $d/server.ldt 2> $d/server.log & P="$P $!"
+        logs="$logs $d/client.log $d/server.log"
+    fi
+    for l in $logs; do
+        for i in $(seq 240); do grep -q tracing $l && break; sleep 0.5; done
+        grep -q tracing $l || echo "tracer did not start ($l)" >> $d/tracer.failed
+    done
     python3 /share/scenarios.py $s $d > $d/scenario.log 2>&1; echo $? > $d/exit
-    sleep 2; kill -INT $T; wait $T; echo $? > $d/tracer.exit
+    sleep 2; kill -INT $T $P; wait $T; echo $? > $d/tracer.exit; wait
     dmesg > $d/dmesg.txt
     echo "LAB: scenario $s exit $(cat $d/exit)"
 done

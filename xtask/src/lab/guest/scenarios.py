@@ -8,11 +8,12 @@ LOCKER = "/share/locker"
 
 
 class Locker:
-    """One locker process: one open file, commands on stdin, answers on stdout."""
+    """One locker process: one open file, commands on stdin, answers on stdout. `prefix` runs
+    it elsewhere (another host's namespaces); it must exec the locker last."""
 
-    def __init__(self, path):
-        self.p = subprocess.Popen([LOCKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.pid = int(self.read(30).split()[1])
+    def __init__(self, path, prefix=()):
+        self.p = subprocess.Popen([*prefix, LOCKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pid = int(self.read(180).split()[1])
         assert self.cmd(f"open {path}") == "ok", path
 
     def send(self, c):
@@ -143,6 +144,63 @@ def out_of_sync(facts):
         o.exit()
 
 
+# A second client host: its own network (veth 10.99.0.2, the server is 10.99.0.1), mount and
+# UTS namespaces, with its own rpcbind and statd (the kernel's NLM client and NSM calls stay in
+# the namespace: lockd registers with the rpcbind its mount process sees), NFSv3 mounted from
+# the server's address.  Its setup talks on stderr; stdout (fd 3 meanwhile) is the locker's,
+# which is the script's argument.
+CLIENT2 = "vanished"
+CLIENT2_SETUP = """exec 3>&1 >&2
+hostname vanished
+mount -t tmpfs tmpfs /run && mkdir -p /run/rpcbind /run/mnt
+mount -t tmpfs tmpfs /var/lib/nfs && mkdir -p /var/lib/nfs/sm /var/lib/nfs/sm.bak
+rpcbind -w && rpc.statd --no-notify
+mount -t nfs -o vers=3 10.99.0.1:/export /run/mnt || exit 1
+exec "$@" >&3 3>&-
+"""
+
+
+def sh(cmd):
+    subprocess.run(["sh", "-c", cmd], check=True)
+
+
+def second_host():
+    sh(f"ip netns add {CLIENT2}")
+    sh(f"ip link add vh type veth peer name vg netns {CLIENT2}")
+    sh("ip addr add 10.99.0.1/24 dev vh && ip link set vh up")
+    sh(f"ip -n {CLIENT2} addr add 10.99.0.2/24 dev vg && ip -n {CLIENT2} link set vg up")
+    sh(f"ip -n {CLIENT2} link set lo up")
+    sh("exportfs -o rw,sync,no_subtree_check,no_root_squash,fsid=1 10.99.0.2:/export")
+
+
+def vanished_client(facts):
+    """Client 10.99.0.2 takes a lock and vanishes (its link is deleted): the server keeps the
+    lock and a server-local process waits behind it; after the server's reboot notification
+    (sm-notify -f) statd keeps trying to reach it from sm.bak/; unlock_ip of the server address
+    it used releases its lock and the waiter gets it."""
+    second_host()
+    touch("/export/vanished")
+    prefix = ["ip", "netns", "exec", CLIENT2, "unshare", "-mu", "sh", "-c", CLIENT2_SETUP, "vanished-host"]
+    v = Locker("/run/mnt/vanished", prefix)
+    facts["v"] = {"pid": v.pid, "setlk w 0 100": v.cmd("setlk w 0 100")}
+    facts["sm"] = sorted(os.listdir("/var/lib/nfs/sm"))
+    sh("ip link del vh")
+    log("client 10.99.0.2 is gone")
+    x = Locker("/export/vanished")
+    facts["x"] = {"pid": x.pid, "setlk w 0 100": x.cmd("setlk w 0 100")}
+    x.send("setlkw w 0 100")
+    facts["sm-notify"] = subprocess.run(["sm-notify", "-f"], capture_output=True, text=True).returncode
+    # The tracer reports a waiter after 20 s and an sm.bak entry unanswered after 20 s (its
+    # statd directory is read every 5 s).
+    time.sleep(35)
+    facts["sm.bak"] = sorted(os.listdir("/var/lib/nfs/sm.bak"))
+    # unlock_ip takes the server address the clients used: only the vanished client used this.
+    with open("/proc/fs/nfsd/unlock_ip", "w") as f:
+        f.write("10.99.0.1\n")
+    facts["x"]["setlkw w 0 100"] = x.read(30)
+    x.exit()
+
+
 def wait_grace(path):
     """Until the server's grace period ends, lock requests fail with ENOLCK: poll."""
     touch(path)
@@ -169,6 +227,7 @@ def main():
             "out-of-sync": out_of_sync,
             "stale-unlock": stale_unlock,
             "reclaim": reclaim,
+            "vanished-client": vanished_client,
         }[name](facts)
         ok = 0
     except Exception as e:  # the host reports it with the facts gathered so far
