@@ -27,6 +27,9 @@ pub const FL_RECLAIM: u32 = 4096;
 /// posix_lock_inode / flock_lock_inode: the request was queued behind a conflicting lock.
 pub const FILE_LOCK_DEFERRED: i32 = 1;
 
+/// super_block.s_magic of NFS (v2, v3, v4).
+pub const NFS_SUPER_MAGIC: u64 = 0x6969;
+
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 

@@ -13,4 +13,4 @@ pub use event::*;
 pub use offsets::{NlmOffsets, Offsets};
 
 /// Version of the record layouts below; written into trace files.
-pub const CONTRACT_VERSION: u32 = 4;
+pub const CONTRACT_VERSION: u32 = 5;

@@ -1,7 +1,7 @@
 //! Reading kernel structs at offsets the agent resolved from the running kernel's BTF.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use lockd_trace_common::{LockInfo, NlmOffsets, Offsets, counter};
+use lockd_trace_common::{LockInfo, NlmOffsets, Offsets, counter, kernel::NFS_SUPER_MAGIC};
 
 use crate::emit::count;
 
@@ -19,6 +19,8 @@ static OFFSETS: Offsets = Offsets {
     i_sb: 0,
     i_flctx: 0,
     sb_dev: 0,
+    sb_magic: 0,
+    fl_lmops: 0,
     flctx_flock: 0,
     flctx_posix: 0,
     task_files: 0,
@@ -55,6 +57,33 @@ static NLM_OFFSETS: NlmOffsets = NlmOffsets {
     block_host: 0,
     valid: 0,
 };
+
+/// lockd_trace_common::filter bits; 0 sends everything (live, record).
+#[unsafe(no_mangle)]
+static FILTER: u32 = 0;
+
+/// Address of lockd's nlmsvc_lock_operations (0 when lockd was not loaded at start).
+#[unsafe(no_mangle)]
+static LOCKD_LMOPS: u64 = 0;
+
+#[inline(always)]
+pub fn filter_bits() -> u32 {
+    // SAFETY: as for offsets().
+    unsafe { core::ptr::read_volatile(&FILTER) }
+}
+
+#[inline(always)]
+pub fn lockd_lmops() -> u64 {
+    // SAFETY: as for offsets().
+    unsafe { core::ptr::read_volatile(&LOCKD_LMOPS) }
+}
+
+/// Whether a lock on `inode` is an NFS file's.
+#[inline(always)]
+pub fn on_nfs(inode: u64, o: &Offsets) -> bool {
+    let sb: u64 = read(inode, o.i_sb);
+    read::<u64>(sb, o.sb_magic) == NFS_SUPER_MAGIC
+}
 
 #[inline(always)]
 pub fn offsets() -> Offsets {

@@ -9,14 +9,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use lockd_trace_common::{
-    GetlkEvent, UserFlock, hook,
+    GetlkEvent, UserFlock, counter, filter, hook,
     kernel::{F_GETLK, F_OFD_GETLK},
     kind,
 };
 
 use crate::{
-    emit::{header, send},
-    kread::{inode_id, offsets, read},
+    emit::{count, header, send},
+    kread::{filter_bits, inode_id, offsets, on_nfs, read},
     vfs::WAITING,
 };
 
@@ -109,7 +109,16 @@ fn getlk_answer(p: &PendingGetlk, ret: i32) {
     }
     // SAFETY: bpf_probe_read_user checks the address.
     let answer = unsafe { bpf_probe_read_user(p.arg as *const UserFlock) }.unwrap_or_default();
-    let (dev, ino) = fd_inode(p.fd);
+    let inode = fd_inode(p.fd);
+    if filter_bits() & filter::NFS_ONLY != 0 && ret >= 0 && !on_nfs(inode, &o) {
+        count(counter::FILTERED_GETLK);
+        return;
+    }
+    let (dev, ino) = if inode == 0 {
+        (0, 0)
+    } else {
+        inode_id(inode, &o)
+    };
     let ev = GetlkEvent {
         hdr: header(kind::GETLK, hook::SYS_FCNTL),
         dev,
@@ -123,9 +132,9 @@ fn getlk_answer(p: &PendingGetlk, ret: i32) {
     send(kind::GETLK, &ev);
 }
 
-/// current->files->fdt->fd[fd]->f_inode, as (dev, ino); zeros if any step fails.
+/// current->files->fdt->fd[fd]->f_inode; 0 if any step fails.
 #[inline(always)]
-fn fd_inode(fd: u32) -> (u32, u64) {
+fn fd_inode(fd: u32) -> u64 {
     let o = offsets();
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task() };
@@ -133,13 +142,9 @@ fn fd_inode(fd: u32) -> (u32, u64) {
     let fdt: u64 = read(files, o.files_fdt);
     let max: u32 = read(fdt, o.fdt_max_fds);
     if fd >= max {
-        return (0, 0);
+        return 0;
     }
     let fds: u64 = read(fdt, o.fdt_fd);
     let file: u64 = read(fds + u64::from(fd) * 8, 0);
-    let inode: u64 = read(file, o.file_inode);
-    if inode == 0 {
-        return (0, 0);
-    }
-    inode_id(inode, &o)
+    read(file, o.file_inode)
 }

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
 use lockd_trace_common::{
-    LockInfo, Offsets, VfsLockEvent, counter, hook,
+    LockInfo, Offsets, VfsLockEvent, counter, filter, hook,
     kernel::{EAGAIN, EDEADLK, F_UNLCK, F_WRLCK, FILE_LOCK_DEFERRED, MAX_WALK},
     kind,
 };
@@ -10,7 +10,7 @@ use lockd_trace_common::{
 use crate::{
     emit::{count, header, send},
     exits,
-    kread::{inode_id, lock_info, offsets, read},
+    kread::{filter_bits, inode_id, lock_info, lockd_lmops, offsets, on_nfs, read},
     names,
 };
 
@@ -27,6 +27,9 @@ pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_
         return;
     }
     let ret = ret as i32;
+    if filtered_out(inode, fl, ret, hook_id, &o) {
+        return;
+    }
     let (dev, ino) = inode_id(inode, &o);
     names::name_once(fl, dev, ino, &o);
     let lock = lock_info(fl, &o);
@@ -56,6 +59,27 @@ pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_
         let _ = WAITING.insert(&tid, &ev, 0);
     }
     send(kind::VFS_LOCK, &ev);
+}
+
+/// Monitor mode sends NFS files, lockd's locks (a server's clients') and failures; anything
+/// else is counted per hook and result, and costs only these reads.
+#[inline(always)]
+fn filtered_out(inode: u64, fl: u64, ret: i32, hook_id: u16, o: &Offsets) -> bool {
+    if filter_bits() & filter::NFS_ONLY == 0 || ret < 0 || on_nfs(inode, o) {
+        return false;
+    }
+    let lmops = lockd_lmops();
+    if lmops != 0 && read::<u64>(fl, o.fl_lmops) == lmops {
+        return false;
+    }
+    let flock = hook_id == hook::FLOCK_LOCK_INODE;
+    count(match (flock, ret == FILE_LOCK_DEFERRED) {
+        (false, false) => counter::FILTERED_POSIX_OK,
+        (false, true) => counter::FILTERED_POSIX_WAIT,
+        (true, false) => counter::FILTERED_FLOCK_OK,
+        (true, true) => counter::FILTERED_FLOCK_WAIT,
+    });
+    true
 }
 
 /// The first granted lock on the inode that conflicts with `req`. posix_lock_inode's own

@@ -113,7 +113,7 @@ impl Merged {
 
     fn fill(&mut self, i: usize) {
         let input = &mut self.inputs[i];
-        match input.reader.next() {
+        match input.reader.read() {
             Ok(next) => input.next = next,
             Err(d) => {
                 self.damage.push((input.path.clone(), d));
@@ -122,8 +122,40 @@ impl Merged {
         }
     }
 
+    /// Says what was damaged; an error (non-zero exit) when a file is corrupt, not just torn.
+    pub fn report(&self) -> Result<()> {
+        let mut corrupt = Vec::new();
+        for (path, d) in &self.damage {
+            eprintln!(
+                "lockd-trace: {}: {d}; the records before it were read",
+                path.display()
+            );
+            if !d.torn {
+                corrupt.push(format!("{}: {d}", path.display()));
+            }
+        }
+        let mut lost: Vec<(String, u64)> = Vec::new();
+        for (kind, total) in &self.lost {
+            match lost.iter_mut().find(|(k, _)| k == kind) {
+                Some(x) => x.1 = x.1.max(*total),
+                None => lost.push((kind.clone(), *total)),
+            }
+        }
+        for (kind, total) in lost {
+            eprintln!("lockd-trace: the recorder lost {total} {kind} records (ring buffer full)");
+        }
+        if !corrupt.is_empty() {
+            bail!("damaged trace data: {}", corrupt.join("; "));
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Merged {
+    type Item = (Item, Option<String>);
+
     /// The next item over all files, with its file's path table for the event's file.
-    pub fn next(&mut self) -> Option<(Item, Option<String>)> {
+    fn next(&mut self) -> Option<(Item, Option<String>)> {
         let i = (0..self.inputs.len())
             .filter(|&i| self.inputs[i].next.is_some())
             .min_by_key(|&i| {
@@ -164,34 +196,6 @@ impl Merged {
         self.fill(i);
         Some((item, path))
     }
-
-    /// Says what was damaged; an error (non-zero exit) when a file is corrupt, not just torn.
-    pub fn report(&self) -> Result<()> {
-        let mut corrupt = Vec::new();
-        for (path, d) in &self.damage {
-            eprintln!(
-                "lockd-trace: {}: {d}; the records before it were read",
-                path.display()
-            );
-            if !d.torn {
-                corrupt.push(format!("{}: {d}", path.display()));
-            }
-        }
-        let mut lost: Vec<(String, u64)> = Vec::new();
-        for (kind, total) in &self.lost {
-            match lost.iter_mut().find(|(k, _)| k == kind) {
-                Some(x) => x.1 = x.1.max(*total),
-                None => lost.push((kind.clone(), *total)),
-            }
-        }
-        for (kind, total) in lost {
-            eprintln!("lockd-trace: the recorder lost {total} {kind} records (ring buffer full)");
-        }
-        if !corrupt.is_empty() {
-            bail!("damaged trace data: {}", corrupt.join("; "));
-        }
-        Ok(())
-    }
 }
 
 fn set_dev(e: &mut Event, dev: u32) {
@@ -206,7 +210,7 @@ fn set_dev(e: &mut Event, dev: u32) {
 
 /// Feeds every item to the pipeline, advancing its time as records go by.
 pub fn replay(m: &mut Merged, p: &mut Pipeline<'_>) -> io::Result<()> {
-    while let Some((item, path)) = m.next() {
+    for (item, path) in m.by_ref() {
         match item {
             Item::Event(ev) => {
                 p.advance(ev.ts_ns)?;

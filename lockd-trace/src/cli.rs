@@ -53,6 +53,9 @@ pub enum Command {
     History(HistoryArgs),
     /// Convert a trace file to JSON lines, Perfetto (Chrome trace-event JSON) or CSV.
     Export(ExportArgs),
+    /// Always-on monitoring: NFS locks and failures (filtered in the kernel), findings to
+    /// stdout or a log, Prometheus metrics, optional trace file.
+    Monitor(MonitorArgs),
     /// Merge trace files (client and server) into one, on one clock, hosts kept apart.
     Merge(MergeArgs),
     /// Trace for a while, then check the rebuilt local lock tables against /proc/locks.
@@ -79,6 +82,18 @@ impl AnalysisArgs {
             ..Default::default()
         }
     }
+}
+
+/// What a tracing session reads: the kernel programs, the kernel log, statd's records.
+#[derive(Args)]
+pub struct SourceArgs {
+    /// Do not follow the kernel log (/dev/kmsg).
+    #[arg(long)]
+    pub no_kmsg: bool,
+    #[command(flatten)]
+    pub statd: StatdArgs,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
 }
 
 /// statd's sm/ and sm.bak/ are watched while tracing; changes are events.
@@ -122,13 +137,8 @@ pub struct RecordArgs {
     /// Rotated files kept (FILE.1 newest).
     #[arg(long, default_value_t = 4)]
     pub rotate_keep: usize,
-    /// Do not follow the kernel log (/dev/kmsg).
-    #[arg(long)]
-    pub no_kmsg: bool,
     #[command(flatten)]
-    pub statd: StatdArgs,
-    #[command(flatten)]
-    pub tracing: TracingArgs,
+    pub sources: SourceArgs,
 }
 
 #[derive(Args)]
@@ -178,6 +188,47 @@ pub struct ExportArgs {
     pub output: Option<PathBuf>,
 }
 
+/// `monitor`: always on, quiet and cheap.
+#[derive(Args)]
+pub struct MonitorArgs {
+    /// Send locks on every filesystem (default: NFS files, lockd's locks and failures only;
+    /// the rest is counted in the kernel).
+    #[arg(long)]
+    pub all_fs: bool,
+    /// Only this process (tgid).
+    #[arg(short, long)]
+    pub pid: Option<u32>,
+    /// Only processes with these command names (comma-separated or repeated).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub comm: Vec<String>,
+    /// Append findings and explained kernel lines here instead of standard output (reopened
+    /// on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Also record to this trace file (a new file on SIGHUP if it was moved away).
+    #[arg(short, long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Start a new trace file when this one reaches SIZE bytes (K, M, G suffixes).
+    #[arg(long, value_parser = parse_size)]
+    pub rotate_size: Option<u64>,
+    /// Rotated trace files kept (FILE.1 newest).
+    #[arg(long, default_value_t = 4)]
+    pub rotate_keep: usize,
+    /// Serve Prometheus metrics at this address (keep it on loopback or a trusted network).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics: std::net::SocketAddr,
+    /// No metrics endpoint.
+    #[arg(long)]
+    pub no_metrics: bool,
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
 #[derive(Args)]
 pub struct MergeArgs {
     /// Trace files: each host's (a client's and its server's), or one host's rotated files.
@@ -222,15 +273,10 @@ pub struct LiveArgs {
     /// Also record everything to this trace file.
     #[arg(short, long, value_name = "FILE")]
     pub write: Option<PathBuf>,
-    /// Do not follow the kernel log (/dev/kmsg).
-    #[arg(long)]
-    pub no_kmsg: bool,
-    #[command(flatten)]
-    pub statd: StatdArgs,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
     #[command(flatten)]
-    pub tracing: TracingArgs,
+    pub sources: SourceArgs,
 }
 
 #[derive(Args)]
@@ -247,6 +293,7 @@ pub struct TracingArgs {
 impl TracingArgs {
     pub fn options(&self) -> crate::probes::Options {
         crate::probes::Options {
+            filter: 0,
             ring_bytes: self.ring_kib * 1024,
             forced: self.probe_method.iter().cloned().collect::<HashMap<_, _>>(),
         }

@@ -44,7 +44,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
 }
 
 fn jsonl(m: &mut Merged, clock: &Clock, out: &mut impl Write) -> io::Result<()> {
-    while let Some((item, path)) = m.next() {
+    for (item, path) in m.by_ref() {
         let v = match item {
             Item::Event(ev) => event_json(
                 &ev,
@@ -102,7 +102,7 @@ fn csv_field(v: &Value) -> String {
 
 fn csv(m: &mut Merged, clock: &Clock, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "{}", CSV_COLUMNS.join(","))?;
-    while let Some((item, path)) = m.next() {
+    for (item, path) in m.by_ref() {
         let v = match item {
             Item::Event(ev) => event_json(
                 &ev,
@@ -278,7 +278,7 @@ fn perfetto(m: &mut Merged, out: &mut impl Write) -> io::Result<()> {
         waits: HashMap::new(),
     };
     let mut last = 0.0f64;
-    while let Some((item, path)) = m.next() {
+    for (item, path) in m.by_ref() {
         match item {
             Item::Event(ev) => {
                 last = last.max(us(ev.ts_ns));

@@ -19,6 +19,7 @@ pub mod kmsg;
 pub mod live;
 pub mod locks;
 pub mod merge;
+pub mod metrics;
 pub mod names;
 pub mod paths;
 pub mod pipeline;

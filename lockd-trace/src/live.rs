@@ -3,6 +3,7 @@
 
 use std::{
     io::{self, IsTerminal as _, Write as _},
+    net::SocketAddr,
     path::PathBuf,
     time::Duration,
 };
@@ -14,7 +15,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{LiveArgs, RecordArgs},
+    cli::{LiveArgs, MonitorArgs, RecordArgs, SourceArgs},
     clock::Clock,
     decode::decode,
     engine::Engine,
@@ -25,7 +26,7 @@ use crate::{
     pipeline::{Filter, Pipeline},
     probes::{Counters, Tracer},
     ringbuf::EventStream,
-    sinks::{Sink, json::Json, null::Null, terminal::Terminal},
+    sinks::{Sink, json::Json, logfile::LogFile, null::Null, terminal::Terminal},
     statd::Watcher,
     tracefile::{Header, Rotation, Writer},
 };
@@ -42,6 +43,29 @@ struct Session {
     kmsg: bool,
     statd: Option<Watcher>,
     tracing: crate::probes::Options,
+    /// Reopened on SIGHUP (monitor --log).
+    log: Option<LogFile>,
+    /// Prometheus endpoint (monitor).
+    metrics: Option<SocketAddr>,
+}
+
+impl Session {
+    /// A session reading `sources` and showing through `sink`; the rest as for `live`.
+    fn new(filter: Filter, sink: Box<dyn Sink>, sources: &SourceArgs) -> Session {
+        Session {
+            filter,
+            sink,
+            write: None,
+            recording: false,
+            duration: None,
+            limits: Limits::default(),
+            kmsg: !sources.no_kmsg,
+            statd: Some(sources.statd.watcher()),
+            tracing: sources.tracing.options(),
+            log: None,
+            metrics: None,
+        }
+    }
 }
 
 /// Traces for `duration` showing nothing; the pipeline (and its histories) is returned.
@@ -59,6 +83,8 @@ pub async fn quietly(
         kmsg: false,
         statd: None,
         tracing,
+        log: None,
+        metrics: None,
     })
     .await
 }
@@ -70,34 +96,69 @@ pub async fn live(args: LiveArgs) -> Result<()> {
     } else {
         Box::new(Terminal::new(stdout))
     };
+    let filter = Filter {
+        pid: args.pid,
+        comm: args.comm,
+        errors_only: args.errors_only,
+        no_events: args.findings_only,
+    };
     run(Session {
-        filter: Filter {
-            pid: args.pid,
-            comm: args.comm,
-            errors_only: args.errors_only,
-            no_events: args.findings_only,
-        },
-        sink,
         write: args.write.map(|p| (p, Rotation::default())),
-        recording: false,
         duration: args.duration,
         limits: args.analysis.limits(),
-        kmsg: !args.no_kmsg,
-        statd: Some(args.statd.watcher()),
-        tracing: args.tracing.options(),
+        ..Session::new(filter, sink, &args.sources)
+    })
+    .await
+    .map(drop)
+}
+
+pub async fn monitor(args: MonitorArgs) -> Result<()> {
+    let log = match &args.log {
+        Some(p) => Some(LogFile::open(p).with_context(|| format!("cannot open {}", p.display()))?),
+        None => None,
+    };
+    let sink: Box<dyn Sink> = match (&log, args.json) {
+        (Some(l), true) => Box::new(Json::new(l.clone())),
+        (Some(l), false) => Box::new(Terminal::new(l.clone())),
+        (None, true) => Box::new(Json::new(io::stdout())),
+        (None, false) => Box::new(Terminal::new(io::stdout())),
+    };
+    let filter = Filter {
+        pid: args.pid,
+        comm: args.comm,
+        errors_only: false,
+        no_events: true,
+    };
+    let mut s = Session::new(filter, sink, &args.sources);
+    if !args.all_fs {
+        s.tracing.filter = lockd_trace_common::filter::NFS_ONLY;
+    }
+    run(Session {
+        write: args.write.map(|p| {
+            (
+                p,
+                Rotation {
+                    size: args.rotate_size,
+                    keep: args.rotate_keep,
+                },
+            )
+        }),
+        limits: args.analysis.limits(),
+        log,
+        metrics: (!args.no_metrics).then_some(args.metrics),
+        ..s
     })
     .await
     .map(drop)
 }
 
 pub async fn record(args: RecordArgs) -> Result<()> {
+    let filter = Filter {
+        pid: args.pid,
+        comm: args.comm,
+        ..Filter::default()
+    };
     run(Session {
-        filter: Filter {
-            pid: args.pid,
-            comm: args.comm,
-            ..Filter::default()
-        },
-        sink: Box::new(Null),
         write: Some((
             args.output,
             Rotation {
@@ -107,10 +168,7 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         )),
         recording: true,
         duration: args.duration,
-        limits: Limits::default(),
-        kmsg: !args.no_kmsg,
-        statd: Some(args.statd.watcher()),
-        tracing: args.tracing.options(),
+        ..Session::new(filter, Box::new(Null), &args.sources)
     })
     .await
     .map(drop)
@@ -175,6 +233,23 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let metrics = match s.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    if let Some(l) = &metrics {
+        eprintln!("lockd-trace: metrics on http://{}/metrics", l.local_addr()?);
+    }
+    let probes: Vec<(&'static str, Option<String>)> = tracer
+        .report
+        .iter()
+        .map(|r| (r.probe, r.attached.as_ref().map(|a| a.method.to_string())))
+        .collect();
     let deadline = time::sleep(s.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut tick = time::interval(Duration::from_secs(1));
@@ -202,6 +277,11 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
             },
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
+            _ = hangup.recv() => io_result = reopen(s.log.as_ref(), &mut p),
+            conn = accept(&metrics) => if let Ok((stream, _)) = conn {
+                let body = scrape(&p, &counters, &lost, &probes);
+                tokio::spawn(respond(stream, body));
+            },
             () = &mut deadline => break,
             _ = tick.tick() => {
                 ticks += 1;
@@ -235,6 +315,60 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     }
     summary(&p, &lost, undecodable, &counters);
     Ok(p)
+}
+
+/// SIGHUP: the log file reopened, the trace file started anew if it was moved away.
+fn reopen(log: Option<&LogFile>, p: &mut Pipeline<'_>) -> io::Result<()> {
+    if let Some(l) = log {
+        l.reopen()?;
+    }
+    if let Some(w) = &mut p.writer {
+        w.reopen_if_moved()?;
+    }
+    Ok(())
+}
+
+async fn accept(
+    l: &Option<tokio::net::TcpListener>,
+) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn scrape(
+    p: &Pipeline<'_>,
+    counters: &Counters,
+    lost: &[u64],
+    probes: &[(&'static str, Option<String>)],
+) -> String {
+    let snapshot = crate::metrics::Snapshot {
+        counter: &|i| counters.get(i),
+        lost: lost
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (kind_name(i as u16 + 1), *n))
+            .collect(),
+        evicted: p.engine.histories.evicted,
+        histories: p.engine.histories.len(),
+        probes: probes.to_vec(),
+    };
+    p.metrics.render(&snapshot)
+}
+
+/// Answers one HTTP request (any path) with the metrics text.
+async fn respond(mut stream: tokio::net::TcpStream, body: String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = [0u8; 1024];
+    let _ = time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+    let head = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// statd's directories are read every this many seconds (ticks).
@@ -329,6 +463,7 @@ fn kind_name(kind: u16) -> &'static str {
         WAIT_END => "wait_end",
         NLM => "nlm",
         FILE_NAME => "file_name",
+        PROC_EXIT => "exit",
         _ => "other",
     }
 }
@@ -354,7 +489,7 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
     eprintln!(
         "lockd-trace: {} events received, {} shown{written}, {} findings, {} kernel lines, \
          {lost} lost, {undecodable} undecodable, {} kernel reads failed, {} blockers not \
-         found, {} histories evicted",
+         found, {} histories evicted, {} filtered in the kernel",
         t.events,
         t.shown,
         t.findings,
@@ -362,5 +497,8 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
         counters.get(counter::READ_FAILED),
         counters.get(counter::BLOCKER_NOT_FOUND),
         p.engine.histories.evicted,
+        (counter::FILTERED_POSIX_OK..=counter::FILTERED_GETLK)
+            .map(|i| counters.get(i))
+            .sum::<u64>(),
     );
 }

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Live(args) => live::live(args).await,
             Command::Record(args) => live::record(args).await,
+            Command::Monitor(args) => live::monitor(args).await,
             Command::Analyze(args) => analyze::analyze(&args),
             Command::History(args) => analyze::history(&args),
             Command::Export(args) => export::export(&args),

@@ -10,6 +10,7 @@ use crate::{
     engine::Engine,
     event::Event,
     kmsg::KernelLine,
+    metrics::Metrics,
     sinks::{Context, Sink},
     tracefile::Writer,
 };
@@ -51,6 +52,7 @@ pub struct Pipeline<'a> {
     /// Write only the events the filter keeps (record); else write everything (live -w).
     pub filter_writes: bool,
     pub tally: Tally,
+    pub metrics: Metrics,
     outputs: Vec<Output>,
 }
 
@@ -64,12 +66,14 @@ impl<'a> Pipeline<'a> {
             writer: None,
             filter_writes: false,
             tally: Tally::default(),
+            metrics: Metrics::default(),
             outputs: Vec::new(),
         }
     }
 
     pub fn event(&mut self, ev: &Event, path: Option<&str>) -> io::Result<()> {
         self.tally.events += 1;
+        self.metrics.event(ev);
         let keep = self.filter.keep(ev);
         if let Some(w) = &mut self.writer
             && (keep || !self.filter_writes)
@@ -136,6 +140,7 @@ impl<'a> Pipeline<'a> {
             ) {
                 self.tally.findings += 1;
             }
+            self.metrics.output(&o);
             self.sink.output(&o, &self.clock)?;
         }
         self.outputs = out;

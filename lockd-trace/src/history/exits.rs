@@ -173,9 +173,8 @@ fn at_server(h: &Histories, e: &Exit, f: &FileHistory, l: &Held) -> Finding {
     }
     x.evidence.push(
         "the server keeps the lock until this client reboots (SM_NOTIFY) or an admin releases \
-         it there (echo THE_SERVER_ADDRESS_THIS_CLIENT_USES > /proc/fs/nfsd/unlock_ip releases \
-         every lock taken through that address); meanwhile conflicting requests are DENIED or \
-         wait"
+         it there (echo EXPORT_PATH > /proc/fs/nfsd/unlock_filesystem releases every client's \
+         locks on that export); meanwhile conflicting requests are DENIED or wait"
             .into(),
     );
     x

@@ -153,6 +153,10 @@ impl Histories {
         self.files.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
     /// The file's history, created (and the LRU file evicted) as needed; touched as used.
     fn touch(&mut self, key: FileKey, path: Option<&str>) -> &mut FileHistory {
         self.tick += 1;

@@ -55,8 +55,8 @@ pub(super) fn observe(h: &Histories, ev: &Event, s: &StatdRecord, out: &mut Vec<
     } else {
         format!(
             "if {} is gone for good, release its {held} lock(s) on the server (`echo \
-             SERVER_ADDRESS > /proc/fs/nfsd/unlock_ip` releases every lock taken through the \
-             server address it used) and remove the sm.bak entry",
+             EXPORT_PATH > /proc/fs/nfsd/unlock_filesystem` releases every client's locks on \
+             that export) and remove the sm.bak entry",
             s.host
         )
     });

@@ -803,7 +803,7 @@ fn a_lock_the_server_keeps_after_its_owner_exited() {
         "{}",
         f.headline
     );
-    assert!(f.evidence.iter().any(|e| e.contains("unlock_ip")));
+    assert!(f.evidence.iter().any(|e| e.contains("unlock_filesystem")));
     assert!(
         f.evidence
             .iter()

@@ -25,6 +25,8 @@ pub struct Options {
     pub ring_bytes: u32,
     /// Force a method for some probes (by probe name), e.g. for testing fallbacks.
     pub forced: HashMap<String, Method>,
+    /// lockd_trace_common::filter bits for the programs (monitor: NFS only).
+    pub filter: u32,
 }
 
 pub struct Tracer {
@@ -42,6 +44,10 @@ impl Tracer {
         let mut loader = EbpfLoader::new();
         loader.override_global("OFFSETS", &offsets, true);
         loader.override_global("NLM_OFFSETS", &nlm_offsets, true);
+        loader.override_global("FILTER", &opts.filter, true);
+        // lockd's locks on the exported filesystem are kept by the NFS-only filter.
+        let lmops = kallsyms::address("nlmsvc_lock_operations").unwrap_or(0);
+        loader.override_global("LOCKD_LMOPS", &lmops, true);
         if opts.ring_bytes > 0 {
             loader.map_max_entries("EVENTS", opts.ring_bytes);
         }

@@ -1,6 +1,7 @@
 //! Where events go: a readable line per event (terminal) or one JSON object per line.
 
 pub mod json;
+pub mod logfile;
 pub mod null;
 pub mod terminal;
 

@@ -15,6 +15,8 @@ use crate::{
     kmsg::KernelLine,
 };
 
+// Events are nearly every item: boxing them would allocate once per record read.
+#[allow(clippy::large_enum_variant)]
 pub enum Item {
     Event(Event),
     Kernel(KernelLine),
@@ -158,7 +160,7 @@ impl Reader {
         Ok(Some((payload[0], (start + 1, at + need))))
     }
 
-    pub fn next(&mut self) -> Result<Option<Item>, Damage> {
+    pub fn read(&mut self) -> Result<Option<Item>, Damage> {
         loop {
             let at = self.pos as u64;
             let Some((kind, (s, e))) = self.frame()? else {

@@ -180,7 +180,7 @@ fn write_sample(path: &std::path::Path) -> Vec<Event> {
 fn read_all(r: &mut Reader) -> (Vec<Item>, Option<super::Damage>) {
     let mut items = Vec::new();
     loop {
-        match r.next() {
+        match r.read() {
             Ok(Some(i)) => items.push(i),
             Ok(None) => return (items, None),
             Err(d) => return (items, Some(d)),

@@ -185,6 +185,22 @@ impl Writer {
         self.out.flush()
     }
 
+    /// After SIGHUP: when the file was moved away (logrotate), start a new one at the path;
+    /// when it is still there, keep appending to it.
+    pub fn reopen_if_moved(&mut self) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        let current = self.out.get_ref().metadata()?;
+        let same = fs::metadata(&self.path)
+            .is_ok_and(|m| m.ino() == current.ino() && m.dev() == current.dev());
+        if same {
+            return Ok(false);
+        }
+        self.out.flush()?;
+        self.out = BufWriter::with_capacity(256 * 1024, create(&self.path)?);
+        self.start()?;
+        Ok(true)
+    }
+
     fn rotate_if_needed(&mut self) -> io::Result<()> {
         let Some(limit) = self.rotation.size else {
             return Ok(());

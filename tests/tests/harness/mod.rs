@@ -91,11 +91,21 @@ impl Tracer {
     }
 
     /// SIGINT, wait for exit, and return (events, stderr lines).
-    pub fn stop(mut self) -> (Vec<Value>, Vec<String>) {
+    pub fn stop(self) -> (Vec<Value>, Vec<String>) {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Sends `sig` to the tracer.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// `sig` (SIGINT, SIGTERM), wait for a clean exit, and return (events, stderr lines).
+    pub fn stop_with(mut self, sig: i32) -> (Vec<Value>, Vec<String>) {
         // Let the ring buffer's last records reach the agent before it drains and exits.
         thread::sleep(Duration::from_millis(300));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.signal(sig);
         let mut out = String::new();
         self.child
             .stdout

@@ -17,6 +17,8 @@ modprobe lockd nlm_grace_period=10 && modprobe -a nfsd nfs nfsv3 || { echo "LAB:
 mount -t rpc_pipefs sunrpc /var/lib/nfs/rpc_pipefs
 mount -t nfsd nfsd /proc/fs/nfsd
 echo 10 > /proc/fs/nfsd/nfsv4leasetime; echo 10 > /proc/fs/nfsd/nfsv4gracetime
+# statd's records persist in the cached rootfs across boots: start each boot clean.
+rm -rf /var/lib/nfs/sm/* /var/lib/nfs/sm.bak/*
 rpcbind -w
 rpc.statd --no-notify
 mount -t tmpfs -o size=64m tmpfs /export

@@ -176,8 +176,8 @@ def second_host():
 def vanished_client(facts):
     """Client 10.99.0.2 takes a lock and vanishes (its link is deleted): the server keeps the
     lock and a server-local process waits behind it; after the server's reboot notification
-    (sm-notify -f) statd keeps trying to reach it from sm.bak/; unlock_ip of the server address
-    it used releases its lock and the waiter gets it."""
+    (sm-notify -f) statd keeps trying to reach it from sm.bak/; unlock_filesystem releases its
+    lock and the waiter gets it."""
     second_host()
     touch("/export/vanished")
     prefix = ["ip", "netns", "exec", CLIENT2, "unshare", "-mu", "sh", "-c", CLIENT2_SETUP, "vanished-host"]
@@ -194,9 +194,10 @@ def vanished_client(facts):
     # statd directory is read every 5 s).
     time.sleep(35)
     facts["sm.bak"] = sorted(os.listdir("/var/lib/nfs/sm.bak"))
-    # unlock_ip takes the server address the clients used: only the vanished client used this.
-    with open("/proc/fs/nfsd/unlock_ip", "w") as f:
-        f.write("10.99.0.1\n")
+    # The admin's way out: unlock_ip (of the server address the client used) released nothing
+    # here on 6.1 (it did on 6.12); unlock_filesystem releases the export's locks on both.
+    with open("/proc/fs/nfsd/unlock_filesystem", "w") as f:
+        f.write("/export\n")
     facts["x"]["setlkw w 0 100"] = x.read(30)
     x.exit()
 

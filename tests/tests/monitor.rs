@@ -1,0 +1,187 @@
+//! `monitor` on the host kernel: the NFS-only filter runs in the kernel (locks on tmpfs are
+//! counted there, not sent; failures are sent), the Prometheus endpoint answers, SIGHUP reopens
+//! the log, SIGTERM flushes the trace file.
+
+mod harness;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    thread,
+    time::Duration,
+};
+
+use harness::{Locker, Tracer, tracer_bin};
+
+/// A tmpfs file (not NFS): what the filter is for.
+fn shm_file(name: &str) -> String {
+    let f = format!("/dev/shm/lockd-trace-mon-{name}-{}", std::process::id());
+    std::fs::write(&f, b"").unwrap();
+    f
+}
+
+fn port(n: u16) -> String {
+    format!(
+        "127.0.0.1:{}",
+        20000 + (std::process::id() % 20000) as u16 + n
+    )
+}
+
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text body (every line parsed).
+fn sample(body: &str, series: &str) -> Option<u64> {
+    let mut found = None;
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let (k, v) = l
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {l}"));
+        let v: u64 = v.parse().unwrap_or_else(|_| panic!("bad value in {l}"));
+        if k == series {
+            found = Some(v);
+        }
+    }
+    found
+}
+
+#[test]
+fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
+    let f = shm_file("filter");
+    let addr = port(1);
+    let t = Tracer::command(&["monitor", "--json", "--metrics", &addr]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("setlk w 0 10"), "ok");
+    assert_eq!(b.cmd("setlk w 5 1"), "err EAGAIN");
+    assert_eq!(b.cmd("getlk w 0 0"), format!("getlk w 0 10 {}", a.pid));
+    thread::sleep(Duration::from_millis(1500));
+    let m = scrape(&addr);
+    // a's lock and the getlk stayed in the kernel; b's EAGAIN came through.
+    assert!(
+        sample(
+            &m,
+            r#"lockd_trace_filtered_total{hook="posix",result="ok"}"#
+        ) >= Some(1),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"lockd_trace_filtered_total{hook="getlk",result="ok"}"#
+        ),
+        Some(1),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"lockd_trace_lock_requests_total{op="F_SETLK",result="EAGAIN"}"#
+        ),
+        Some(1),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"lockd_trace_lock_requests_total{op="F_SETLK",result="ok"}"#
+        ),
+        None,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, r#"lockd_trace_errors_total{errno="EAGAIN"}"#),
+        Some(1),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"lockd_trace_probe_attached{probe="posix_lock_inode",method="tp_btf"}"#
+        ),
+        Some(1),
+        "{m}"
+    );
+    a.exit();
+    b.exit();
+    let (out, stderr) = t.stop_with(libc::SIGTERM);
+    assert!(
+        out.iter().all(|e| e["event"] != "lock"),
+        "monitor prints findings, not events"
+    );
+    assert!(
+        stderr.iter().any(|l| l.contains("filtered in the kernel")),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn sighup_reopens_the_log_and_sigterm_flushes_the_trace() {
+    let f = shm_file("hup");
+    let dir = std::env::temp_dir().join(format!("lockd-trace-mon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log, trace) = (dir.join("findings.log"), dir.join("mon.ldt"));
+    let t = Tracer::command(&[
+        "monitor",
+        "--all-fs",
+        "--no-metrics",
+        "--blocked-after",
+        "1s",
+        "--log",
+        log.to_str().unwrap(),
+        "-w",
+        trace.to_str().unwrap(),
+    ]);
+    let blocked = |tag: &str| {
+        let mut a = Locker::spawn(&f);
+        let mut b = Locker::spawn(&f);
+        assert_eq!(a.cmd("setlk w 0 10"), "ok", "{tag}");
+        b.send("setlkw w 0 10");
+        thread::sleep(Duration::from_millis(2500));
+        assert_eq!(a.cmd("setlk u 0 10"), "ok", "{tag}");
+        assert_eq!(b.read_line(), "ok", "{tag}");
+        let pid = b.pid;
+        a.exit();
+        b.exit();
+        pid
+    };
+    let first = blocked("before SIGHUP");
+    std::fs::rename(&log, dir.join("findings.log.1")).unwrap();
+    t.signal(libc::SIGHUP);
+    thread::sleep(Duration::from_millis(500));
+    let second = blocked("after SIGHUP");
+    t.stop_with(libc::SIGTERM);
+    let old = std::fs::read_to_string(dir.join("findings.log.1")).unwrap();
+    let new = std::fs::read_to_string(&log).expect("a new log after SIGHUP");
+    let names =
+        |s: &str, pid: u32| s.contains("blocked_long") && s.contains(&format!("(pid {pid})"));
+    assert!(names(&old, first) && !names(&old, second), "{old}");
+    assert!(names(&new, second) && !names(&new, first), "{new}");
+    // The trace file was flushed at SIGTERM: it reads back whole, with both waits.
+    let out = std::process::Command::new(tracer_bin())
+        .args(["analyze", "--json", "-e"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for pid in [first, second] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("\"wait_end\"") && l.contains(&format!("\"pid\":{pid},"))),
+            "no wait_end for {pid} in the trace"
+        );
+    }
+}
