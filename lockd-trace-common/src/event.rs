@@ -35,19 +35,18 @@ pub mod counter {
     pub const READ_FAILED: u32 = 8;
     /// Blocked requests whose conflicting lock could not be found in the inode's list.
     pub const BLOCKER_NOT_FOUND: u32 = 9;
-    /// Filtered out in the kernel (monitor mode): granted and queued requests on other
-    /// filesystems, per hook; F_GETLK answers.
-    pub const FILTERED_POSIX_OK: u32 = 10;
-    pub const FILTERED_POSIX_WAIT: u32 = 11;
-    pub const FILTERED_FLOCK_OK: u32 = 12;
-    pub const FILTERED_FLOCK_WAIT: u32 = 13;
-    pub const FILTERED_GETLK: u32 = 14;
+    /// Filtered out in the kernel (monitor mode): granted requests on other filesystems, per
+    /// hook; F_GETLK answers.
+    pub const FILTERED_POSIX: u32 = 10;
+    pub const FILTERED_FLOCK: u32 = 11;
+    pub const FILTERED_GETLK: u32 = 12;
     pub const COUNT: u32 = 16;
 }
 
 /// What the programs send (the `FILTER` global, set by the agent at load time).
 pub mod filter {
-    /// Only NFS files, lockd's own locks and failures; the rest is counted, not sent.
+    /// Of granted requests only NFS files' and lockd's; waits and failures always. The rest
+    /// is counted, not sent.
     pub const NFS_ONLY: u32 = 1;
 }
 

@@ -20,8 +20,6 @@ pub struct Offsets {
     pub sb_dev: u32,
     /// super_block.s_magic (unsigned long): NFS_SUPER_MAGIC for NFS files.
     pub sb_magic: u32,
-    /// file_lock.fl_lmops: lockd's own locks point at nlmsvc_lock_operations.
-    pub fl_lmops: u32,
     pub flctx_flock: u32,
     pub flctx_posix: u32,
     // task_struct -> files_struct -> fdtable -> file -> inode (for F_GETLK's fd)

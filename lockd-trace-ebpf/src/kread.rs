@@ -20,7 +20,6 @@ static OFFSETS: Offsets = Offsets {
     i_flctx: 0,
     sb_dev: 0,
     sb_magic: 0,
-    fl_lmops: 0,
     flctx_flock: 0,
     flctx_posix: 0,
     task_files: 0,
@@ -62,20 +61,10 @@ static NLM_OFFSETS: NlmOffsets = NlmOffsets {
 #[unsafe(no_mangle)]
 static FILTER: u32 = 0;
 
-/// Address of lockd's nlmsvc_lock_operations (0 when lockd was not loaded at start).
-#[unsafe(no_mangle)]
-static LOCKD_LMOPS: u64 = 0;
-
 #[inline(always)]
 pub fn filter_bits() -> u32 {
     // SAFETY: as for offsets().
     unsafe { core::ptr::read_volatile(&FILTER) }
-}
-
-#[inline(always)]
-pub fn lockd_lmops() -> u64 {
-    // SAFETY: as for offsets().
-    unsafe { core::ptr::read_volatile(&LOCKD_LMOPS) }
 }
 
 /// Whether a lock on `inode` is an NFS file's.

@@ -1,6 +1,11 @@
 //! The local VFS lock layer: one record per lock request that reached an inode's lock list.
 
-use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
+    macros::map,
+    maps::LruHashMap,
+};
 use lockd_trace_common::{
     LockInfo, Offsets, VfsLockEvent, counter, filter, hook,
     kernel::{EAGAIN, EDEADLK, F_UNLCK, F_WRLCK, FILE_LOCK_DEFERRED, MAX_WALK},
@@ -10,7 +15,7 @@ use lockd_trace_common::{
 use crate::{
     emit::{count, header, send},
     exits,
-    kread::{filter_bits, inode_id, lock_info, lockd_lmops, offsets, on_nfs, read},
+    kread::{filter_bits, inode_id, lock_info, offsets, on_nfs, read},
     names,
 };
 
@@ -27,7 +32,10 @@ pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_
         return;
     }
     let ret = ret as i32;
-    if filtered_out(inode, fl, ret, hook_id, &o) {
+    // Only granted requests are filtered: waits and failures always go out, and the filter's
+    // branches never reach the blocker search (6.1's verifier walks it once per branch and
+    // gave up at a million instructions when they did).
+    if ret == 0 && filtered_out(inode, fl, hook_id, &o) {
         return;
     }
     let (dev, ino) = inode_id(inode, &o);
@@ -61,23 +69,29 @@ pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_
     send(kind::VFS_LOCK, &ev);
 }
 
-/// Monitor mode sends NFS files, lockd's locks (a server's clients') and failures; anything
-/// else is counted per hook and result, and costs only these reads.
+/// Monitor mode sends, of granted requests, those on NFS files, lockd's (an NFS server's
+/// clients' locks) and unlocks of someone else's lock (unlock_filesystem releasing lockd's);
+/// the others are counted per hook, at the cost of these reads.
 #[inline(always)]
-fn filtered_out(inode: u64, fl: u64, ret: i32, hook_id: u16, o: &Offsets) -> bool {
-    if filter_bits() & filter::NFS_ONLY == 0 || ret < 0 || on_nfs(inode, o) {
+fn filtered_out(inode: u64, fl: u64, hook_id: u16, o: &Offsets) -> bool {
+    if filter_bits() & filter::NFS_ONLY == 0 || on_nfs(inode, o) {
         return false;
     }
-    let lmops = lockd_lmops();
-    if lmops != 0 && read::<u64>(fl, o.fl_lmops) == lmops {
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    if comm[..6] == *b"lockd\0" {
         return false;
     }
-    let flock = hook_id == hook::FLOCK_LOCK_INODE;
-    count(match (flock, ret == FILE_LOCK_DEFERRED) {
-        (false, false) => counter::FILTERED_POSIX_OK,
-        (false, true) => counter::FILTERED_POSIX_WAIT,
-        (true, false) => counter::FILTERED_FLOCK_OK,
-        (true, true) => counter::FILTERED_FLOCK_WAIT,
+    if u32::from(read::<u8>(fl, o.fl_type)) == F_UNLCK {
+        // SAFETY: plain helper call.
+        let files: u64 = read(unsafe { bpf_get_current_task() }, o.task_files);
+        if read::<u64>(fl, o.fl_owner) != files {
+            return false;
+        }
+    }
+    count(if hook_id == hook::FLOCK_LOCK_INODE {
+        counter::FILTERED_FLOCK
+    } else {
+        counter::FILTERED_POSIX
     });
     true
 }

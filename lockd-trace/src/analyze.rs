@@ -27,6 +27,9 @@ pub struct Merged {
     /// Damage met, per file (reading of that file stopped there).
     pub damage: Vec<(PathBuf, Damage)>,
     pub lost: Vec<(String, u64)>,
+    /// Recent kernel lines (boot, input, time, text): two recorders on one host both read
+    /// each line from /dev/kmsg; it is kept once.
+    kernel_seen: std::collections::VecDeque<(usize, usize, u64, String)>,
 }
 
 struct Input {
@@ -38,6 +41,8 @@ struct Input {
     last_ts: u64,
     /// Set when several hosts are merged: "host:" for paths, and this host's index.
     host: Option<(String, u32)>,
+    /// Which boot (host + boot id) the file was recorded in, in order of appearance.
+    boot: usize,
     /// Device numbers of a host after the first, renumbered so hosts' files never collide.
     devs: HashMap<u32, u32>,
 }
@@ -73,6 +78,7 @@ impl Merged {
                 next: None,
                 last_ts: 0,
                 host: None,
+                boot: 0,
                 devs: HashMap::new(),
             });
         }
@@ -80,7 +86,6 @@ impl Merged {
         let base = clock.wall_ns(0);
         let mut boots: Vec<String> = Vec::new();
         for i in &mut inputs {
-            i.shift = i.reader.header.clock().wall_ns(0) - base;
             let h = &i.reader.header;
             let boot = format!("{} {}", h.host, h.boot_id);
             let n = boots.iter().position(|b| *b == boot).unwrap_or_else(|| {
@@ -88,6 +93,12 @@ impl Merged {
                 boots.len() - 1
             });
             i.host = Some((h.host.clone(), n as u32));
+            i.boot = n;
+            // Files of one boot share its monotonic clock: their wall references, read at
+            // slightly different moments, would only add jitter.
+            if n != 0 {
+                i.shift = i.reader.header.clock().wall_ns(0) - base;
+            }
         }
         if boots.len() == 1 {
             for i in &mut inputs {
@@ -99,6 +110,7 @@ impl Merged {
             clock,
             damage: Vec::new(),
             lost: Vec::new(),
+            kernel_seen: Default::default(),
         };
         for i in 0..m.inputs.len() {
             m.fill(i);
@@ -183,6 +195,19 @@ impl Iterator for Merged {
             Item::Kernel(k) => {
                 input.last_ts = k.ts_ns;
                 k.ts_ns = shift(k.ts_ns);
+                let (boot, ts) = (input.boot, k.ts_ns);
+                let twin = self.kernel_seen.iter().position(|(b, from, t, text)| {
+                    *b == boot && *from != i && ts.abs_diff(*t) < 1_000_000_000 && *text == k.text
+                });
+                if let Some(at) = twin {
+                    self.kernel_seen.remove(at);
+                    self.fill(i);
+                    return self.next();
+                }
+                if self.kernel_seen.len() >= 64 {
+                    self.kernel_seen.pop_front();
+                }
+                self.kernel_seen.push_back((boot, i, ts, k.text.clone()));
                 None
             }
             Item::Lost { kind, total } => {

@@ -497,7 +497,7 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
         counters.get(counter::READ_FAILED),
         counters.get(counter::BLOCKER_NOT_FOUND),
         p.engine.histories.evicted,
-        (counter::FILTERED_POSIX_OK..=counter::FILTERED_GETLK)
+        (counter::FILTERED_POSIX..=counter::FILTERED_GETLK)
             .map(|i| counters.get(i))
             .sum::<u64>(),
     );

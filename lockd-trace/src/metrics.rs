@@ -168,10 +168,8 @@ impl Metrics {
                 .collect(),
         );
         let filtered = [
-            ("posix", "ok", counter::FILTERED_POSIX_OK),
-            ("posix", "wait", counter::FILTERED_POSIX_WAIT),
-            ("flock", "ok", counter::FILTERED_FLOCK_OK),
-            ("flock", "wait", counter::FILTERED_FLOCK_WAIT),
+            ("posix", "ok", counter::FILTERED_POSIX),
+            ("flock", "ok", counter::FILTERED_FLOCK),
             ("getlk", "ok", counter::FILTERED_GETLK),
         ];
         family(

@@ -37,7 +37,6 @@ pub fn kernel_offsets(btf: &Btf) -> Result<Offsets> {
         i_flctx: f("inode", &["i_flctx"])?,
         sb_dev: f("super_block", &["s_dev"])?,
         sb_magic: f("super_block", &["s_magic"])?,
-        fl_lmops: f("file_lock", &["fl_lmops"])?,
         flctx_flock: f("file_lock_context", &["flc_flock"])?,
         flctx_posix: f("file_lock_context", &["flc_posix"])?,
         task_files: f("task_struct", &["files"])?,

@@ -43,20 +43,6 @@ impl Symbols {
     }
 }
 
-/// The address of a data symbol (e.g. "nlmsvc_lock_operations" in lockd), if listed and
-/// readable (root sees real addresses).
-pub fn address(symbol: &str) -> Option<u64> {
-    fs::read_to_string("/proc/kallsyms")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            let (addr, _kind, name) = (it.next()?, it.next()?, it.next()?);
-            (name == symbol).then(|| u64::from_str_radix(addr, 16).ok())?
-        })
-        .filter(|a| *a != 0)
-}
-
 /// "ffffffffc0a01230 t nlmclnt_call\t[lockd]" → ("nlmclnt_call", "lockd"), text symbols only.
 fn parse(line: &str) -> Option<(String, String)> {
     let mut it = line.split_whitespace();

@@ -45,9 +45,6 @@ impl Tracer {
         loader.override_global("OFFSETS", &offsets, true);
         loader.override_global("NLM_OFFSETS", &nlm_offsets, true);
         loader.override_global("FILTER", &opts.filter, true);
-        // lockd's locks on the exported filesystem are kept by the NFS-only filter.
-        let lmops = kallsyms::address("nlmsvc_lock_operations").unwrap_or(0);
-        loader.override_global("LOCKD_LMOPS", &lmops, true);
         if opts.ring_bytes > 0 {
             loader.map_max_entries("EVENTS", opts.ring_bytes);
         }

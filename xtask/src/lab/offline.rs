@@ -117,20 +117,27 @@ pub fn exports(p: &Public, trace: &Path, live_events: usize) -> Result<()> {
     Ok(())
 }
 
-/// A copy cut in the middle reads up to the cut (a torn tail, exit 0); a copy with one byte
-/// flipped in the middle reports the damaged record's offset and exits non-zero.
+/// A copy cut inside its last record reads up to the cut (a torn tail, exit 0); a copy with
+/// one byte flipped near the end reports the damaged record's offset and exits non-zero.
+/// (The header record, a kilobyte with the probe plan, comes first and stays intact.)
 pub fn damaged(p: &Public, trace: &Path) -> Result<()> {
     let data = fs::read(trace)?;
-    let half = data.len() / 2;
+    if data.len() < 2048 {
+        bail!(
+            "{} is too short ({} bytes) to hold events",
+            trace.display(),
+            data.len()
+        );
+    }
     let torn = p.path("torn.ldt");
-    fs::write(&torn, &data[..half])?;
+    fs::write(&torn, &data[..data.len() - 3])?;
     fs::set_permissions(&torn, fs::Permissions::from_mode(0o644))?;
     let (ok, _, err) = p.run(&["analyze", &torn.to_string_lossy()])?;
     if !ok || !err.contains("torn") {
         bail!("a torn copy should read up to the cut and say so (ok={ok}): {err}");
     }
     let mut flipped = data.clone();
-    flipped[half] ^= 0x10;
+    flipped[data.len() - 20] ^= 0x10;
     let bad = p.path("flipped.ldt");
     fs::write(&bad, &flipped)?;
     fs::set_permissions(&bad, fs::Permissions::from_mode(0o644))?;
