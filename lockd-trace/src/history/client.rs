@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use lockd_trace_common::{
-    kernel::{F_UNLCK, FL_FLOCK},
+    kernel::{F_SETLK, F_SETLKW, F_UNLCK, FL_ACCESS, FL_FLOCK},
     nlm_op::*,
 };
 
@@ -114,11 +114,15 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
                 r.granted = Some((ev.ts_ns, "by the server's GRANTED callback"));
             }
         }
+        // nlmclnt_lock calls do_vfs_lock without FL_ACCESS only once the server granted: a
+        // GRANTED callback traced by another recorder may come later in a merged trace.
         CLNT_VFS => {
             if let Some(r) = h.client.by_tid.get_mut(&ev.tid)
-                && r.granted.is_some()
                 && !r.is_unlock()
+                && (r.granted.is_some() || n.lock.flags & FL_ACCESS == 0)
             {
+                r.granted
+                    .get_or_insert((ev.ts_ns, "(its grant was traced out of order)"));
                 r.vfs_after_grant = Some((n.ret, n.blocker));
             }
         }
@@ -226,8 +230,10 @@ fn exit(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
     let Some(r) = h.client.by_tid.remove(&ev.tid) else {
         return;
     };
-    // Granted (in a reply or by callback): the server now holds it for this client.
-    if let Some((granted, _)) = r.granted
+    // Granted (in a reply or by callback; a lock that nlmclnt_proc reports taken was granted
+    // even if the callback is traced later): the server now holds it for this client.
+    let taken = n.ret == 0 && !r.is_unlock() && matches!(r.cmd, F_SETLK | F_SETLKW);
+    if let Some(granted) = r.granted.map(|g| g.0).or(taken.then_some(ev.ts_ns))
         && let Some(f) = h.files.get_mut(&r.file)
     {
         f.nlm.apply(

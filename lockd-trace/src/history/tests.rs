@@ -903,3 +903,62 @@ fn a_peer_not_answering_statd_is_named_with_the_locks_it_holds() {
         f.evidence
     );
 }
+
+#[test]
+fn a_grant_traced_after_its_request_ended_still_counts() {
+    // Two recorders merged: lockd's GRANTED callback, stamped by the other recorder's
+    // kretprobe, lands after the waiter's own completion.
+    let mut t = Trace::new();
+    let l = lk(0xa000, 236, F_WRLCK, 0, 99);
+    t.nlm(
+        236,
+        "locker",
+        CLNT_PROC_ENTER,
+        F_SETLKW,
+        None,
+        0,
+        CLIENT,
+        l,
+        0,
+        "srv",
+    );
+    t.nlm(236, "locker", CLNT_CALL, 2, Some(3), 5, (0, 0), l, 0, "srv");
+    t.vfs(236, "locker", CLIENT, l, 0, None);
+    t.nlm(236, "locker", CLNT_VFS, 0, None, 0, CLIENT, l, 0, "");
+    t.nlm(
+        236,
+        "locker",
+        CLNT_PROC_EXIT,
+        F_SETLKW,
+        None,
+        0,
+        CLIENT,
+        l,
+        0,
+        "srv",
+    );
+    t.nlm(
+        180,
+        "lockd",
+        CLNT_GRANTED_CB,
+        5,
+        Some(0),
+        5,
+        (0, 0),
+        l,
+        0,
+        "",
+    );
+    let f = t.h.file(CLIENT).unwrap();
+    let held: Vec<_> = f
+        .nlm
+        .held
+        .iter()
+        .map(|x| (x.holder.pid, x.holder.svid, x.start, x.end))
+        .collect();
+    assert_eq!(
+        held,
+        [(236, Some(5), 0, 99)],
+        "the server holds p's lock for svid 5"
+    );
+}
