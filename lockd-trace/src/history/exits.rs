@@ -84,15 +84,9 @@ pub(super) fn in_the_way(
         return;
     };
     let mut x = new(h, &e, f, l);
-    x.headline = format!(
-        "{}: {} (pid {}) exited at {} but its {} lives on and is in the way of {} (pid {})",
-        x.file_text(),
-        e.comm,
-        e.pid,
-        hms_micros(h.clock.wall_ns(e.ts_ns)),
-        x.range.expect("set by new").text(),
-        ev.comm,
-        ev.pid,
+    x.headline += &format!(
+        " lives on and is in the way of {} (pid {})",
+        ev.comm, ev.pid
     );
     x.evidence.push(
         "an OFD or flock lock belongs to the open file description, not the process: another \
@@ -103,6 +97,8 @@ pub(super) fn in_the_way(
     out.push(x);
 }
 
+/// The finding for lock `l` of exited `e`; its headline so far: "FILE: COMM (pid P) exited at T
+/// but its RANGE".
 fn new(h: &Histories, e: &Exit, f: &FileHistory, l: &Held) -> Finding {
     let mut x = Finding::new(
         Kind::OwnerExited,
@@ -112,11 +108,20 @@ fn new(h: &Histories, e: &Exit, f: &FileHistory, l: &Held) -> Finding {
         e.pid as i32,
         &e.comm,
     );
-    x.range = Some(Range {
+    let range = Range {
         lock_type: l.lock_type,
         start: l.start,
         end: l.end,
-    });
+    };
+    x.range = Some(range);
+    x.headline = format!(
+        "{}: {} (pid {}) exited at {} but its {}",
+        x.file_text(),
+        e.comm,
+        e.pid,
+        hms_micros(h.clock.wall_ns(e.ts_ns)),
+        range.text(),
+    );
     x.host = l.holder.host.clone();
     x.svid = l.holder.svid;
     x.granted_ns = Some(l.since_ns);
@@ -128,13 +133,8 @@ fn new(h: &Histories, e: &Exit, f: &FileHistory, l: &Held) -> Finding {
 fn at_server(h: &Histories, e: &Exit, f: &FileHistory, l: &Held) -> Finding {
     let mut x = new(h, e, f, l);
     let server = l.holder.host.as_deref().unwrap_or("?");
-    x.headline = format!(
-        "{}: {} (pid {}) exited at {} but its {} at server {server} (svid {}) was never unlocked",
-        x.file_text(),
-        e.comm,
-        e.pid,
-        hms_micros(h.clock.wall_ns(e.ts_ns)),
-        x.range.expect("set by new").text(),
+    x.headline += &format!(
+        " at server {server} (svid {}) was never unlocked",
         l.holder.svid.map_or("?".into(), |s| s.to_string()),
     );
     // Did the close at exit send an UNLOCK (then unanswered), or skip the server?
