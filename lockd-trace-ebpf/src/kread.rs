@@ -1,6 +1,6 @@
 //! Reading kernel structs at offsets the agent resolved from the running kernel's BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::map, maps::Array};
 use lockd_trace_common::{LockInfo, NlmOffsets, Offsets, counter, kernel::NFS_SUPER_MAGIC};
 
 use crate::emit::count;
@@ -34,28 +34,10 @@ static OFFSETS: Offsets = Offsets {
     valid: 0,
 };
 
-/// lockd's struct offsets; valid stays 0 when the lockd module was not loaded at start.
-#[unsafe(no_mangle)]
-static NLM_OFFSETS: NlmOffsets = NlmOffsets {
-    host_name: 0,
-    host_addr: 0,
-    rqst_host: 0,
-    rqst_lock: 0,
-    rqst_block: 0,
-    rqst_reclaim: 0,
-    rqst_status: 0,
-    lock_fh: 0,
-    fh_data: 0,
-    lock_svid: 0,
-    lock_fl: 0,
-    task_status: 0,
-    reboot_mon: 0,
-    reboot_len: 0,
-    reboot_state: 0,
-    block_call: 0,
-    block_host: 0,
-    valid: 0,
-};
+/// lockd's struct offsets, written by the agent whenever lockd is (or becomes) loaded: a map,
+/// not a load-time global, so that probes can attach to a lockd loaded after the start.
+#[map]
+static NLM_OFFSETS: Array<NlmOffsets> = Array::with_max_entries(1, 0);
 
 /// lockd_trace_common::filter bits; 0 sends everything (live, record).
 #[unsafe(no_mangle)]
@@ -80,10 +62,10 @@ pub fn offsets() -> Offsets {
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
+/// lockd's offsets, None until the agent has written valid ones.
 #[inline(always)]
-pub fn nlm_offsets() -> NlmOffsets {
-    // SAFETY: as for offsets().
-    unsafe { core::ptr::read_volatile(&NLM_OFFSETS) }
+pub fn nlm_offsets() -> Option<NlmOffsets> {
+    NLM_OFFSETS.get(0).copied().filter(|n| n.valid != 0)
 }
 
 /// Reads a `T` at `base + off`; a failed read counts and yields the default. A NULL base is

@@ -174,8 +174,9 @@ fn set_rqst(e: &mut NlmEvent, req: u64, o: &Offsets, n: &NlmOffsets) {
 
 #[inline(always)]
 fn ready() -> Option<(Offsets, NlmOffsets)> {
-    let (o, n) = (offsets(), nlm_offsets());
-    (o.valid != 0 && n.valid != 0).then_some((o, n))
+    let n = nlm_offsets()?;
+    let o = offsets();
+    (o.valid != 0).then_some((o, n))
 }
 
 // --- client ---------------------------------------------------------------------------

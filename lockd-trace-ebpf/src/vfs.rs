@@ -84,7 +84,8 @@ fn filtered_out(inode: u64, fl: u64, hook_id: u16, o: &Offsets) -> bool {
     if u32::from(read::<u8>(fl, o.fl_type)) == F_UNLCK {
         // SAFETY: plain helper call.
         let files: u64 = read(unsafe { bpf_get_current_task() }, o.task_files);
-        if read::<u64>(fl, o.fl_owner) != files {
+        // No files: an exiting task closing its own (exit_files clears them first).
+        if files != 0 && read::<u64>(fl, o.fl_owner) != files {
             return false;
         }
     }

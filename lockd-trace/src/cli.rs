@@ -288,6 +288,10 @@ pub struct TracingArgs {
     /// a fallback. Repeatable.
     #[arg(long, value_name = "PROBE=METHOD", value_parser = parse_forced)]
     pub probe_method: Vec<(String, Method)>,
+    /// Do not attach PROBE (names as in `lockd-trace probes`), e.g. to measure what each
+    /// probe costs. Repeatable or comma-separated.
+    #[arg(long, value_name = "PROBE", value_delimiter = ',', value_parser = parse_probe)]
+    pub skip_probe: Vec<String>,
 }
 
 impl TracingArgs {
@@ -296,6 +300,7 @@ impl TracingArgs {
             filter: 0,
             ring_bytes: self.ring_kib * 1024,
             forced: self.probe_method.iter().cloned().collect::<HashMap<_, _>>(),
+            skipped: self.skip_probe.clone(),
         }
     }
 }
@@ -365,13 +370,17 @@ fn parse_forced(s: &str) -> Result<(String, Method), String> {
     let (probe, method) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not PROBE=METHOD"))?;
+    let method = Method::parse(method).ok_or_else(|| format!("unknown method `{method}`"))?;
+    Ok((parse_probe(probe)?, method))
+}
+
+fn parse_probe(probe: &str) -> Result<String, String> {
     if !PROBES.iter().any(|p| p.name == probe) {
         return Err(format!(
             "unknown probe `{probe}` (see `lockd-trace probes`)"
         ));
     }
-    let method = Method::parse(method).ok_or_else(|| format!("unknown method `{method}`"))?;
-    Ok((probe.to_string(), method))
+    Ok(probe.to_string())
 }
 
 #[cfg(test)]

@@ -186,15 +186,9 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     let mut p = Pipeline::new(clock, Engine::new(clock, s.limits), s.filter, s.sink);
     p.filter_writes = s.recording;
     if let Some((path, rotation)) = &s.write {
-        let probes = tracer
-            .report
-            .iter()
-            .map(|r| {
-                (
-                    r.probe.to_string(),
-                    r.attached.as_ref().map(|a| a.method.to_string()),
-                )
-            })
+        let probes = attach_state(&tracer)
+            .into_iter()
+            .map(|(p, m)| (p.to_string(), m))
             .collect();
         let header = Header::here(probes, (mono, wall));
         p.writer = Some(
@@ -245,11 +239,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     if let Some(l) = &metrics {
         eprintln!("lockd-trace: metrics on http://{}/metrics", l.local_addr()?);
     }
-    let probes: Vec<(&'static str, Option<String>)> = tracer
-        .report
-        .iter()
-        .map(|r| (r.probe, r.attached.as_ref().map(|a| a.method.to_string())))
-        .collect();
+    let mut probes = attach_state(&tracer);
     let deadline = time::sleep(s.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut tick = time::interval(Duration::from_secs(1));
@@ -285,6 +275,10 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
             () = &mut deadline => break,
             _ = tick.tick() => {
                 ticks += 1;
+                if let Some(change) = tracer.watch_modules() {
+                    eprintln!("lockd-trace: {change}");
+                    probes = attach_state(&tracer);
+                }
                 if ticks % STATD_POLL_TICKS == 1 && let Some(w) = &mut s.statd {
                     io_result = statd_changes(w, &mut p);
                 }
@@ -315,6 +309,15 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     }
     summary(&p, &lost, undecodable, &counters);
     Ok(p)
+}
+
+/// Each probe and how it is attached now (the metrics' probe_attached).
+fn attach_state(tracer: &Tracer) -> Vec<(&'static str, Option<String>)> {
+    tracer
+        .report
+        .iter()
+        .map(|r| (r.probe, r.attached.as_ref().map(|a| a.method.to_string())))
+        .collect()
 }
 
 /// SIGHUP: the log file reopened, the trace file started anew if it was moved away.

@@ -58,6 +58,9 @@ fn bad_values_are_rejected_with_the_reason() {
     let (code, _, err) = run(&["live", "--probe-method", "nope=tp_btf"], None);
     assert_eq!(code, 2);
     assert!(err.contains("unknown probe `nope`"), "{err}");
+    let (code, _, err) = run(&["monitor", "--skip-probe", "fcntl_exit,nope"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown probe `nope`"), "{err}");
 }
 
 #[test]
@@ -91,6 +94,18 @@ fn probes_table_shows_this_kernel() {
     assert!(nlm["attached"].is_null(), "{nlm}");
     let reason = nlm["refused"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("no kprobes"), "{nlm}");
+    // --skip-probe leaves a probe out and says so; the others attach as before.
+    let (code, out, _) = run(&["probes", "--json", "--skip-probe", "fcntl_exit"], None);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v.as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["probe"] == name).unwrap();
+    assert!(row("fcntl_exit")["attached"].is_null());
+    assert_eq!(
+        row("fcntl_exit")["refused"][0]["reason"],
+        "skipped (--skip-probe)"
+    );
+    assert_eq!(row("fcntl_enter")["attached"]["method"], "tracepoint");
 }
 
 #[test]

@@ -38,7 +38,7 @@ impl Symbols {
         Err(if module.is_empty() || module_loaded {
             format!("{function} is not in /proc/kallsyms (inlined or absent in this kernel)")
         } else {
-            format!("{function} not found: module {module} is not loaded (modprobe {module})")
+            format!("module {module} is not loaded: its probes attach when it is")
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod btf;
 mod kallsyms;
+mod modules;
 pub mod plan;
 pub mod preflight;
 
@@ -11,10 +12,10 @@ use std::collections::HashMap;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, KProbe, Program, ProgramError},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, KProbe, Program, ProgramError, kprobe::KProbeLinkId},
 };
-use lockd_trace_common::counter;
+use lockd_trace_common::{NlmOffsets, counter};
 use plan::{Method, PROBES, ProbeReport, Way};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd-trace"));
@@ -27,11 +28,18 @@ pub struct Options {
     pub forced: HashMap<String, Method>,
     /// lockd_trace_common::filter bits for the programs (monitor: NFS only).
     pub filter: u32,
+    /// Probes not to attach (by name), e.g. to measure what each one costs.
+    pub skipped: Vec<String>,
 }
 
 pub struct Tracer {
     ebpf: Ebpf,
     pub report: Vec<ProbeReport>,
+    opts: Options,
+    /// The lockd module the lockd probes are attached to (None: not loaded).
+    lockd: Option<modules::Instance>,
+    /// Their kprobe links, detached when lockd unloads.
+    lockd_links: Vec<(&'static str, KProbeLinkId)>,
 }
 
 impl Tracer {
@@ -40,36 +48,37 @@ impl Tracer {
         preflight::check()?;
         let kbtf = btf::load_vmlinux()?;
         let offsets = btf::kernel_offsets(&kbtf)?;
-        let nlm_offsets = btf::nlm_offsets(&kbtf)?.unwrap_or_default();
         let mut loader = EbpfLoader::new();
         loader.override_global("OFFSETS", &offsets, true);
-        loader.override_global("NLM_OFFSETS", &nlm_offsets, true);
         loader.override_global("FILTER", &opts.filter, true);
         if opts.ring_bytes > 0 {
             loader.map_max_entries("EVENTS", opts.ring_bytes);
         }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| {
+        let ebpf = loader.load(OBJECT).map_err(|e| {
             anyhow!(
                 "the kernel refused lockd-trace's eBPF object: {}",
                 error_chain(&e)
             )
         })?;
+        let mut t = Tracer {
+            ebpf,
+            report: Vec::new(),
+            opts: opts.clone(),
+            lockd: modules::Instance::lockd(),
+            lockd_links: Vec::new(),
+        };
+        if t.lockd.is_some() {
+            t.set_nlm_offsets(btf::nlm_offsets(&kbtf)?)?;
+        }
         let aya_btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         let symbols = kallsyms::Symbols::read();
-        let report = PROBES
+        t.report = PROBES
             .iter()
-            .map(|p| {
-                let forced = opts.forced.get(p.name).copied();
-                plan::choose(p, forced, |w| {
-                    if matches!(w.method, Method::Kprobe | Method::Kretprobe) {
-                        symbols.can_kprobe(w.target, p.module)?;
-                    }
-                    attach(&mut ebpf, w, &aya_btf)
-                })
-            })
-            .collect::<Vec<_>>();
-        if report.iter().all(|r| r.attached.is_none()) {
-            let why = report
+            .map(|p| t.attach_probe(p, &symbols, &aya_btf))
+            .collect();
+        if t.report.iter().all(|r| r.attached.is_none()) {
+            let why = t
+                .report
                 .iter()
                 .flat_map(|r| {
                     r.refused
@@ -80,7 +89,42 @@ impl Tracer {
                 .join("; ");
             return Err(anyhow!("no probe could be attached ({why})"));
         }
-        Ok(Tracer { ebpf, report })
+        Ok(t)
+    }
+
+    /// One probe, the first way the kernel accepts (or none, with the reasons).
+    fn attach_probe(
+        &mut self,
+        p: &'static plan::Probe,
+        symbols: &kallsyms::Symbols,
+        btf: &Btf,
+    ) -> ProbeReport {
+        if self.opts.skipped.iter().any(|s| s == p.name) {
+            return plan::skipped(p);
+        }
+        let forced = self.opts.forced.get(p.name).copied();
+        let (ebpf, links) = (&mut self.ebpf, &mut self.lockd_links);
+        plan::choose(p, forced, |w| {
+            if matches!(w.method, Method::Kprobe | Method::Kretprobe) {
+                symbols.can_kprobe(w.target, p.module)?;
+            }
+            let link = attach(ebpf, w, btf)?;
+            if let Some(link) = link.filter(|_| p.module == modules::LOCKD) {
+                links.push((w.program, link));
+            }
+            Ok(())
+        })
+    }
+
+    /// Hands lockd's struct offsets to the programs (None: they stop reading lockd's structs).
+    fn set_nlm_offsets(&mut self, offsets: Option<NlmOffsets>) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("NLM_OFFSETS")
+            .ok_or_else(|| anyhow!("NLM_OFFSETS map missing"))?;
+        let mut array: Array<_, NlmOffsets> = Array::try_from(map)?;
+        array.set(0, offsets.unwrap_or_default(), 0)?;
+        Ok(())
     }
 
     pub fn attached(&self) -> usize {
@@ -129,20 +173,25 @@ impl Counters {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, way: &Way, btf: &Btf) -> Result<(), String> {
+/// Attaches one way; a kprobe's link is returned so that it can be detached on its own.
+fn attach(ebpf: &mut Ebpf, way: &Way, btf: &Btf) -> Result<Option<KProbeLinkId>, String> {
     let prog = ebpf
         .program_mut(way.program)
         .ok_or_else(|| format!("program {} missing from the object", way.program))?;
     let r = match (way.method, prog) {
-        (Method::BtfTracepoint, Program::BtfTracePoint(p)) => load_attach_btf(p, way, btf),
+        (Method::BtfTracepoint, Program::BtfTracePoint(p)) => {
+            load_attach_btf(p, way, btf).map(|()| None)
+        }
         (Method::RawTracepoint, Program::RawTracePoint(p)) => {
-            p.load().and_then(|()| p.attach(way.target).map(drop))
+            p.load().and_then(|()| p.attach(way.target)).map(|_| None)
         }
         (Method::Tracepoint, Program::TracePoint(p)) => {
             let (cat, name) = way.target.split_once(':').unwrap_or(("", way.target));
-            p.load().and_then(|()| p.attach(cat, name).map(drop))
+            p.load().and_then(|()| p.attach(cat, name)).map(|_| None)
         }
-        (Method::Kprobe | Method::Kretprobe, Program::KProbe(p)) => load_attach_kprobe(p, way),
+        (Method::Kprobe | Method::Kretprobe, Program::KProbe(p)) => {
+            load_attach_kprobe(p, way).map(Some)
+        }
         _ => return Err(format!("program {} is not a {}", way.program, way.method)),
     };
     r.map_err(|e| reason(&e))
@@ -153,9 +202,12 @@ fn load_attach_btf(p: &mut BtfTracePoint, way: &Way, btf: &Btf) -> Result<(), Pr
     p.attach().map(drop)
 }
 
-fn load_attach_kprobe(p: &mut KProbe, way: &Way) -> Result<(), ProgramError> {
-    p.load()?;
-    p.attach(way.target, 0).map(drop)
+/// A kprobe program stays loaded when its module goes away: only the first attach loads it.
+fn load_attach_kprobe(p: &mut KProbe, way: &Way) -> Result<KProbeLinkId, ProgramError> {
+    if p.fd().is_err() {
+        p.load()?;
+    }
+    p.attach(way.target, 0)
 }
 
 /// The kernel's answer in a few words: the errno when there is one, else aya's message.

@@ -372,6 +372,21 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A probe the user asked not to attach (--skip-probe).
+pub fn skipped(probe: &'static Probe) -> ProbeReport {
+    ProbeReport {
+        probe: probe.name,
+        captures: probe.captures,
+        kernels: probe.kernels,
+        attached: None,
+        refused: vec![Refusal {
+            method: probe.ways[0].method,
+            target: probe.ways[0].target,
+            reason: "skipped (--skip-probe)".into(),
+        }],
+    }
+}
+
 /// Tries `probe`'s ways in order (only `forced` if given) until `attach` accepts one.
 pub fn choose(
     probe: &'static Probe,

@@ -1,15 +1,19 @@
 //! What each scenario must show, checked on the host against the guest's results: the facts
 //! the scenario recorded, lockd-trace's JSON events, and the kernel log.
 
-use std::{fs, path::Path};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
+
+use crate::build;
 
 pub struct Results {
     pub facts: Value,
     pub events: Vec<Value>,
     pub dmesg: String,
+    /// The Prometheus text the monitor served at the end (None: traced by `live`).
+    pub metrics: Option<String>,
 }
 
 fn load(dir: &Path) -> Result<Results> {
@@ -27,11 +31,27 @@ fn load(dir: &Path) -> Result<Results> {
     if let Some(e) = facts.get("error") {
         bail!("the scenario failed in the guest: {e}");
     }
-    let events = read("trace.jsonl")?
+    let monitor = dir.join("monitor").exists();
+    let shown = if monitor {
+        "findings.jsonl"
+    } else {
+        "trace.jsonl"
+    };
+    let mut events = read(shown)?
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<Vec<Value>, _>>()
-        .context("trace.jsonl is not JSON lines")?;
+        .with_context(|| format!("{shown} is not JSON lines"))?;
+    if monitor {
+        // The monitor showed findings only (kernel lines with their explanation among them);
+        // its trace file holds the events.
+        let recorded = export(&dir.join("trace.ldt"))?;
+        events.extend(
+            recorded
+                .into_iter()
+                .filter(|e| e["event"] != "kernel_message"),
+        );
+    }
     if read("tracer.exit")?.trim() != "0" {
         bail!("lockd-trace exited with {}", read("tracer.log")?);
     }
@@ -42,7 +62,28 @@ fn load(dir: &Path) -> Result<Results> {
         facts,
         events,
         dmesg: read("dmesg.txt")?,
+        metrics: monitor.then(|| read("metrics.txt")).transpose()?,
     })
+}
+
+/// A trace file's events as JSON lines (`lockd-trace export`).
+pub fn export(trace: &Path) -> Result<Vec<Value>> {
+    let out = Command::new(build::binary())
+        .arg("export")
+        .arg(trace)
+        .args(["--format", "jsonl"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "export of {} failed: {}",
+            trace.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
 }
 
 impl Results {
@@ -138,6 +179,9 @@ fn conflict(r: &Results) -> Result<()> {
                 && e["blocker"]["pid"] == x
         },
     )?;
+    if let Some(m) = &r.metrics {
+        filtered(r, m, x)?;
+    }
     r.find("server nlmsvc_lock answered DENIED", |e| {
         e["event"] == "nlm" && e["op"] == "nlmsvc_lock" && e["nlm_status"] == 1 && range(e, 50, 59)
     })?;
@@ -171,6 +215,26 @@ fn conflict(r: &Results) -> Result<()> {
     r.find("nlmclnt_proc returned 0 for c's F_SETLKW", |e| {
         nlm(e, "nlmclnt_result", c) && e["ret"] == 0 && e["cmd"] == "F_SETLKW"
     })?;
+    Ok(())
+}
+
+/// The monitor's kernel filter: x's granted lock on the server's tmpfs was counted, not sent,
+/// while its refusals of others (lockd's EAGAIN naming x, above) were sent.
+fn filtered(r: &Results, metrics: &str, x: u64) -> Result<()> {
+    if let Some(e) = r
+        .events
+        .iter()
+        .find(|e| e["event"] == "lock" && e["pid"] == x && e["result"] == "ok")
+    {
+        bail!("the monitor sent x's granted lock on tmpfs: {e}");
+    }
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lockd_trace_filtered_total{hook=\"posix\",result=\"ok\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    if counted.is_none_or(|n| n == 0) {
+        bail!("the monitor's metrics count no filtered lock:\n{metrics}");
+    }
     Ok(())
 }
 

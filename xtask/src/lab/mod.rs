@@ -1,9 +1,11 @@
 //! The NFS lab: Debian kernels with lockd, nfsd and statd in qemu (TCG), NFSv3 over loopback
 //! inside one guest, scenarios driven by real processes while lockd-trace records.
 
+pub mod bench;
 mod expect;
 mod explained;
 mod image;
+mod late_attach;
 mod offline;
 mod vm;
 
@@ -50,6 +52,13 @@ enum LabCmd {
         #[arg(long, default_value = "all")]
         kernel: String,
     },
+    /// Check the results of the last `run` again, without booting (after changing a check).
+    Check {
+        #[arg(default_value = "all")]
+        scenarios: Vec<String>,
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
     /// An interactive guest with NFS up (serial console; `poweroff -f` or Ctrl-A X to leave).
     Shell {
         #[arg(long, default_value = "6.1")]
@@ -61,6 +70,9 @@ pub fn run(args: LabArgs) -> Result<()> {
     match args.cmd {
         LabCmd::Build { kernel } => image::build(&kernels(&kernel)?),
         LabCmd::Run { scenarios, kernel } => run_scenarios(&kernels(&kernel)?, &names(&scenarios)?),
+        LabCmd::Check { scenarios, kernel } => {
+            check_results(&kernels(&kernel)?, &names(&scenarios)?)
+        }
         LabCmd::Shell { kernel } => shell(&kernels(&kernel)?[0]),
     }
 }
@@ -97,9 +109,25 @@ fn names(scenarios: &[String]) -> Result<Vec<&'static str>> {
         .collect()
 }
 
+/// The tracer the scenarios run under on kernel `k`: `monitor` on 6.1, `live` on 6.12, so each
+/// scenario passes under both on one kernel or the other.
+fn tracer_for(k: &Kernel) -> &'static str {
+    if k.name == "6.1" { "monitor" } else { "live" }
+}
+
+/// What the guest runs: scenario names, and for `bench` its rounds and lock+unlock pairs.
+pub struct Plan<'a> {
+    pub scenarios: &'a [&'a str],
+    pub bench: (u32, u32),
+}
+
+fn share_dir(k: &Kernel) -> PathBuf {
+    build::workspace_root().join(format!("target/lab/{}", k.name))
+}
+
 /// A fresh share directory: the guest scripts, lockd-trace and the locker, a results dir.
-fn prepare_share(k: &Kernel, scenarios: &[&str]) -> Result<PathBuf> {
-    let share = build::workspace_root().join(format!("target/lab/{}", k.name));
+fn prepare_share(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
+    let share = share_dir(k);
     let _ = fs::remove_dir_all(&share);
     fs::create_dir_all(share.join("results"))?;
     fs::write(
@@ -110,7 +138,10 @@ fn prepare_share(k: &Kernel, scenarios: &[&str]) -> Result<PathBuf> {
         share.join("scenarios.py"),
         include_str!("guest/scenarios.py"),
     )?;
-    fs::write(share.join("scenarios.txt"), scenarios.join("\n"))?;
+    fs::write(share.join("scenarios.txt"), plan.scenarios.join("\n"))?;
+    fs::write(share.join("tracer.txt"), tracer_for(k))?;
+    let (rounds, pairs) = plan.bench;
+    fs::write(share.join("bench.txt"), format!("{rounds} {pairs}"))?;
     let release = build::binary();
     for (src, name) in [
         (release.clone(), "lockd-trace"),
@@ -138,30 +169,78 @@ fn build_binaries() -> Result<()> {
 }
 
 fn run_scenarios(kernels: &[Kernel], scenarios: &[&str]) -> Result<()> {
-    image::build(kernels)?;
-    build_binaries()?;
+    let plan = Plan {
+        scenarios,
+        bench: (0, 0),
+    };
     let mut failures = Vec::new();
     for k in kernels {
-        let share = prepare_share(k, scenarios)?;
-        // TCG: ~2 min to boot 6.12, ~1 min per scenario; generous so a slow CI host passes.
-        let timeout = Duration::from_secs(300 + 180 * scenarios.len() as u64);
-        if let Err(e) = vm::boot(k, &share, timeout, false) {
-            failures.push(format!("{}: {e:#}", k.name));
-            continue;
-        }
-        for s in scenarios {
-            let dir = share.join("results").join(s);
-            show(k, s, &dir);
-            match expect::check(s, &dir) {
-                Ok(()) => eprintln!("xtask lab: {} {s}: ok", k.name),
-                Err(e) => failures.push(format!("{} {s}: {e:#}", k.name)),
-            }
+        match boot(k, &plan) {
+            Ok(share) => failures.extend(check_scenarios(k, &share, scenarios)),
+            Err(e) => failures.push(format!("{}: {e:#}", k.name)),
         }
     }
     if !failures.is_empty() {
         bail!("lab scenarios failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
+}
+
+fn check_results(kernels: &[Kernel], scenarios: &[&str]) -> Result<()> {
+    let mut failures = Vec::new();
+    for k in kernels {
+        let share = share_dir(k);
+        if let Err(e) = check_boot(k, &share) {
+            failures.push(format!("{}: {e:#}", k.name));
+        }
+        failures.extend(check_scenarios(k, &share, scenarios));
+    }
+    if !failures.is_empty() {
+        bail!("lab results failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Each scenario's results checked; the failures.
+fn check_scenarios(k: &Kernel, share: &Path, scenarios: &[&str]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for s in scenarios {
+        let dir = share.join("results").join(s);
+        show(k, s, &dir);
+        match expect::check(s, &dir) {
+            Ok(()) => eprintln!("xtask lab: {} {s}: ok ({})", k.name, tracer_for(k)),
+            Err(e) => failures.push(format!("{} {s}: {e:#}", k.name)),
+        }
+    }
+    failures
+}
+
+fn check_boot(k: &Kernel, share: &Path) -> Result<()> {
+    late_attach::check(&share.join("results/boot"))
+        .context("lockd loaded after the monitor started")?;
+    eprintln!(
+        "xtask lab: {}: the monitor followed lockd's load, unload and reload",
+        k.name
+    );
+    Ok(())
+}
+
+/// Boots `k` to run `plan` and checks what every boot shows (lockd's probes following its
+/// load, unload and reload); the share directory holds the results.
+pub fn boot(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
+    image::build(std::slice::from_ref(k))?;
+    build_binaries()?;
+    let share = prepare_share(k, plan)?;
+    // TCG: ~2 min to boot 6.12, ~1 min per scenario; generous so a slow CI host passes.
+    let timeout = Duration::from_secs(300 + 180 * plan.scenarios.len() as u64);
+    vm::boot(k, &share, timeout, false)?;
+    late_attach::check(&share.join("results/boot"))
+        .context("lockd loaded after the monitor started")?;
+    eprintln!(
+        "xtask lab: {}: the monitor followed lockd's load, unload and reload",
+        k.name
+    );
+    Ok(share)
 }
 
 /// The scenario's lockd/statd kernel lines and where its results are.
@@ -184,7 +263,13 @@ fn show(k: &Kernel, scenario: &str, dir: &Path) {
 fn shell(k: &Kernel) -> Result<()> {
     image::build(std::slice::from_ref(k))?;
     build_binaries()?;
-    let share = prepare_share(k, &[])?;
+    let share = prepare_share(
+        k,
+        &Plan {
+            scenarios: &[],
+            bench: (0, 0),
+        },
+    )?;
     // No scenarios: the guest init stops after NFS is up; give it a shell instead.
     let init = fs::read_to_string(share.join("guest-init.sh"))?;
     fs::write(

@@ -12,8 +12,20 @@ off() { sync; echo o > /proc/sysrq-trigger; sleep 30; }
 trap off EXIT
 echo "LAB: kernel $(uname -r)"
 mount -t tracefs nodev /sys/kernel/tracing
+# Until N lines of FILE match PATTERN (2 min at most).
+wait_for() { for i in $(seq 240); do [ "$(grep -c "$2" $1)" -ge ${3:-1} ] && return 0; sleep 0.5; done
+    echo "LAB: no '$2' (x${3:-1}) in $1"; return 1; }
+metrics() { python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9464/metrics").read().decode())'; }
+# A monitor started before lockd is loaded follows its load, unload and reload, then the
+# NLM calls of the grace-period wait below.
+B=/share/results/boot; mkdir -p $B
+/share/lockd-trace monitor --json -w $B/trace.ldt > $B/findings.jsonl 2> $B/monitor.log & M=$!
+wait_for $B/monitor.log tracing
 # A 10 s grace period instead of 90 s: lock requests are refused until it ends.
-modprobe lockd nlm_grace_period=10 && modprobe -a nfsd nfs nfsv3 || { echo "LAB: modprobe failed"; exit 1; }
+modprobe lockd nlm_grace_period=10 && wait_for $B/monitor.log "lockd loaded" 1 &&
+    rmmod lockd && wait_for $B/monitor.log "lockd unloaded" 1 &&
+    modprobe lockd nlm_grace_period=10 && wait_for $B/monitor.log "lockd loaded" 2 &&
+    modprobe -a nfsd nfs nfsv3 || { echo "LAB: modprobe failed"; exit 1; }
 mount -t rpc_pipefs sunrpc /var/lib/nfs/rpc_pipefs
 mount -t nfsd nfsd /proc/fs/nfsd
 echo 10 > /proc/fs/nfsd/nfsv4leasetime; echo 10 > /proc/fs/nfsd/nfsv4gracetime
@@ -28,10 +40,21 @@ mount -t nfs -o vers=3 127.0.0.1:/export /mnt/nfs || { echo "LAB: nfs mount fail
 echo "LAB: nfs mounted"
 python3 /share/scenarios.py --wait-grace /mnt/nfs/.grace || { echo "LAB: grace never ended"; exit 1; }
 echo "LAB: grace period over"
+metrics > $B/metrics.txt; kill -INT $M; wait $M; echo $? > $B/monitor.exit
 for s in $(cat /share/scenarios.txt); do
     d=/share/results/$s; mkdir -p $d; dmesg -C
-    # Live with explanations (JSON lines) and the same session recorded to a trace file.
-    /share/lockd-trace live --json --blocked-after 20s --unanswered-after 20s -w $d/trace.ldt > $d/trace.jsonl 2> $d/tracer.log & T=$!
+    if [ $s = bench ]; then
+        python3 /share/scenarios.py bench $d > $d/scenario.log 2>&1; echo $? > $d/exit
+        echo "LAB: scenario $s exit $(cat $d/exit)"; continue
+    fi
+    # The session explained (JSON lines) and recorded to a trace file: by `live`, or by
+    # `monitor` (findings only; the host exports the trace file's events).
+    a="--json --blocked-after 20s --unanswered-after 20s -w $d/trace.ldt"
+    if [ "$(cat /share/tracer.txt)" = monitor ]; then
+        touch $d/monitor; /share/lockd-trace monitor $a > $d/findings.jsonl 2> $d/tracer.log & T=$!
+    else
+        /share/lockd-trace live $a > $d/trace.jsonl 2> $d/tracer.log & T=$!
+    fi
     logs=$d/tracer.log; P=
     if [ $s = out-of-sync ]; then
         # The same run recorded as two sides, to be merged on the host: the client's
@@ -41,11 +64,11 @@ for s in $(cat /share/scenarios.txt); do
         logs="$logs $d/client.log $d/server.log"
     fi
     for l in $logs; do
-        for i in $(seq 240); do grep -q tracing $l && break; sleep 0.5; done
-        grep -q tracing $l || echo "tracer did not start ($l)" >> $d/tracer.failed
+        wait_for $l tracing || echo "tracer did not start ($l)" >> $d/tracer.failed
     done
     python3 /share/scenarios.py $s $d > $d/scenario.log 2>&1; echo $? > $d/exit
-    sleep 2; kill -INT $T $P; wait $T; echo $? > $d/tracer.exit; wait
+    sleep 2; [ -e $d/monitor ] && metrics > $d/metrics.txt
+    kill -INT $T $P; wait $T; echo $? > $d/tracer.exit; wait
     dmesg > $d/dmesg.txt
     echo "LAB: scenario $s exit $(cat $d/exit)"
 done

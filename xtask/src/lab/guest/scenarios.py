@@ -202,6 +202,54 @@ def vanished_client(facts):
     x.exit()
 
 
+def tracer(mode, out):
+    """Starts `lockd-trace MODE` (monitor or record) and waits until it traces."""
+    args = {"monitor": ["monitor", "--no-metrics"], "record": ["record", "-o", out + ".ldt"]}[mode]
+    err = open(out + ".log", "w+")
+    t = subprocess.Popen(["/share/lockd-trace", *args], stdout=subprocess.DEVNULL, stderr=err)
+    for _ in range(480):
+        err.seek(0)
+        if "tracing" in err.read():
+            return t, err
+        time.sleep(0.25)
+    raise TimeoutError(f"{mode} did not start: {open(out + '.log').read()}")
+
+
+def lost(log):
+    """Records lost, from the tracer's closing summary ("..., N lost, ...")."""
+    for part in log.split(","):
+        if part.strip().endswith(" lost") and part.strip().split()[0].isdigit():
+            return int(part.strip().split()[0])
+    raise ValueError(f"no summary in the tracer's log: {log}")
+
+
+def bench(facts, results):
+    """Benchmark section 2: lock+unlock round trips on the NFS mount with no tracer, monitor
+    and record, alternating within each round (the order rotates)."""
+    rounds, per_round = map(int, open("/share/bench.txt").read().split())
+    facts.update(rounds=rounds, per_round=per_round, runs=[])
+    touch("/mnt/nfs/bench")
+    modes = ["none", "monitor", "record"]
+    with open("/mnt/nfs/bench", "r+") as f:
+        for r in range(rounds):
+            for mode in modes[r % 3:] + modes[:r % 3]:
+                out = os.path.join(results, f"{mode}-{r}")
+                t, err = tracer(mode, out) if mode != "none" else (None, None)
+                start = time.perf_counter()
+                for _ in range(per_round):
+                    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+                    fcntl.lockf(f, fcntl.LOCK_UN, 1, 0)
+                mean_us = (time.perf_counter() - start) * 1e6 / per_round
+                run = {"round": r, "mode": mode, "mean_us": round(mean_us, 1), "lost": 0}
+                if t:
+                    t.send_signal(2)
+                    run["exit"] = t.wait(120)
+                    err.seek(0)
+                    run["lost"] = lost(err.read())
+                facts["runs"].append(run)
+                log(json.dumps(run))
+
+
 def wait_grace(path):
     """Until the server's grace period ends, lock requests fail with ENOLCK: poll."""
     touch(path)
@@ -229,6 +277,7 @@ def main():
             "stale-unlock": stale_unlock,
             "reclaim": reclaim,
             "vanished-client": vanished_client,
+            "bench": lambda facts: bench(facts, results),
         }[name](facts)
         ok = 0
     except Exception as e:  # the host reports it with the facts gathered so far
