@@ -201,6 +201,13 @@ pub struct MonitorArgs {
     /// Only processes with these command names (comma-separated or repeated).
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
     pub comm: Vec<String>,
+    /// Only locks on the filesystem holding PATH (e.g. an NFS mount point); NLM calls, which
+    /// carry a file handle rather than a device, are kept.
+    #[arg(long, value_name = "PATH")]
+    pub mount: Option<PathBuf>,
+    /// Only NLM and statd events about this peer (name or address, as `live` shows it).
+    #[arg(long, value_name = "HOST")]
+    pub server: Option<String>,
     /// Append findings and explained kernel lines here instead of standard output (reopened
     /// on SIGHUP).
     #[arg(long, value_name = "FILE")]

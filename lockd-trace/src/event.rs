@@ -15,7 +15,7 @@ pub struct Lock {
 }
 
 /// A request seen by the VFS lock layer (or, for `WaitEnd`, how its wait ended).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockRecord {
     pub hook: u16,
     pub dev: u32,
@@ -48,7 +48,7 @@ pub struct GetlkRecord {
 }
 
 /// One NLM client/server or NSM step (see lockd_trace_common::nlm_op for `op`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NlmRecord {
     pub op: u16,
     pub ret: i32,

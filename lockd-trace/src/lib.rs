@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod probes;
 pub mod probes_cmd;
 pub mod ringbuf;
+pub mod scope;
 pub mod sinks;
 pub mod statd;
 pub mod tracefile;

@@ -26,6 +26,7 @@ use crate::{
     pipeline::{Filter, Pipeline},
     probes::{Counters, Tracer},
     ringbuf::EventStream,
+    scope::{self, Scope},
     sinks::{Sink, json::Json, logfile::LogFile, null::Null, terminal::Terminal},
     statd::Watcher,
     tracefile::{Header, Rotation, Writer},
@@ -47,6 +48,8 @@ struct Session {
     log: Option<LogFile>,
     /// Prometheus endpoint (monitor).
     metrics: Option<SocketAddr>,
+    /// What is watched at all (monitor's narrowing).
+    scope: Scope,
 }
 
 impl Session {
@@ -64,6 +67,7 @@ impl Session {
             tracing: sources.tracing.options(),
             log: None,
             metrics: None,
+            scope: Scope::default(),
         }
     }
 }
@@ -85,6 +89,7 @@ pub async fn quietly(
         tracing,
         log: None,
         metrics: None,
+        scope: Scope::default(),
     })
     .await
 }
@@ -124,12 +129,23 @@ pub async fn monitor(args: MonitorArgs) -> Result<()> {
         (None, false) => Box::new(Terminal::new(io::stdout())),
     };
     let filter = Filter {
-        pid: args.pid,
-        comm: args.comm,
-        errors_only: false,
         no_events: true,
+        ..Filter::default()
+    };
+    let dev = match &args.mount {
+        Some(p) => Some(
+            scope::kernel_dev(p)
+                .with_context(|| format!("cannot watch --mount {}", p.display()))?,
+        ),
+        None => None,
     };
     let mut s = Session::new(filter, sink, &args.sources);
+    s.scope = Scope {
+        pid: args.pid,
+        comm: args.comm,
+        dev,
+        server: args.server,
+    };
     if !args.all_fs {
         s.tracing.filter = lockd_trace_common::filter::NFS_ONLY;
     }
@@ -185,6 +201,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     let clock = Clock::from_pair(mono, wall);
     let mut p = Pipeline::new(clock, Engine::new(clock, s.limits), s.filter, s.sink);
     p.filter_writes = s.recording;
+    p.scope = std::mem::take(&mut s.scope);
     if let Some((path, rotation)) = &s.write {
         let probes = attach_state(&tracer)
             .into_iter()
@@ -492,7 +509,7 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
     eprintln!(
         "lockd-trace: {} events received, {} shown{written}, {} findings, {} kernel lines, \
          {lost} lost, {undecodable} undecodable, {} kernel reads failed, {} blockers not \
-         found, {} histories evicted, {} filtered in the kernel",
+         found, {} histories evicted, {} filtered in the kernel, {} outside the scope",
         t.events,
         t.shown,
         t.findings,
@@ -503,5 +520,6 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
         (counter::FILTERED_POSIX..=counter::FILTERED_GETLK)
             .map(|i| counters.get(i))
             .sum::<u64>(),
+        t.out_of_scope,
     );
 }

@@ -11,6 +11,7 @@ use crate::{
     event::Event,
     kmsg::KernelLine,
     metrics::Metrics,
+    scope::Scope,
     sinks::{Context, Sink},
     tracefile::Writer,
 };
@@ -41,6 +42,8 @@ pub struct Tally {
     pub shown: u64,
     pub findings: u64,
     pub kernel_lines: u64,
+    /// Events dropped as outside the scope.
+    pub out_of_scope: u64,
 }
 
 pub struct Pipeline<'a> {
@@ -51,6 +54,8 @@ pub struct Pipeline<'a> {
     pub writer: Option<Writer>,
     /// Write only the events the filter keeps (record); else write everything (live -w).
     pub filter_writes: bool,
+    /// Events outside it are dropped before anything else (monitor's narrowing).
+    pub scope: Scope,
     pub tally: Tally,
     pub metrics: Metrics,
     outputs: Vec<Output>,
@@ -65,6 +70,7 @@ impl<'a> Pipeline<'a> {
             sink,
             writer: None,
             filter_writes: false,
+            scope: Scope::default(),
             tally: Tally::default(),
             metrics: Metrics::default(),
             outputs: Vec::new(),
@@ -73,6 +79,10 @@ impl<'a> Pipeline<'a> {
 
     pub fn event(&mut self, ev: &Event, path: Option<&str>) -> io::Result<()> {
         self.tally.events += 1;
+        if !self.scope.admits(ev) {
+            self.tally.out_of_scope += 1;
+            return Ok(());
+        }
         self.metrics.event(ev);
         let keep = self.filter.keep(ev);
         if let Some(w) = &mut self.writer

@@ -20,6 +20,51 @@ fn shm_file(name: &str) -> String {
     f
 }
 
+/// A tmpfs of this test's own (its device seen by no other test), for `--mount`: tests run in
+/// parallel and failures on any filesystem reach every monitor.
+struct PrivateFs(std::path::PathBuf);
+
+impl PrivateFs {
+    fn mount(name: &str) -> PrivateFs {
+        let dir =
+            std::env::temp_dir().join(format!("lockd-trace-fs-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let target = c(dir.to_str().unwrap());
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let r = unsafe {
+            libc::mount(
+                c("tmpfs").as_ptr(),
+                target.as_ptr(),
+                c("tmpfs").as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        PrivateFs(dir)
+    }
+
+    fn file(&self, name: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, b"").unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for PrivateFs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.path()).unwrap();
+        // SAFETY: a valid path; lazy so that a late close cannot keep it busy.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 fn port(n: u16) -> String {
     format!(
         "127.0.0.1:{}",
@@ -54,9 +99,17 @@ fn sample(body: &str, series: &str) -> Option<u64> {
 
 #[test]
 fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
-    let f = shm_file("filter");
+    let fs = PrivateFs::mount("filter");
+    let f = fs.file("filter");
     let addr = port(1);
-    let t = Tracer::command(&["monitor", "--json", "--metrics", &addr]);
+    let t = Tracer::command(&[
+        "monitor",
+        "--json",
+        "--metrics",
+        &addr,
+        "--mount",
+        fs.path(),
+    ]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
     assert_eq!(a.cmd("setlk w 0 10"), "ok");
@@ -184,4 +237,62 @@ fn sighup_reopens_the_log_and_sigterm_flushes_the_trace() {
             "no wait_end for {pid} in the trace"
         );
     }
+}
+
+#[test]
+fn mount_scope_watches_one_filesystem_only() {
+    // A private tmpfs is watched; /dev/shm is another filesystem.
+    let fs = PrivateFs::mount("scope");
+    let (inside, outside) = (fs.file("scope"), shm_file("scope"));
+    let addr = port(3);
+    let t = Tracer::command(&[
+        "monitor",
+        "--all-fs",
+        "--mount",
+        fs.path(),
+        "--metrics",
+        &addr,
+    ]);
+    for f in [&inside, &outside] {
+        let mut a = Locker::spawn(f);
+        let mut b = Locker::spawn(f);
+        assert_eq!(a.cmd("setlk w 0 10"), "ok");
+        assert_eq!(b.cmd("setlk w 5 1"), "err EAGAIN");
+        a.exit();
+        b.exit();
+    }
+    thread::sleep(Duration::from_millis(1500));
+    let m = scrape(&addr);
+    assert_eq!(
+        sample(
+            &m,
+            r#"lockd_trace_lock_requests_total{op="F_SETLK",result="EAGAIN"}"#
+        ),
+        Some(1),
+        "only the refusal on the watched filesystem: {m}"
+    );
+    let (_, stderr) = t.stop_with(libc::SIGTERM);
+    let summary = stderr.last().expect("a summary line");
+    let outside_count: u64 = summary
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" outside the scope"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no scope count in {summary}"));
+    assert!(outside_count >= 2, "{summary}");
+    let (code, _, err) = {
+        let o = std::process::Command::new(tracer_bin())
+            .args(["monitor", "--mount", "/nonexistent/lockd-trace"])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            o.stdout,
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot watch --mount /nonexistent/lockd-trace"),
+        "{err}"
+    );
 }
