@@ -71,6 +71,21 @@ pub fn flock_lock_inode_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+// filelock:fcntl_setlk(struct inode *, struct file_lock *, int ret): the end of every
+// F_SETLK(W)/F_OFD_SETLK(W), after any wait: how a blocked request ended, without the syscall
+// hooks (which put every syscall of every task on the traced path; monitor leaves them out).
+#[btf_tracepoint(function = "fcntl_setlk")]
+pub fn fcntl_setlk_btf(ctx: BtfTracePointContext) -> i32 {
+    sys::setlk_done(ctx.arg::<i64>(2) as i32);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "fcntl_setlk")]
+pub fn fcntl_setlk_raw(ctx: RawTracePointContext) -> i32 {
+    sys::setlk_done(ctx.arg::<i64>(2) as i32);
+    0
+}
+
 // syscalls:sys_enter_fcntl / sys_exit_fcntl: F_GETLK's question and answer (it never reaches
 // posix_lock_inode), and the end of a blocked F_SETLKW as the application sees it.
 #[tracepoint(category = "syscalls", name = "sys_enter_fcntl")]

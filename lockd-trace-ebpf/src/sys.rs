@@ -80,6 +80,12 @@ pub fn exit_fcntl(ctx: &TracePointContext) {
     wait_end(tid, ret, hook::SYS_FCNTL);
 }
 
+/// fcntl_setlk's end: a waiting request's outcome (the syscall exit then finds none).
+#[inline(always)]
+pub fn setlk_done(ret: i32) {
+    wait_end(tid(), ret, hook::SYS_FCNTL);
+}
+
 #[inline(always)]
 pub fn exit_flock(ctx: &TracePointContext) {
     // SAFETY: offset inside the syscall tracepoint record.

@@ -308,6 +308,7 @@ impl TracingArgs {
             ring_bytes: self.ring_kib * 1024,
             forced: self.probe_method.iter().cloned().collect::<HashMap<_, _>>(),
             skipped: self.skip_probe.clone(),
+            lean: false,
         }
     }
 }

@@ -148,6 +148,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<()> {
     };
     if !args.all_fs {
         s.tracing.filter = lockd_trace_common::filter::NFS_ONLY;
+        s.tracing.lean = true;
     }
     run(Session {
         write: args.write.map(|p| {

@@ -102,6 +102,7 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
     let fs = PrivateFs::mount("filter");
     let f = fs.file("filter");
     let addr = port(1);
+    let trace = std::env::temp_dir().join(format!("lockd-trace-mon-{}.ldt", std::process::id()));
     let t = Tracer::command(&[
         "monitor",
         "--json",
@@ -109,15 +110,23 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
         &addr,
         "--mount",
         fs.path(),
+        "-w",
+        trace.to_str().unwrap(),
     ]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
     assert_eq!(a.cmd("setlk w 0 10"), "ok");
     assert_eq!(b.cmd("setlk w 5 1"), "err EAGAIN");
     assert_eq!(b.cmd("getlk w 0 0"), format!("getlk w 0 10 {}", a.pid));
+    // A wait on tmpfs: its granted retry is filtered, its end comes from fcntl_setlk.
+    b.send("setlkw w 5 1");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.cmd("setlk u 0 10"), "ok");
+    assert_eq!(b.read_line(), "ok");
     thread::sleep(Duration::from_millis(1500));
     let m = scrape(&addr);
-    // a's lock and the getlk stayed in the kernel; b's EAGAIN came through.
+    // a's locks stayed in the kernel; b's EAGAIN and wait came through; the getlk was not
+    // looked at (monitor leaves the fcntl syscall hooks out).
     assert!(
         sample(
             &m,
@@ -130,9 +139,17 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
             &m,
             r#"lockd_trace_filtered_total{hook="getlk",result="ok"}"#
         ),
-        Some(1),
+        Some(0),
         "{m}"
     );
+    for (probe, method, up) in [
+        ("fcntl_setlk", "tp_btf", 1),
+        ("fcntl_enter", "", 0),
+        ("fcntl_exit", "", 0),
+    ] {
+        let series = format!(r#"lockd_trace_probe_attached{{probe="{probe}",method="{method}"}}"#);
+        assert_eq!(sample(&m, &series), Some(up), "{series}: {m}");
+    }
     assert_eq!(
         sample(
             &m,
@@ -162,6 +179,7 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
         Some(1),
         "{m}"
     );
+    let b_pid = b.pid;
     a.exit();
     b.exit();
     let (out, stderr) = t.stop_with(libc::SIGTERM);
@@ -172,6 +190,30 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
     assert!(
         stderr.iter().any(|l| l.contains("filtered in the kernel")),
         "{stderr:?}"
+    );
+    let out = std::process::Command::new(tracer_bin())
+        .args(["export", "--format", "jsonl"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&trace);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let waited = |e: &&serde_json::Value| e["pid"] == b_pid && e["lock"]["start"] == 5;
+    let wait = events
+        .iter()
+        .filter(waited)
+        .map(|e| (e["event"].as_str(), e["result"].as_str()));
+    assert_eq!(
+        wait.collect::<Vec<_>>(),
+        [
+            (Some("lock"), Some("EAGAIN")),
+            (Some("lock"), Some("WAIT")),
+            (Some("wait_end"), Some("ok"))
+        ],
+        "b's refusal, wait and its end; no granted retry"
     );
 }
 

@@ -30,7 +30,13 @@ pub struct Options {
     pub filter: u32,
     /// Probes not to attach (by name), e.g. to measure what each one costs.
     pub skipped: Vec<String>,
+    /// Leave out the fcntl syscall hooks when fcntl_setlk attached (monitor): with a syscall
+    /// tracepoint on, every syscall of every task takes the kernel's traced path.
+    pub lean: bool,
 }
+
+/// Syscall hooks monitor leaves out once fcntl_setlk reports how waits end.
+const LEAN_OUT: &[&str] = &["fcntl_enter", "fcntl_exit"];
 
 pub struct Tracer {
     ebpf: Ebpf,
@@ -72,10 +78,10 @@ impl Tracer {
         }
         let aya_btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         let symbols = kallsyms::Symbols::read();
-        t.report = PROBES
-            .iter()
-            .map(|p| t.attach_probe(p, &symbols, &aya_btf))
-            .collect();
+        for p in PROBES {
+            let r = t.attach_probe(p, &symbols, &aya_btf);
+            t.report.push(r);
+        }
         if t.report.iter().all(|r| r.attached.is_none()) {
             let why = t
                 .report
@@ -100,7 +106,15 @@ impl Tracer {
         btf: &Btf,
     ) -> ProbeReport {
         if self.opts.skipped.iter().any(|s| s == p.name) {
-            return plan::skipped(p);
+            return plan::skipped(p, "skipped (--skip-probe)");
+        }
+        let setlk = |r: &ProbeReport| r.probe == "fcntl_setlk" && r.attached.is_some();
+        if self.opts.lean && LEAN_OUT.contains(&p.name) && self.report.iter().any(setlk) {
+            return plan::skipped(
+                p,
+                "left out by monitor: fcntl_setlk tells how waits end; F_GETLK on NFS is seen \
+                 by the NLM probes (--all-fs keeps it)",
+            );
         }
         let forced = self.opts.forced.get(p.name).copied();
         let (ebpf, links) = (&mut self.ebpf, &mut self.lockd_links);

@@ -102,6 +102,16 @@ pub const PROBES: &[Probe] = &[
         ],
     },
     Probe {
+        name: "fcntl_setlk",
+        module: "",
+        captures: "how a blocked F_SETLKW ended (granted, interrupted), without syscall hooks",
+        kernels: "filelock tracepoint, all supported kernels; tp_btf needs BTF",
+        ways: &[
+            way(BtfTracepoint, "fcntl_setlk_btf", "fcntl_setlk"),
+            way(RawTracepoint, "fcntl_setlk_raw", "fcntl_setlk"),
+        ],
+    },
+    Probe {
         name: "fcntl_enter",
         module: "",
         captures: "F_GETLK/F_OFD_GETLK questions",
@@ -115,7 +125,7 @@ pub const PROBES: &[Probe] = &[
     Probe {
         name: "fcntl_exit",
         module: "",
-        captures: "F_GETLK answers; how a blocked F_SETLKW ended (granted, EINTR)",
+        captures: "F_GETLK answers; how a blocked F_SETLKW ended when fcntl_setlk cannot tell",
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
         ways: &[way(Tracepoint, "sys_exit_fcntl", "syscalls:sys_exit_fcntl")],
     },
@@ -372,8 +382,8 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// A probe the user asked not to attach (--skip-probe).
-pub fn skipped(probe: &'static Probe) -> ProbeReport {
+/// A probe left out, and why (--skip-probe, or monitor's lean set).
+pub fn skipped(probe: &'static Probe, why: &str) -> ProbeReport {
     ProbeReport {
         probe: probe.name,
         captures: probe.captures,
@@ -382,7 +392,7 @@ pub fn skipped(probe: &'static Probe) -> ProbeReport {
         refused: vec![Refusal {
             method: probe.ways[0].method,
             target: probe.ways[0].target,
-            reason: "skipped (--skip-probe)".into(),
+            reason: why.into(),
         }],
     }
 }
