@@ -2,15 +2,22 @@
 //! the request; remembered per file. Names are made printable: no raw control characters.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::HashMap,
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
+/// Paths remembered per generation: twice the kernel's once-per-file name cache (16384), so a
+/// name the kernel will not send again is still here while it is in use.
+const GENERATION: usize = 32_768;
+
+/// Bounded for an agent that runs for months: when the current generation is full it becomes
+/// the old one and the one before is dropped; a path used from the old one moves back.
 #[derive(Default)]
 pub struct Paths {
     known: HashMap<(u32, u64), String>,
+    old: HashMap<(u32, u64), String>,
     /// Kernel dev_t → mount point, read from /proc/self/mountinfo when first needed.
     mounts: Option<HashMap<u32, String>>,
 }
@@ -28,7 +35,14 @@ impl Paths {
             path.push('/');
             path.push_str(c);
         }
-        self.known.insert((f.dev, f.ino), printable(&path));
+        self.remember((f.dev, f.ino), printable(&path));
+    }
+
+    fn remember(&mut self, key: (u32, u64), path: String) -> &str {
+        if self.known.len() >= GENERATION && !self.known.contains_key(&key) {
+            self.old = std::mem::take(&mut self.known);
+        }
+        self.known.entry(key).insert_entry(path).into_mut()
     }
 
     /// The path of (dev, ino) if process `pid` has it open (or it was seen before).
@@ -36,13 +50,24 @@ impl Paths {
         if dev == 0 && ino == 0 {
             return None;
         }
-        match self.known.entry((dev, ino)) {
-            Entry::Occupied(e) => Some(e.into_mut().as_str()),
-            Entry::Vacant(e) => {
-                let found = find_in_fds(Path::new(&format!("/proc/{pid}/fd")), dev, ino)?;
-                Some(e.insert(printable(&found.to_string_lossy())).as_str())
-            }
+        let key = (dev, ino);
+        if self.known.contains_key(&key) {
+            return self.known.get(&key).map(String::as_str);
         }
+        let path = match self.old.remove(&key) {
+            Some(p) => p,
+            None => {
+                let found = find_in_fds(Path::new(&format!("/proc/{pid}/fd")), dev, ino)?;
+                printable(&found.to_string_lossy())
+            }
+        };
+        Some(self.remember(key, path))
+    }
+
+    /// Paths held (both generations).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.known.len() + self.old.len()
     }
 }
 
@@ -134,6 +159,31 @@ mod tests {
         assert_eq!(p.resolve(45, 9, 0), Some("/mnt/nfs/dir/r"));
         p.learn(&f(false, &["r", "dir"]));
         assert_eq!(p.resolve(45, 9, 0), Some("/mnt/nfs/.../dir/r"));
+    }
+
+    #[test]
+    fn memory_is_bounded_and_paths_in_use_survive() {
+        let mut p = Paths {
+            mounts: Some(HashMap::from([(1, "/m".to_string())])),
+            ..Paths::default()
+        };
+        let name = |ino: u64| crate::event::FileName {
+            dev: 1,
+            ino,
+            complete: true,
+            components: vec![format!("f{ino}")],
+        };
+        for ino in 0..3 * GENERATION as u64 {
+            p.learn(&name(ino));
+            // One file stays in use throughout.
+            assert_eq!(p.resolve(1, 0, 0), Some("/m/f0"), "after {ino}");
+        }
+        assert!(p.len() <= 2 * GENERATION, "{}", p.len());
+        assert_eq!(
+            p.resolve(1, 3 * GENERATION as u64 - 1, 0),
+            Some("/m/f98303")
+        );
+        assert_eq!(p.resolve(1, 5, 0), None, "an old, unused path is forgotten");
     }
 
     #[test]
