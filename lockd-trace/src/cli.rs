@@ -218,9 +218,10 @@ pub struct MonitorArgs {
     /// Also record to this trace file (a new file on SIGHUP if it was moved away).
     #[arg(short, long, value_name = "FILE")]
     pub write: Option<PathBuf>,
-    /// Start a new trace file when this one reaches SIZE bytes (K, M, G suffixes).
-    #[arg(long, value_parser = parse_size)]
-    pub rotate_size: Option<u64>,
+    /// Start a new trace file when this one reaches SIZE bytes (K, M, G suffixes; 0: never).
+    /// Bounds the disk the monitor uses, and the memory of the file's string table.
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    pub rotate_size: u64,
     /// Rotated trace files kept (FILE.1 newest).
     #[arg(long, default_value_t = 4)]
     pub rotate_keep: usize,

@@ -155,7 +155,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<()> {
             (
                 p,
                 Rotation {
-                    size: args.rotate_size,
+                    size: (args.rotate_size > 0).then_some(args.rotate_size),
                     keep: args.rotate_keep,
                 },
             )
@@ -222,6 +222,10 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
         None
     };
     announce(&tracer);
+    // Loading parsed the kernel's BTF (tens of MiB, freed by now): give the heap back rather
+    // than carry it as resident memory for the months a monitor runs.
+    // SAFETY: no arguments beyond the pad size; glibc-only, as is this build.
+    unsafe { libc::malloc_trim(0) };
 
     let mut paths = Paths::default();
     let mut undecodable = 0u64;

@@ -30,6 +30,18 @@ pub fn release() -> Result<()> {
     ]))
 }
 
+/// lockd-trace and the test programs (locker, lockstorm) that the lab and the benchmark run.
+pub fn release_with_tests() -> Result<()> {
+    sh::run(Command::new("cargo").current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "lockd-trace",
+        "--package",
+        "lockd-trace-tests",
+    ]))
+}
+
 pub fn run(args: Vec<String>) -> Result<()> {
     setup::toolchain()?;
     release()?;
@@ -59,7 +71,8 @@ pub fn run(args: Vec<String>) -> Result<()> {
 const FUZZ_SECONDS: u64 = 60;
 
 /// Every test: the workspace's unit and host-kernel tests, the trace reader's fuzz target for a
-/// minute, then (unless skipped) the lab.
+/// minute, then (unless skipped) the lab, then the benchmark's smoke form
+/// (target/bench/PERFORMANCE.md).
 pub fn test(with_lab: bool) -> Result<()> {
     setup::toolchain()?;
     release()?;
@@ -77,5 +90,12 @@ pub fn test(with_lab: bool) -> Result<()> {
     if with_lab {
         lab::test()?;
     }
-    Ok(())
+    // The benchmark's smoke form: fails only if the machinery does, never on speed.
+    crate::bench::run(&crate::bench::BenchArgs {
+        smoke: true,
+        rounds: None,
+        seconds: None,
+        files: None,
+        no_lab: !with_lab,
+    })
 }

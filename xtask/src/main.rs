@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's commands. Each installs what it needs first (see setup.rs).
 
+mod bench;
 mod build;
 mod fuzz;
 mod lab;
@@ -44,6 +45,9 @@ enum Cmd {
     },
     /// The NFS lab: Debian kernels with lockd, nfsd and statd in qemu.
     Lab(lab::LabArgs),
+    /// Measure lockd-trace's overhead and capacity; writes docs/PERFORMANCE.md (--smoke:
+    /// target/bench/PERFORMANCE.md). Exits non-zero if a section could not be measured.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Cmd::Test { no_lab } => build::test(!no_lab),
         Cmd::Fuzz { seconds } => fuzz::run(seconds),
         Cmd::Lab(args) => lab::run(args),
+        Cmd::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

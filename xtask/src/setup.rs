@@ -33,6 +33,10 @@ pub const LAB_PACKAGES: &[&str] = &[
     "xz-utils",
 ];
 
+/// Debian packages for `cargo xtask bench`: stress-ng's lock stressors and bpftrace (the
+/// reference tracer; bookworm's 0.17 attaches and prints on the 6.18 host kernel), taskset.
+pub const BENCH_PACKAGES: &[&str] = &["stress-ng", "bpftrace", "util-linux"];
+
 /// Everything needed to build the workspace, eBPF object included.
 pub fn toolchain() -> Result<()> {
     nightly_rust_src()?;

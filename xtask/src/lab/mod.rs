@@ -12,7 +12,6 @@ mod vm;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -20,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use image::{KERNELS, Kernel};
 
-use crate::{build, sh};
+use crate::build;
 
 /// Scenarios that run and are checked; `all` means these.
 /// The order matters: vanished-client leaves a host unreachable and statd retrying, so last.
@@ -153,21 +152,6 @@ fn prepare_share(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
     Ok(share)
 }
 
-fn build_binaries() -> Result<()> {
-    sh::run(
-        Command::new("cargo")
-            .current_dir(build::workspace_root())
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "lockd-trace",
-                "-p",
-                "lockd-trace-tests",
-            ]),
-    )
-}
-
 fn run_scenarios(kernels: &[Kernel], scenarios: &[&str]) -> Result<()> {
     let plan = Plan {
         scenarios,
@@ -229,7 +213,7 @@ fn check_boot(k: &Kernel, share: &Path) -> Result<()> {
 /// load, unload and reload); the share directory holds the results.
 pub fn boot(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
     image::build(std::slice::from_ref(k))?;
-    build_binaries()?;
+    build::release_with_tests()?;
     let share = prepare_share(k, plan)?;
     // TCG: ~2 min to boot 6.12, ~1 min per scenario; generous so a slow CI host passes.
     let timeout = Duration::from_secs(300 + 180 * plan.scenarios.len() as u64);
@@ -262,7 +246,7 @@ fn show(k: &Kernel, scenario: &str, dir: &Path) {
 
 fn shell(k: &Kernel) -> Result<()> {
     image::build(std::slice::from_ref(k))?;
-    build_binaries()?;
+    build::release_with_tests()?;
     let share = prepare_share(
         k,
         &Plan {

@@ -1,0 +1,140 @@
+//! What the benchmark reads about a process: CPU time and memory from /proc, the peak RSS of
+//! a child from wait4(2), and SIGINT to stop a tracer the way a user does.
+
+use std::{
+    fs,
+    os::unix::process::ExitStatusExt as _,
+    process::{Child, ExitStatus},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// utime + stime of `pid`, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis;
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse()
+            .context("non-numeric CPU time in /proc/PID/stat")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok((ticks(11)? + ticks(12)?) as f64 / hz as f64)
+}
+
+/// A `VmRSS:`-style line of /proc/PID/status, in KiB.
+pub fn status_kib(pid: u32, key: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+/// CPU and memory of a process over a window: `start` at its beginning, `finish` at its end.
+pub struct Window {
+    pid: u32,
+    cpu: f64,
+    at: Instant,
+}
+
+/// Share of one core, and memory, over a window.
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    pub cpu_percent: f64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+impl Window {
+    pub fn start(pid: u32) -> Result<Window> {
+        Ok(Window {
+            pid,
+            cpu: cpu_seconds(pid)?,
+            at: Instant::now(),
+        })
+    }
+
+    pub fn finish(&self) -> Result<Usage> {
+        let cpu = cpu_seconds(self.pid)? - self.cpu;
+        let wall = self.at.elapsed().as_secs_f64();
+        Ok(Usage {
+            cpu_percent: 100.0 * cpu / wall,
+            rss_kib: status_kib(self.pid, "VmRSS")?,
+            hwm_kib: status_kib(self.pid, "VmHWM")?,
+        })
+    }
+}
+
+pub fn interrupt(pid: u32) -> Result<()> {
+    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+    // SAFETY: plain syscall; the pid is our own child, not yet reaped.
+    if unsafe { libc::kill(pid, libc::SIGINT) } != 0 {
+        bail!("kill -INT {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits for `child` with wait4(2): its exit status and peak resident set (KiB).
+pub fn wait_rusage(child: &Child) -> Result<(ExitStatus, u64)> {
+    let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+    let mut status = 0;
+    // SAFETY: all-zero is a valid rusage; both pointers live across the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; std's Child is not waited on afterwards.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r != pid {
+        bail!("wait4({pid}): {}", std::io::Error::last_os_error());
+    }
+    Ok((
+        ExitStatus::from_raw(status),
+        u64::try_from(usage.ru_maxrss).unwrap_or(0),
+    ))
+}
+
+/// The distinct command names among `names` that some process other than this one runs now.
+pub fn running(names: &[&str]) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found: Vec<String> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid = e.file_name().into_string().ok()?;
+            if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let comm = fs::read_to_string(e.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            names.contains(&comm).then(|| comm.to_string())
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// A line of /proc/meminfo, in KiB.
+pub fn meminfo_kib(key: &str) -> Option<u64> {
+    fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
