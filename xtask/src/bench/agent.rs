@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx, storm: Option<&Storm>) -> Result<Agent> {
             storm,
         });
     }
-    let long_run = longrun::run(ctx).map_err(|e| format!("{e:#}"));
+    let long_run = longrun::run(ctx).map_err(|e| super::one_line(&format!("{e:#}")));
     Ok(Agent {
         rows,
         idle_seconds: ctx.idle_seconds,

@@ -92,7 +92,7 @@ fn ring(ctx: &Ctx, kib: u32, ladder: &[f64]) -> Ring {
         error: None,
     };
     if let Err(e) = climb(ctx, &mut r, ladder) {
-        r.error = Some(format!("{e:#}"));
+        r.error = Some(super::one_line(&format!("{e:#}")));
     }
     r
 }

@@ -146,7 +146,8 @@ pub type Section<T> = Result<T, String>;
 fn section<T>(name: &str, f: impl FnOnce() -> Result<T>) -> (Section<T>, Duration) {
     eprintln!("xtask bench: {name}");
     let start = Instant::now();
-    let r = f().map_err(|e| format!("{e:#}"));
+    // One line: the reason goes into table cells and the closing error sentence.
+    let r = f().map_err(|e| one_line(&format!("{e:#}")));
     if let Err(e) = &r {
         eprintln!("xtask bench: {name}: not measured: {e}");
     }
@@ -312,6 +313,16 @@ fn tracefs() -> Result<()> {
         return Ok(());
     }
     sh::run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
+
+/// Lines joined with " / ", and no "|" to break a markdown table.
+pub fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ")
+        .replace('|', "¦")
 }
 
 /// The 1, 5 and 15 minute load averages.

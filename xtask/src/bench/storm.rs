@@ -184,7 +184,8 @@ fn rounds(ctx: &Ctx, load: Load, configs: Vec<Config>) -> Workload {
     for round in 0..ctx.rounds as usize {
         for k in 0..n {
             let row = &mut rows[(k + round) % n];
-            let s = measure_one(ctx, &row.config, &load, ctx.seconds).map_err(|e| format!("{e:#}"));
+            let s = measure_one(ctx, &row.config, &load, ctx.seconds)
+                .map_err(|e| super::one_line(&format!("{e:#}")));
             match &s {
                 Ok(s) => eprintln!(
                     "xtask bench: round {} {} / {}: {:.0} {}",
