@@ -546,7 +546,15 @@ fn round_trip_section(o: &mut String, rt: &Section<RoundTrip>) -> Result<()> {
     ] {
         writeln!(o, "| {name} | {us:.0} µs | {:.3} |", us / rt.none_us)?;
     }
-    writeln!(o)?;
+    writeln!(
+        o,
+        "\nEach lock+unlock pair runs about ten lockd probes (kprobes and kretprobes on the \
+         client's and the server's side, both in this guest), and the agent reading their \
+         records shares the guest's two emulated CPUs with the NFS client, the server and the \
+         RPCs between them. Under TCG a kprobe's breakpoint trap is emulated, far dearer \
+         relative to the rest than on hardware; how much of the ratio is TCG's is not separable \
+         in this lab and needs a KVM or bare-metal NFS client to measure.\n"
+    )?;
     Ok(())
 }
 
