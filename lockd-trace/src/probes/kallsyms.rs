@@ -38,9 +38,13 @@ impl Symbols {
         Err(if module.is_empty() || module_loaded {
             format!("{function} is not in /proc/kallsyms (inlined or absent in this kernel)")
         } else {
-            format!("module {module} is not loaded: its probes attach when it is")
+            not_loaded(module)
         })
     }
+}
+
+pub fn not_loaded(module: &str) -> String {
+    format!("module {module} is not loaded: its probes attach when it is")
 }
 
 /// "ffffffffc0a01230 t nlmclnt_call\t[lockd]" → ("nlmclnt_call", "lockd"), text symbols only.

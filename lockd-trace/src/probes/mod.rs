@@ -70,7 +70,7 @@ impl Tracer {
             ebpf,
             report: Vec::new(),
             opts: opts.clone(),
-            lockd: modules::Instance::lockd(),
+            lockd: modules::Reading::lockd().instance(),
             lockd_links: Vec::new(),
         };
         if t.lockd.is_some() {
@@ -118,9 +118,14 @@ impl Tracer {
         }
         let forced = self.opts.forced.get(p.name).copied();
         let (ebpf, links) = (&mut self.ebpf, &mut self.lockd_links);
+        // lockd coming or going (not live) is not loaded yet, whatever kallsyms says.
+        let lockd_live = self.lockd.is_some();
         plan::choose(p, forced, |w| {
             if matches!(w.method, Method::Kprobe | Method::Kretprobe) {
                 symbols.can_kprobe(w.target, p.module)?;
+                if p.module == modules::LOCKD && !lockd_live {
+                    return Err(kallsyms::not_loaded(p.module));
+                }
             }
             let link = attach(ebpf, w, btf)?;
             if let Some(link) = link.filter(|_| p.module == modules::LOCKD) {

@@ -1,7 +1,11 @@
 //! lockd loaded or unloaded while tracing: its probes attach when it appears and are dropped
 //! (saying so) when it goes, while the VFS probes keep running. Polled from the agent's tick.
+//!
+//! A module can be loaded or removed between any two reads of /sys/module, so a reading is
+//! only trusted when it agrees with itself (the directory's inode before and after its state),
+//! and an attach only stands when the module is still the same one afterwards.
 
-use std::fs;
+use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
 use aya::{Btf, programs::KProbe};
 
@@ -9,42 +13,93 @@ use super::{PROBES, Tracer, btf, kallsyms::Symbols, plan::Refusal};
 
 pub const LOCKD: &str = "lockd";
 
-/// One loaded instance of a module: its text address tells a reload from the same load.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Instance(String);
+/// One loaded instance of a module: the inode of its /sys/module directory, which sysfs never
+/// gives to two loads in a row (a reload can reuse the same text address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Instance(u64);
 
-impl Instance {
-    /// lockd as loaded now; a built-in lockd (no initstate) is always there.
-    pub fn lockd() -> Option<Instance> {
-        let dir = format!("/sys/module/{LOCKD}");
-        match fs::read_to_string(format!("{dir}/initstate")) {
-            Ok(state) if state.trim() == "live" => {
-                let text = fs::read_to_string(format!("{dir}/sections/.text")).unwrap_or_default();
-                Some(Instance(text.trim().to_string()))
-            }
-            Ok(_) => None, // coming or going: not yet (or no longer) probeable
-            Err(_) if fs::metadata(&dir).is_ok() => Some(Instance("built-in".into())),
-            Err(_) => None,
+/// What /sys/module says of a module at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    Absent,
+    /// Coming or going, or changed while it was read: ask again later.
+    Settling,
+    Live(Instance),
+}
+
+impl Reading {
+    pub fn lockd() -> Reading {
+        Self::of(LOCKD)
+    }
+
+    fn of(module: &str) -> Reading {
+        Self::at(Path::new(&format!("/sys/module/{module}")), || {
+            listed(module)
+        })
+    }
+
+    /// A module's reading from its sysfs directory; `listed`: /proc/modules lists it.
+    fn at(dir: &Path, listed: impl Fn() -> bool) -> Reading {
+        let ino = || fs::metadata(dir).ok().map(|m| m.ino());
+        let Some(before) = ino() else {
+            return Reading::Absent;
+        };
+        let state = fs::read_to_string(dir.join("initstate"));
+        let after = ino();
+        match (state, after) {
+            (_, None) => Reading::Absent,
+            (_, Some(after)) if after != before => Reading::Settling,
+            (Ok(s), _) if s.trim() == "live" => Reading::Live(Instance(before)),
+            (Ok(_), _) => Reading::Settling,
+            // No initstate: built into the kernel (its parameters still have a directory), or
+            // a module whose files are being removed (still listed, as Unloading).
+            (Err(_), _) if !listed() => Reading::Live(Instance(before)),
+            (Err(_), _) => Reading::Settling,
         }
     }
+
+    pub fn instance(self) -> Option<Instance> {
+        match self {
+            Reading::Live(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// Whether /proc/modules lists `module` (loadable modules only, in any state).
+fn listed(module: &str) -> bool {
+    fs::read_to_string("/proc/modules")
+        .is_ok_and(|l| l.lines().any(|l| l.split(' ').next() == Some(module)))
 }
 
 impl Tracer {
     /// Follows lockd's loads and unloads; returns what changed, in a sentence, if anything.
     pub fn watch_modules(&mut self) -> Option<String> {
-        let now = Instance::lockd();
-        if now == self.lockd {
+        self.follow_lockd(Reading::lockd(), Reading::lockd)
+    }
+
+    /// One step of following lockd: `now` is a fresh reading, `again` reads it after attaching.
+    fn follow_lockd(&mut self, now: Reading, again: impl Fn() -> Reading) -> Option<String> {
+        if now == Reading::Settling || now.instance() == self.lockd {
             return None;
         }
         let mut said = Vec::new();
         if self.lockd.take().is_some() {
             said.push(self.drop_lockd_probes());
         }
-        if now.is_some() {
-            self.lockd = now;
-            said.push(self.attach_lockd_probes());
+        if let Reading::Live(instance) = now {
+            self.lockd = Some(instance);
+            let attached = self.attach_lockd_probes();
+            if again() == now {
+                said.push(attached);
+            } else {
+                // It went (or came anew) while its probes were attached: undo quietly and let
+                // the next tick find the module as it then is.
+                self.lockd = None;
+                self.drop_lockd_probes();
+            }
         }
-        Some(said.join("; "))
+        (!said.is_empty()).then(|| said.join("; "))
     }
 
     fn drop_lockd_probes(&mut self) -> String {
@@ -98,4 +153,31 @@ impl Tracer {
 
 fn is_lockd(probe: &str) -> bool {
     PROBES.iter().any(|p| p.name == probe && p.module == LOCKD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_live_module_is_followed() {
+        let dir = std::env::temp_dir().join(format!("lockd-trace-module-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(Reading::at(&dir, || true), Reading::Absent);
+        fs::create_dir_all(&dir).unwrap();
+        let ino = fs::metadata(&dir).unwrap().ino();
+        for (state, want) in [
+            ("coming\n", Reading::Settling),
+            ("going\n", Reading::Settling),
+            ("live\n", Reading::Live(Instance(ino))),
+        ] {
+            fs::write(dir.join("initstate"), state).unwrap();
+            assert_eq!(Reading::at(&dir, || true), want, "{state}");
+        }
+        // Files half removed while /proc/modules still lists it: not yet gone, not built in.
+        fs::remove_file(dir.join("initstate")).unwrap();
+        assert_eq!(Reading::at(&dir, || true), Reading::Settling);
+        assert_eq!(Reading::at(&dir, || false), Reading::Live(Instance(ino)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -34,6 +34,7 @@ pub fn round_trip(smoke: bool) -> Result<RoundTrip> {
         &Plan {
             scenarios: &["bench"],
             bench,
+            reloads: 1,
         },
     )?;
     let dir = share.join("results/bench");

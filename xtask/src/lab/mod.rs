@@ -118,7 +118,13 @@ fn tracer_for(k: &Kernel) -> &'static str {
 pub struct Plan<'a> {
     pub scenarios: &'a [&'a str],
     pub bench: (u32, u32),
+    /// lockd unload/reload cycles under the boot's monitor (module watching must stay exact).
+    pub reloads: usize,
 }
+
+/// Reload cycles of a test boot: enough to catch a race in the module watcher when CI's host
+/// is busy (each takes a few seconds under TCG).
+const RELOADS: usize = 20;
 
 fn share_dir(k: &Kernel) -> PathBuf {
     build::workspace_root().join(format!("target/lab/{}", k.name))
@@ -141,6 +147,7 @@ fn prepare_share(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
     fs::write(share.join("tracer.txt"), tracer_for(k))?;
     let (rounds, pairs) = plan.bench;
     fs::write(share.join("bench.txt"), format!("{rounds} {pairs}"))?;
+    fs::write(share.join("reloads.txt"), plan.reloads.to_string())?;
     let release = build::binary();
     for (src, name) in [
         (release.clone(), "lockd-trace"),
@@ -156,6 +163,7 @@ fn run_scenarios(kernels: &[Kernel], scenarios: &[&str]) -> Result<()> {
     let plan = Plan {
         scenarios,
         bench: (0, 0),
+        reloads: RELOADS,
     };
     let mut failures = Vec::new();
     for k in kernels {
@@ -200,10 +208,15 @@ fn check_scenarios(k: &Kernel, share: &Path, scenarios: &[&str]) -> Vec<String> 
 }
 
 fn check_boot(k: &Kernel, share: &Path) -> Result<()> {
-    late_attach::check(&share.join("results/boot"))
+    let reloads: usize = fs::read_to_string(share.join("reloads.txt"))
+        .context("reloads.txt missing from the share")?
+        .trim()
+        .parse()?;
+    late_attach::check(&share.join("results/boot"), reloads)
         .context("lockd loaded after the monitor started")?;
     eprintln!(
-        "xtask lab: {}: the monitor followed lockd's load, unload and reload",
+        "xtask lab: {}: the monitor followed lockd's load and {reloads} unload/reload cycles \
+         exactly",
         k.name
     );
     Ok(())
@@ -216,14 +229,10 @@ pub fn boot(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
     build::release_with_tests()?;
     let share = prepare_share(k, plan)?;
     // TCG: ~2 min to boot 6.12, ~1 min per scenario; generous so a slow CI host passes.
-    let timeout = Duration::from_secs(300 + 180 * plan.scenarios.len() as u64);
+    let timeout =
+        Duration::from_secs(300 + 10 * plan.reloads as u64 + 180 * plan.scenarios.len() as u64);
     vm::boot(k, &share, timeout, false)?;
-    late_attach::check(&share.join("results/boot"))
-        .context("lockd loaded after the monitor started")?;
-    eprintln!(
-        "xtask lab: {}: the monitor followed lockd's load, unload and reload",
-        k.name
-    );
+    check_boot(k, &share)?;
     Ok(share)
 }
 
@@ -252,6 +261,7 @@ fn shell(k: &Kernel) -> Result<()> {
         &Plan {
             scenarios: &[],
             bench: (0, 0),
+            reloads: 1,
         },
     )?;
     // No scenarios: the guest init stops after NFS is up; give it a shell instead.

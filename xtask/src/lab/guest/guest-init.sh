@@ -13,7 +13,7 @@ trap off EXIT
 echo "LAB: kernel $(uname -r)"
 mount -t tracefs nodev /sys/kernel/tracing
 # Until N lines of FILE match PATTERN (2 min at most).
-wait_for() { for i in $(seq 240); do [ "$(grep -c "$2" $1)" -ge ${3:-1} ] && return 0; sleep 0.5; done
+wait_for() { local i; for i in $(seq 240); do [ "$(grep -c "$2" $1)" -ge ${3:-1} ] && return 0; sleep 0.5; done
     echo "LAB: no '$2' (x${3:-1}) in $1"; return 1; }
 metrics() { python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9464/metrics").read().decode())'; }
 # A monitor started before lockd is loaded follows its load, unload and reload, then the
@@ -22,10 +22,15 @@ B=/share/results/boot; mkdir -p $B
 /share/lockd-trace monitor --json -w $B/trace.ldt > $B/findings.jsonl 2> $B/monitor.log & M=$!
 wait_for $B/monitor.log tracing
 # A 10 s grace period instead of 90 s: lock requests are refused until it ends.
-modprobe lockd nlm_grace_period=10 && wait_for $B/monitor.log "lockd loaded" 1 &&
-    rmmod lockd && wait_for $B/monitor.log "lockd unloaded" 1 &&
-    modprobe lockd nlm_grace_period=10 && wait_for $B/monitor.log "lockd loaded" 2 &&
-    modprobe -a nfsd nfs nfsv3 || { echo "LAB: modprobe failed"; exit 1; }
+# Each change is waited for before the next, so the monitor must say every one exactly once.
+modprobe lockd nlm_grace_period=10 && wait_for $B/monitor.log "lockd loaded" 1 ||
+    { echo "LAB: modprobe lockd failed"; exit 1; }
+for i in $(seq $(cat /share/reloads.txt)); do
+    rmmod lockd && wait_for $B/monitor.log "lockd unloaded" $i &&
+        modprobe lockd nlm_grace_period=10 && wait_for $B/monitor.log "lockd loaded" $((i + 1)) ||
+        { echo "LAB: lockd reload $i not followed"; break; }
+done
+modprobe -a nfsd nfs nfsv3 || { echo "LAB: modprobe failed"; exit 1; }
 mount -t rpc_pipefs sunrpc /var/lib/nfs/rpc_pipefs
 mount -t nfsd nfsd /proc/fs/nfsd
 echo 10 > /proc/fs/nfsd/nfsv4leasetime; echo 10 > /proc/fs/nfsd/nfsv4gracetime
