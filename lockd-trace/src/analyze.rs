@@ -154,7 +154,10 @@ impl Merged {
             }
         }
         for (kind, total) in lost {
-            eprintln!("lockd-trace: the recorder lost {total} {kind} records (ring buffer full)");
+            eprintln!(
+                "lockd-trace: the recorder lost {total} {kind} records ({})",
+                crate::names::loss_cause(&kind)
+            );
         }
         if !corrupt.is_empty() {
             bail!("damaged trace data: {}", corrupt.join("; "));

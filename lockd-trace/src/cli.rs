@@ -4,7 +4,10 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::probes::plan::{Method, PROBES};
+use crate::{
+    probes::plan::{Method, PROBES},
+    sinks::health::OnWriteError,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -137,6 +140,11 @@ pub struct RecordArgs {
     /// Rotated files kept (FILE.1 newest).
     #[arg(long, default_value_t = 4)]
     pub rotate_keep: usize,
+    /// When writing fails (disk full, read-only, deleted): exit (the file stays readable up
+    /// to its last whole record), or continue without that output, counting what it misses
+    /// and trying again every 5 s and on SIGHUP.
+    #[arg(long, value_enum, value_name = "WHAT", default_value = "exit")]
+    pub on_write_error: OnWriteError,
     #[command(flatten)]
     pub sources: SourceArgs,
 }
@@ -231,6 +239,11 @@ pub struct MonitorArgs {
     /// No metrics endpoint.
     #[arg(long)]
     pub no_metrics: bool,
+    /// When writing the trace file, the log or standard output fails (disk full, read-only,
+    /// deleted, reader gone): continue without that output, counting what it misses and
+    /// trying again every 5 s and on SIGHUP (the metrics show it), or exit.
+    #[arg(long, value_enum, value_name = "WHAT", default_value = "continue")]
+    pub on_write_error: OnWriteError,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
     #[command(flatten)]
@@ -281,6 +294,11 @@ pub struct LiveArgs {
     /// Also record everything to this trace file.
     #[arg(short, long, value_name = "FILE")]
     pub write: Option<PathBuf>,
+    /// When writing fails (disk full, read-only, deleted): exit (the file stays readable up
+    /// to its last whole record), or continue without that output, counting what it misses
+    /// and trying again every 5 s and on SIGHUP.
+    #[arg(long, value_enum, value_name = "WHAT", default_value = "exit")]
+    pub on_write_error: OnWriteError,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
     #[command(flatten)]

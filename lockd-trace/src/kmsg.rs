@@ -3,7 +3,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, Read as _, Seek as _, SeekFrom},
+    io::{self, Read as _},
     os::unix::fs::OpenOptionsExt as _,
 };
 
@@ -20,26 +20,55 @@ pub struct KernelLine {
     pub text: String,
 }
 
+/// What a read of the kernel log gives.
+#[derive(Debug)]
+pub enum Read {
+    Line(KernelLine),
+    /// Records overwritten before they were read, in total so far.
+    Gap(u64),
+}
+
 pub struct Kmsg {
     fd: AsyncFd<File>,
+    /// Sequence number of the last record read (None before the first).
+    last_seq: Option<u64>,
+    /// Records overwritten before they were read, over the session.
+    pub overwritten: u64,
 }
 
 impl Kmsg {
-    /// Opens /dev/kmsg positioned after the messages already logged.
+    /// Opens /dev/kmsg positioned after the messages already logged: they are read through
+    /// (not kept) so that the sequence number a gap is measured from is known.
     pub fn open() -> io::Result<Kmsg> {
         let mut f = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open("/dev/kmsg")?;
-        f.seek(SeekFrom::End(0))?;
+        let mut last_seq = None;
+        let mut buf = [0u8; 8192];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => last_seq = sequence(&String::from_utf8_lossy(&buf[..n])).or(last_seq),
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
         // SAFETY: the AsyncFd owns the file, so the fd stays open while registered.
         let fd = unsafe { AsyncFd::register_with_interest(f, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
-        Ok(Kmsg { fd })
+        Ok(Kmsg {
+            fd,
+            last_seq,
+            overwritten: 0,
+        })
     }
 
-    /// Waits for log records and returns the lockd/statd ones among them.
-    pub async fn next(&mut self, now_ns: impl Fn() -> u64) -> io::Result<Vec<KernelLine>> {
+    /// Waits for log records and returns the lockd/statd ones among them, and in their place
+    /// any gap: records the kernel overwrote before they were read (from the jump in sequence
+    /// numbers), lockd's lines possibly among them.
+    pub async fn next(&mut self, now_ns: impl Fn() -> u64) -> io::Result<Vec<Read>> {
         let mut guard = self.fd.readable_mut().await?;
         let mut lines = Vec::new();
         let mut buf = [0u8; 8192];
@@ -47,11 +76,21 @@ impl Kmsg {
             match guard.get_inner_mut().read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if let Some(l) = related(&String::from_utf8_lossy(&buf[..n]), now_ns()) {
-                        lines.push(l);
+                    let record = String::from_utf8_lossy(&buf[..n]);
+                    if let Some(seq) = sequence(&record) {
+                        let expected = self.last_seq.map_or(seq, |l| l + 1);
+                        if seq > expected {
+                            self.overwritten += seq - expected;
+                            lines.push(Read::Gap(self.overwritten));
+                        }
+                        self.last_seq = Some(seq);
+                    }
+                    if let Some(l) = related(&record, now_ns()) {
+                        lines.push(Read::Line(l));
                     }
                 }
-                // Overwritten before we read it: the next read continues after the gap.
+                // Overwritten before we read it: the next read continues after the gap, whose
+                // size the next record's sequence number tells.
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     guard.clear_ready();
@@ -62,6 +101,11 @@ impl Kmsg {
         }
         Ok(lines)
     }
+}
+
+/// The sequence number of a /dev/kmsg record ("PRI,SEQ,TIME,FLAGS;message").
+fn sequence(record: &str) -> Option<u64> {
+    record.split([',', ';']).nth(1)?.parse().ok()
 }
 
 /// "4,1234,5678901,-;lockd: unexpected unlock status: 7\n" → the line, if about lockd/statd.
@@ -90,5 +134,12 @@ mod tests {
             (5, "nlmclnt_lock: VFS is out of sync with lock manager!")
         );
         assert!(related("6,813,93381,-;usb 1-1: new high-speed USB device\n", 5).is_none());
+    }
+
+    #[test]
+    fn sequence_numbers_tell_gaps() {
+        assert_eq!(sequence("4,812,93380,-;lockd: x\n"), Some(812));
+        assert_eq!(sequence("6,813,93381,c;a,b;c\n"), Some(813));
+        assert_eq!(sequence("garbage"), None);
     }
 }

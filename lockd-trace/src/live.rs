@@ -21,13 +21,21 @@ use crate::{
     engine::Engine,
     event::{Body, Event},
     history::Limits,
-    kmsg::Kmsg,
+    kmsg::{self, Kmsg},
+    metrics::endpoint::{Client, Endpoint},
     paths::Paths,
     pipeline::{Filter, Pipeline},
     probes::{Counters, Tracer},
     ringbuf::EventStream,
     scope::{self, Scope},
-    sinks::{Sink, json::Json, logfile::LogFile, null::Null, terminal::Terminal},
+    sinks::{
+        Sink,
+        health::{self, Health, OnWriteError},
+        json::Json,
+        logfile::LogFile,
+        null::Null,
+        terminal::Terminal,
+    },
     statd::Watcher,
     tracefile::{Header, Rotation, Writer},
 };
@@ -46,10 +54,13 @@ struct Session {
     tracing: crate::probes::Options,
     /// Reopened on SIGHUP (monitor --log).
     log: Option<LogFile>,
+    /// Why the log could not be opened at the start (monitor goes on, trying again).
+    log_failed: Option<io::Error>,
     /// Prometheus endpoint (monitor).
     metrics: Option<SocketAddr>,
     /// What is watched at all (monitor's narrowing).
     scope: Scope,
+    on_write_error: OnWriteError,
 }
 
 impl Session {
@@ -66,8 +77,10 @@ impl Session {
             statd: Some(sources.statd.watcher()),
             tracing: sources.tracing.options(),
             log: None,
+            log_failed: None,
             metrics: None,
             scope: Scope::default(),
+            on_write_error: OnWriteError::Exit,
         }
     }
 }
@@ -88,8 +101,10 @@ pub async fn quietly(
         statd: None,
         tracing,
         log: None,
+        log_failed: None,
         metrics: None,
         scope: Scope::default(),
+        on_write_error: OnWriteError::Exit,
     })
     .await
 }
@@ -111,6 +126,7 @@ pub async fn live(args: LiveArgs) -> Result<()> {
         write: args.write.map(|p| (p, Rotation::default())),
         duration: args.duration,
         limits: args.analysis.limits(),
+        on_write_error: args.on_write_error,
         ..Session::new(filter, sink, &args.sources)
     })
     .await
@@ -118,9 +134,14 @@ pub async fn live(args: LiveArgs) -> Result<()> {
 }
 
 pub async fn monitor(args: MonitorArgs) -> Result<()> {
-    let log = match &args.log {
-        Some(p) => Some(LogFile::open(p).with_context(|| format!("cannot open {}", p.display()))?),
-        None => None,
+    let (log, log_failed) = match &args.log {
+        Some(p) => match LogFile::open(p) {
+            (_, Err(e)) if args.on_write_error == OnWriteError::Exit => {
+                return Err(e).with_context(|| format!("cannot open {}", p.display()));
+            }
+            (log, opened) => (Some(log), opened.err()),
+        },
+        None => (None, None),
     };
     let sink: Box<dyn Sink> = match (&log, args.json) {
         (Some(l), true) => Box::new(Json::new(l.clone())),
@@ -162,7 +183,9 @@ pub async fn monitor(args: MonitorArgs) -> Result<()> {
         }),
         limits: args.analysis.limits(),
         log,
+        log_failed,
         metrics: (!args.no_metrics).then_some(args.metrics),
+        on_write_error: args.on_write_error,
         ..s
     })
     .await
@@ -185,6 +208,7 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         )),
         recording: true,
         duration: args.duration,
+        on_write_error: args.on_write_error,
         ..Session::new(filter, Box::new(Null), &args.sources)
     })
     .await
@@ -203,16 +227,25 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     let mut p = Pipeline::new(clock, Engine::new(clock, s.limits), s.filter, s.sink);
     p.filter_writes = s.recording;
     p.scope = std::mem::take(&mut s.scope);
+    p.on_write_error = s.on_write_error;
+    if s.log.is_some() {
+        p.sink_health = Health::new("log");
+    }
+    if let Some(e) = s.log_failed.take() {
+        p.sink_health.take(Err(e), p.on_write_error)?;
+    }
     if let Some((path, rotation)) = &s.write {
         let probes = attach_state(&tracer)
             .into_iter()
             .map(|(p, m)| (p.to_string(), m))
             .collect();
         let header = Header::here(probes, (mono, wall));
-        p.writer = Some(
-            Writer::create(path, header, *rotation)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        );
+        let mut w = Writer::open(path, header, *rotation);
+        let started = w.start();
+        p.writer = Some(w);
+        p.trace_health
+            .take(started, p.on_write_error)
+            .with_context(|| format!("cannot create {}", path.display()))?;
     }
     let mut kmsg = if s.kmsg {
         Kmsg::open()
@@ -250,9 +283,9 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let metrics = match s.metrics {
+    let mut metrics = match s.metrics {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+            Endpoint::bind(addr)
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr}"))?,
         ),
@@ -276,10 +309,10 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
                     io_result = on_record(raw, &mut p);
                 }
             }) => { r?; }
-            lines = next_kmsg(&mut kmsg) => match lines {
-                Ok(lines) => for l in lines {
+            read = next_kmsg(&mut kmsg) => match read {
+                Ok(items) => for item in items {
                     if io_result.is_ok() {
-                        io_result = p.kernel(l);
+                        io_result = kernel_log(item, &mut p);
                     }
                 },
                 Err(e) => {
@@ -290,9 +323,10 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             _ = hangup.recv() => io_result = reopen(s.log.as_ref(), &mut p),
-            conn = accept(&metrics) => if let Ok((stream, _)) = conn {
-                let body = scrape(&p, &counters, &lost, &probes);
-                tokio::spawn(respond(stream, body));
+            client = accept(&mut metrics) => if let Ok(client) = client {
+                let refused = metrics.as_ref().map_or(0, |m| m.refused);
+                let body = scrape(&p, &counters, &lost, &probes, refused);
+                tokio::spawn(client.answer(body));
             },
             () = &mut deadline => break,
             _ = tick.tick() => {
@@ -304,10 +338,13 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
                 if ticks % STATD_POLL_TICKS == 1 && let Some(w) = &mut s.statd {
                     io_result = statd_changes(w, &mut p);
                 }
+                if ticks.is_multiple_of(health::RETRY_SECS) {
+                    p.retry();
+                }
                 io_result = io_result
                     .and_then(|()| report_lost(&counters, &mut p, &mut lost))
                     .and_then(|()| p.advance(Clock::monotonic_now()))
-                    .and_then(|()| p.writer.as_mut().map_or(Ok(()), Writer::flush));
+                    .and_then(|()| p.sync());
                 if status {
                     status_line(&p, &lost);
                 }
@@ -342,22 +379,24 @@ fn attach_state(tracer: &Tracer) -> Vec<(&'static str, Option<String>)> {
         .collect()
 }
 
-/// SIGHUP: the log file reopened, the trace file started anew if it was moved away.
+/// SIGHUP: the log file reopened, the trace file started anew if it was moved away, failed
+/// outputs tried again.
 fn reopen(log: Option<&LogFile>, p: &mut Pipeline<'_>) -> io::Result<()> {
     if let Some(l) = log {
-        l.reopen()?;
+        let r = l.reopen();
+        p.sink_health.take(r, p.on_write_error)?;
     }
     if let Some(w) = &mut p.writer {
-        w.reopen_if_moved()?;
+        let r = w.reopen_if_moved().map(drop);
+        p.trace_health.take(r, p.on_write_error)?;
     }
+    p.retry();
     Ok(())
 }
 
-async fn accept(
-    l: &Option<tokio::net::TcpListener>,
-) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match l {
-        Some(l) => l.accept().await,
+async fn accept(endpoint: &mut Option<Endpoint>) -> io::Result<Client> {
+    match endpoint {
+        Some(e) => e.accept().await,
         None => std::future::pending().await,
     }
 }
@@ -367,6 +406,7 @@ fn scrape(
     counters: &Counters,
     lost: &[u64],
     probes: &[(&'static str, Option<String>)],
+    refused: u64,
 ) -> String {
     let snapshot = crate::metrics::Snapshot {
         counter: &|i| counters.get(i),
@@ -378,22 +418,25 @@ fn scrape(
         evicted: p.engine.histories.evicted,
         histories: p.engine.histories.len(),
         probes: probes.to_vec(),
+        outputs: [
+            (&p.sink_health, p.sink_health.missed),
+            (
+                &p.trace_health,
+                p.writer.as_ref().map_or(0, |w| w.unwritten),
+            ),
+        ]
+        .into_iter()
+        .filter(|(h, _)| h.name != "trace_file" || p.writer.is_some())
+        .map(|(h, missed)| crate::metrics::OutputState {
+            name: h.name,
+            failures: h.failures,
+            missed,
+            up: h.up(),
+        })
+        .collect(),
+        refused,
     };
     p.metrics.render(&snapshot)
-}
-
-/// Answers one HTTP request (any path) with the metrics text.
-async fn respond(mut stream: tokio::net::TcpStream, body: String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut buf = [0u8; 1024];
-    let _ = time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
-    let head = format!(
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }
 
 /// statd's directories are read every this many seconds (ticks).
@@ -415,8 +458,22 @@ fn statd_changes(w: &mut Watcher, p: &mut Pipeline<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// A kernel log line to the pipeline; a gap said (the lines after it are still followed).
+fn kernel_log(item: kmsg::Read, p: &mut Pipeline<'_>) -> io::Result<()> {
+    match item {
+        kmsg::Read::Line(l) => p.kernel(l),
+        kmsg::Read::Gap(total) => {
+            eprintln!(
+                "lockd-trace: the kernel log overran: {total} records overwritten before they \
+                 were read so far (lockd lines among them cannot be explained); following on"
+            );
+            p.lost(crate::names::KERNEL_LOG, total)
+        }
+    }
+}
+
 /// The kernel log's next lines; never ready when the log is not followed.
-async fn next_kmsg(k: &mut Option<Kmsg>) -> io::Result<Vec<crate::kmsg::KernelLine>> {
+async fn next_kmsg(k: &mut Option<Kmsg>) -> io::Result<Vec<kmsg::Read>> {
     match k {
         Some(k) => k.next(Clock::monotonic_now).await,
         None => std::future::pending().await,
@@ -473,7 +530,10 @@ fn report_lost(counters: &Counters, p: &mut Pipeline<'_>, seen: &mut Vec<u64>) -
         if total > seen[i] {
             seen[i] = total;
             let name = kind_name(kind);
-            eprintln!("lockd-trace: {total} {name} events lost so far (ring buffer full)");
+            eprintln!(
+                "lockd-trace: {total} {name} events lost so far ({})",
+                crate::names::loss_cause(name)
+            );
             p.lost(name, total)?;
         }
     }
@@ -527,4 +587,18 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
             .sum::<u64>(),
         t.out_of_scope,
     );
+    let unwritten = p.writer.as_ref().map_or(0, |w| w.unwritten);
+    for (h, missed) in [
+        (&p.sink_health, p.sink_health.missed),
+        (&p.trace_health, unwritten),
+    ] {
+        if h.failures > 0 {
+            eprintln!(
+                "lockd-trace: {} failed {} time(s); {missed} items were not written to it{}",
+                h.name,
+                h.failures,
+                if h.up() { "" } else { " (still failing)" }
+            );
+        }
+    }
 }

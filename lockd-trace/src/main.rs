@@ -10,6 +10,7 @@ use lockd_trace::{
 };
 
 fn main() -> ExitCode {
+    standard_fds();
     let cli = Cli::parse();
     init_log(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -36,6 +37,19 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// Started with standard input, output or error closed (a careless daemon wrapper), the next
+/// file opened would take that number and findings would be written into it: /dev/null
+/// stands in for each closed one.
+fn standard_fds() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: a NUL-terminated path; open returns the lowest free number, this one.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
     }
 }
 

@@ -240,6 +240,20 @@ pub fn nlm_flag_names(flags: u32) -> Vec<&'static str> {
         .collect()
 }
 
+/// Loss kinds that are not ring-buffer record kinds: records an output could not write, and
+/// kernel log records overwritten before they were read.
+pub const UNWRITTEN: &str = "unwritten";
+pub const KERNEL_LOG: &str = "kernel_log";
+
+/// Why records of a loss kind went missing, for the sentence that reports them.
+pub fn loss_cause(kind: &str) -> &'static str {
+    match kind {
+        UNWRITTEN => "not written: the output failed",
+        KERNEL_LOG => "kernel log records overwritten before they were read",
+        _ => "ring buffer full",
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

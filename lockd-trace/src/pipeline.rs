@@ -1,6 +1,6 @@
 //! One pass of the data path for live tracing and for trace files: decoded events (with their
 //! file's path) and kernel lines go to the trace file if recording, to the engine, and what is
-//! shown goes to the sink.
+//! shown goes to the sink. A failing output ends the pass or is set aside (sinks/health.rs).
 
 use std::io;
 
@@ -11,8 +11,12 @@ use crate::{
     event::Event,
     kmsg::KernelLine,
     metrics::Metrics,
+    names::UNWRITTEN,
     scope::Scope,
-    sinks::{Context, Sink},
+    sinks::{
+        Context, Sink,
+        health::{Health, OnWriteError},
+    },
     tracefile::Writer,
 };
 
@@ -58,6 +62,10 @@ pub struct Pipeline<'a> {
     pub scope: Scope,
     pub tally: Tally,
     pub metrics: Metrics,
+    /// What a failed write to the sink or the trace file does.
+    pub on_write_error: OnWriteError,
+    pub sink_health: Health,
+    pub trace_health: Health,
     outputs: Vec<Output>,
 }
 
@@ -73,7 +81,60 @@ impl<'a> Pipeline<'a> {
             scope: Scope::default(),
             tally: Tally::default(),
             metrics: Metrics::default(),
+            on_write_error: OnWriteError::Exit,
+            sink_health: Health::new("stdout"),
+            trace_health: Health::new("trace_file"),
             outputs: Vec::new(),
+        }
+    }
+
+    /// `write` on the trace file, unless it is failing (then the record is counted missing).
+    fn write_trace(&mut self, write: impl FnOnce(&mut Writer) -> io::Result<()>) -> io::Result<()> {
+        let Some(w) = &mut self.writer else {
+            return Ok(());
+        };
+        if !self.trace_health.up() {
+            w.skip();
+            return Ok(());
+        }
+        let r = write(w);
+        self.trace_health.take(r, self.on_write_error)
+    }
+
+    /// `write` on the sink, unless it is failing (then the item is counted missing).
+    fn write_sink(
+        &mut self,
+        write: impl FnOnce(&mut dyn Sink, &Clock) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if !self.sink_health.up() {
+            self.sink_health.missed += 1;
+            return Ok(());
+        }
+        let r = write(&mut *self.sink, &self.clock);
+        self.sink_health.take(r, self.on_write_error)
+    }
+
+    /// The trace file's batch written, and a deleted file noticed (each tick).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.trace_health.up() {
+            self.write_trace(Writer::sync)?;
+        }
+        Ok(())
+    }
+
+    /// Failed outputs tried again: each starts with how much it missed.
+    pub fn retry(&mut self) {
+        if !self.trace_health.up()
+            && let Some(w) = &mut self.writer
+            && w.recover().is_ok()
+        {
+            self.trace_health.recovered(w.unwritten);
+        }
+        if !self.sink_health.up() {
+            let missed = self.sink_health.missed;
+            if self.sink.lost(UNWRITTEN, missed).is_ok() {
+                self.sink_health.recovered(missed);
+            }
         }
     }
 
@@ -85,20 +146,12 @@ impl<'a> Pipeline<'a> {
         }
         self.metrics.event(ev);
         let keep = self.filter.keep(ev);
-        if let Some(w) = &mut self.writer
-            && (keep || !self.filter_writes)
-        {
-            w.event(ev, path)?;
+        if keep || !self.filter_writes {
+            self.write_trace(|w| w.event(ev, path))?;
         }
         if keep {
             self.tally.shown += 1;
-            self.sink.event(
-                ev,
-                &Context {
-                    clock: &self.clock,
-                    file: path,
-                },
-            )?;
+            self.write_sink(|s, clock| s.event(ev, &Context { clock, file: path }))?;
         }
         let mut out = std::mem::take(&mut self.outputs);
         self.engine.event(ev, path, &mut out);
@@ -107,19 +160,16 @@ impl<'a> Pipeline<'a> {
 
     pub fn kernel(&mut self, line: KernelLine) -> io::Result<()> {
         self.tally.kernel_lines += 1;
-        if let Some(w) = &mut self.writer {
-            w.kernel(&line)?;
-        }
+        self.write_trace(|w| w.kernel(&line))?;
         let mut out = std::mem::take(&mut self.outputs);
         self.engine.kernel(line, &mut out);
         self.show(out)
     }
 
     pub fn lost(&mut self, kind: &str, total: u64) -> io::Result<()> {
-        if let Some(w) = &mut self.writer {
-            w.lost(kind, total)?;
-        }
-        self.sink.lost(kind, total)
+        self.metrics.lost(kind, total);
+        self.write_trace(|w| w.lost(kind, total))?;
+        self.write_sink(|s, _| s.lost(kind, total))
     }
 
     pub fn advance(&mut self, now_ns: u64) -> io::Result<()> {
@@ -132,10 +182,7 @@ impl<'a> Pipeline<'a> {
         let mut out = std::mem::take(&mut self.outputs);
         self.engine.finish(&mut out);
         self.show(out)?;
-        if let Some(w) = &mut self.writer {
-            w.flush()?;
-        }
-        Ok(())
+        self.write_trace(Writer::flush)
     }
 
     fn show(&mut self, mut out: Vec<Output>) -> io::Result<()> {
@@ -151,7 +198,7 @@ impl<'a> Pipeline<'a> {
                 self.tally.findings += 1;
             }
             self.metrics.output(&o);
-            self.sink.output(&o, &self.clock)?;
+            self.write_sink(|s, clock| s.output(&o, clock))?;
         }
         self.outputs = out;
         Ok(())

@@ -4,97 +4,19 @@
 
 mod harness;
 
-use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    thread,
-    time::Duration,
-};
+use std::{thread, time::Duration};
 
-use harness::{Locker, Tracer, tracer_bin};
+use harness::{
+    Locker, Tracer,
+    host::{PrivateFs, port, sample, scrape},
+    tracer_bin,
+};
 
 /// A tmpfs file (not NFS): what the filter is for.
 fn shm_file(name: &str) -> String {
     let f = format!("/dev/shm/lockd-trace-mon-{name}-{}", std::process::id());
     std::fs::write(&f, b"").unwrap();
     f
-}
-
-/// A tmpfs of this test's own (its device seen by no other test), for `--mount`: tests run in
-/// parallel and failures on any filesystem reach every monitor.
-struct PrivateFs(std::path::PathBuf);
-
-impl PrivateFs {
-    fn mount(name: &str) -> PrivateFs {
-        let dir =
-            std::env::temp_dir().join(format!("lockd-trace-fs-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let c = |s: &str| std::ffi::CString::new(s).unwrap();
-        let target = c(dir.to_str().unwrap());
-        // SAFETY: valid NUL-terminated strings; no data argument.
-        let r = unsafe {
-            libc::mount(
-                c("tmpfs").as_ptr(),
-                target.as_ptr(),
-                c("tmpfs").as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(r, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
-        PrivateFs(dir)
-    }
-
-    fn file(&self, name: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, b"").unwrap();
-        p.to_string_lossy().into_owned()
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for PrivateFs {
-    fn drop(&mut self) {
-        let target = std::ffi::CString::new(self.path()).unwrap();
-        // SAFETY: a valid path; lazy so that a late close cannot keep it busy.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-fn port(n: u16) -> String {
-    format!(
-        "127.0.0.1:{}",
-        20000 + (std::process::id() % 20000) as u16 + n
-    )
-}
-
-fn scrape(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
-    body.to_string()
-}
-
-/// The value of the sample `name{labels}` in a Prometheus text body (every line parsed).
-fn sample(body: &str, series: &str) -> Option<u64> {
-    let mut found = None;
-    for l in body.lines().filter(|l| !l.starts_with('#')) {
-        let (k, v) = l
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad sample line {l}"));
-        let v: u64 = v.parse().unwrap_or_else(|_| panic!("bad value in {l}"));
-        if k == series {
-            found = Some(v);
-        }
-    }
-    found
 }
 
 #[test]

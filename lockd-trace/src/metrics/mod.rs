@@ -2,6 +2,8 @@
 //! operation and result, errors by errno, NLM replies by status, findings, kernel messages),
 //! what the kernel filtered out or lost (its per-CPU counters), evictions and probe state.
 
+pub mod endpoint;
+
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use lockd_trace_common::{counter, nlm_op::CLNT_RECLAIM};
@@ -22,6 +24,8 @@ pub struct Metrics {
     reclaims: BTreeMap<i32, u64>,
     findings: BTreeMap<&'static str, u64>,
     kernel: BTreeMap<String, u64>,
+    /// Losses that are not the ring buffer's (the kernel log overrunning), totals by kind.
+    kernel_log_lost: u64,
 }
 
 /// What only the caller knows at scrape time.
@@ -34,6 +38,19 @@ pub struct Snapshot<'a> {
     pub histories: usize,
     /// Each probe and the method it attached with, if it did.
     pub probes: Vec<(&'static str, Option<String>)>,
+    /// The outputs (stdout or log, trace file) and how they fare.
+    pub outputs: Vec<OutputState>,
+    /// Metrics clients closed unanswered because too many were being served.
+    pub refused: u64,
+}
+
+/// One output of the agent and its failures (sinks/health.rs).
+pub struct OutputState {
+    pub name: &'static str,
+    pub failures: u64,
+    /// Items it did not get while failing.
+    pub missed: u64,
+    pub up: bool,
 }
 
 impl Metrics {
@@ -56,6 +73,13 @@ impl Metrics {
         }
         if ret < 0 && !matches!(ev.body, Body::WaitEnd(_)) {
             *self.errors.entry(ret).or_default() += 1;
+        }
+    }
+
+    /// A loss the pipeline was told of; the ring buffer's come with each scrape instead.
+    pub fn lost(&mut self, kind: &str, total: u64) {
+        if kind == crate::names::KERNEL_LOG {
+            self.kernel_log_lost = total;
         }
     }
 
@@ -160,10 +184,12 @@ impl Metrics {
         );
         family(
             "events_lost_total",
-            "Records the kernel could not deliver (ring buffer full), by kind.",
+            "Records the kernel could not deliver (ring buffer full), and kernel log records \
+             overwritten before they were read (kind kernel_log), by kind.",
             "counter",
             s.lost
                 .iter()
+                .chain(&[(crate::names::KERNEL_LOG, self.kernel_log_lost)])
                 .map(|(k, v)| (l(&[("kind", k)]), *v))
                 .collect(),
         );
@@ -198,6 +224,34 @@ impl Metrics {
             "Per-file histories held.",
             "gauge",
             vec![(String::new(), s.histories as u64)],
+        );
+        let sink = |o: &OutputState| l(&[("sink", o.name)]);
+        family(
+            "sink_errors_total",
+            "Times an output failed (disk full, read-only, deleted, reader gone), by output.",
+            "counter",
+            s.outputs.iter().map(|o| (sink(o), o.failures)).collect(),
+        );
+        family(
+            "sink_unwritten_total",
+            "Events, findings and lines an output did not get while it was failing.",
+            "counter",
+            s.outputs.iter().map(|o| (sink(o), o.missed)).collect(),
+        );
+        family(
+            "sink_up",
+            "1 while the output is written, 0 while it is failing.",
+            "gauge",
+            s.outputs
+                .iter()
+                .map(|o| (sink(o), u64::from(o.up)))
+                .collect(),
+        );
+        family(
+            "metrics_refused_total",
+            "Connections to this endpoint closed unanswered because too many were open.",
+            "counter",
+            vec![(String::new(), s.refused)],
         );
         family(
             "probe_attached",

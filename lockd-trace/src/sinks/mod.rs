@@ -1,5 +1,6 @@
 //! Where events go: a readable line per event (terminal) or one JSON object per line.
 
+pub mod health;
 pub mod json;
 pub mod logfile;
 pub mod null;

@@ -158,7 +158,8 @@ impl<W: Write> Sink for Terminal<W> {
     fn lost(&mut self, kind: &str, total: u64) -> std::io::Result<()> {
         writeln!(
             self.out,
-            "!! {total} {kind} events lost so far (ring buffer full)"
+            "!! {total} {kind} events lost so far ({})",
+            names::loss_cause(kind)
         )?;
         self.out.flush()
     }

@@ -39,7 +39,7 @@ pub fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// State shared by the encoder and decoder of one file: previous time and pointer.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Deltas {
     ts: u64,
     ptr: u64,

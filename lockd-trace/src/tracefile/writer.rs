@@ -1,12 +1,18 @@
-//! Appends records to a trace file in batches (a buffered writer, flushed on each tick and at
-//! the end), optionally rotating by size. Files are created mode 0600: they name files and
-//! processes.
+//! Appends records to a trace file in batches (whole records gathered in memory, written on
+//! each tick, when 256 KiB are waiting, and at the end), optionally rotating by size. Files
+//! are created mode 0600: they name files and processes.
+//!
+//! A failed write never leaves a torn file behind: the file is only ever extended by whole
+//! batches at the offset where the last good one ended, and a batch that could not be written
+//! is dropped with the strings it introduced, its events counted as unwritten. `recover` cuts
+//! off whatever part of it reached the disk and writes on from there (or starts anew at the
+//! path when the file was deleted), beginning with a record of how many events are missing.
 
 use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    io,
+    os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -18,6 +24,7 @@ use super::{
 use crate::{
     event::{Body, Event},
     kmsg::KernelLine,
+    names::UNWRITTEN,
 };
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -28,20 +35,40 @@ pub struct Rotation {
     pub keep: usize,
 }
 
+/// Batches are written once this much is waiting.
+const BATCH: usize = 256 * 1024;
+
+/// What the waiting batch introduced, undone if it cannot be written.
+#[derive(Default)]
+struct Journal {
+    strings: Vec<Vec<u8>>,
+    paths: Vec<(u32, u64)>,
+    deltas: Deltas,
+    events: u64,
+}
+
 pub struct Writer {
     path: PathBuf,
     header: Header,
     rotation: Rotation,
-    out: BufWriter<File>,
+    /// None until created, or after it could not be created again.
+    file: Option<File>,
+    /// Whole records not yet written.
+    batch: Vec<u8>,
+    /// Bytes of the file written: where the next batch goes.
+    written: u64,
     strings: HashMap<Vec<u8>, u32>,
     paths: HashMap<(u32, u64), u32>,
     deltas: Deltas,
+    journal: Journal,
     payload: Vec<u8>,
-    /// Bytes in the current file.
+    /// Bytes in the current file (written or waiting).
     pub bytes: u64,
     /// Bytes over all files of this session.
     pub total_bytes: u64,
     pub events: u64,
+    /// Events that never reached the file (failed batches, and events skipped while failed).
+    pub unwritten: u64,
 }
 
 fn create(path: &Path) -> io::Result<File> {
@@ -55,71 +82,87 @@ fn create(path: &Path) -> io::Result<File> {
 
 impl Writer {
     pub fn create(path: &Path, header: Header, rotation: Rotation) -> io::Result<Writer> {
-        let mut w = Writer {
-            path: path.to_path_buf(),
-            header,
-            rotation,
-            out: BufWriter::with_capacity(256 * 1024, create(path)?),
-            strings: HashMap::new(),
-            paths: HashMap::new(),
-            deltas: Deltas::default(),
-            payload: Vec::with_capacity(256),
-            bytes: 0,
-            total_bytes: 0,
-            events: 0,
-        };
+        let mut w = Writer::open(path, header, rotation);
         w.start()?;
         Ok(w)
     }
 
-    /// Magic, version, the header record; fresh string and delta state.
-    fn start(&mut self) -> io::Result<()> {
+    /// Nothing created yet: `start` creates the file and writes its header.
+    pub fn open(path: &Path, header: Header, rotation: Rotation) -> Writer {
+        Writer {
+            path: path.to_path_buf(),
+            header,
+            rotation,
+            file: None,
+            batch: Vec::with_capacity(BATCH + 4096),
+            written: 0,
+            strings: HashMap::new(),
+            paths: HashMap::new(),
+            deltas: Deltas::default(),
+            journal: Journal::default(),
+            payload: Vec::with_capacity(256),
+            bytes: 0,
+            total_bytes: 0,
+            events: 0,
+            unwritten: 0,
+        }
+    }
+
+    /// A new file at the path: magic, version, the header record; fresh string and delta
+    /// state.
+    pub fn start(&mut self) -> io::Result<()> {
+        self.file = None;
+        self.file = Some(create(&self.path)?);
         self.strings.clear();
         self.paths.clear();
         self.deltas = Deltas::default();
-        let mut lead = MAGIC.to_vec();
-        lead.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        lead.extend_from_slice(&[0, 0]);
-        self.out.write_all(&lead)?;
-        self.bytes = lead.len() as u64;
+        self.journal = Journal::default();
+        self.batch.clear();
+        self.written = 0;
+        self.batch.extend_from_slice(MAGIC);
+        self.batch.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        self.batch.extend_from_slice(&[0, 0]);
+        self.bytes = self.batch.len() as u64;
         self.total_bytes += self.bytes;
         self.payload.clear();
         self.payload.push(rec::HEADER);
         self.payload
             .extend_from_slice(&serde_json::to_vec(&self.header).map_err(io::Error::other)?);
-        self.frame()
+        self.frame();
+        self.flush()
     }
 
-    fn frame(&mut self) -> io::Result<()> {
-        let mut head = Vec::with_capacity(15);
-        put_varint(&mut head, self.payload.len() as u64);
-        head.push(super::length_check(&head));
-        head.extend_from_slice(&crc32fast::hash(&self.payload).to_le_bytes());
-        self.out.write_all(&head)?;
-        self.out.write_all(&self.payload)?;
-        let n = (head.len() + self.payload.len()) as u64;
+    fn frame(&mut self) {
+        let before = self.batch.len();
+        put_varint(&mut self.batch, self.payload.len() as u64);
+        let check = super::length_check(&self.batch[before..]);
+        self.batch.push(check);
+        self.batch
+            .extend_from_slice(&crc32fast::hash(&self.payload).to_le_bytes());
+        self.batch.extend_from_slice(&self.payload);
+        let n = (self.batch.len() - before) as u64;
         self.bytes += n;
         self.total_bytes += n;
-        Ok(())
     }
 
     /// The id of `s`, writing a STRING record the first time (0 is the empty string).
-    fn intern(&mut self, s: &[u8]) -> io::Result<u32> {
+    fn intern(&mut self, s: &[u8]) -> u32 {
         if s.is_empty() {
-            return Ok(0);
+            return 0;
         }
         if let Some(&id) = self.strings.get(s) {
-            return Ok(id);
+            return id;
         }
         let id = self.strings.len() as u32 + 1;
         self.strings.insert(s.to_vec(), id);
+        self.journal.strings.push(s.to_vec());
         self.payload.clear();
         self.payload.push(rec::STRING);
         put_varint(&mut self.payload, u64::from(id));
         put_varint(&mut self.payload, s.len() as u64);
         self.payload.extend_from_slice(s);
-        self.frame()?;
-        Ok(id)
+        self.frame();
+        id
     }
 
     pub fn event(&mut self, ev: &Event, path: Option<&str>) -> io::Result<()> {
@@ -131,21 +174,22 @@ impl Writer {
             && file != (0, 0)
             && !self.paths.contains_key(&file)
         {
-            let id = self.intern(p.as_bytes())?;
+            let id = self.intern(p.as_bytes());
             self.paths.insert(file, id);
+            self.journal.paths.push(file);
             self.payload.clear();
             self.payload.push(rec::PATH);
             put_varint(&mut self.payload, u64::from(file.0));
             put_varint(&mut self.payload, file.1);
             put_varint(&mut self.payload, u64::from(id));
-            self.frame()?;
+            self.frame();
         }
-        let comm = self.intern(ev.comm.as_bytes())?;
+        let comm = self.intern(ev.comm.as_bytes());
         let (fh, host) = match &ev.body {
-            Body::Nlm(n) => (self.intern(&n.fh)?, self.intern(n.host.as_bytes())?),
+            Body::Nlm(n) => (self.intern(&n.fh), self.intern(n.host.as_bytes())),
             Body::Statd(s) => (
-                self.intern(s.list.as_bytes())?,
-                self.intern(s.host.as_bytes())?,
+                self.intern(s.list.as_bytes()),
+                self.intern(s.host.as_bytes()),
             ),
             _ => (0, 0),
         };
@@ -155,9 +199,16 @@ impl Writer {
             d: &mut self.deltas,
         }
         .event(ev, comm, fh, host);
-        self.frame()?;
+        self.frame();
         self.events += 1;
+        self.journal.events += 1;
+        self.batch_full()?;
         self.rotate_if_needed()
+    }
+
+    /// An event that is not written (the file failed): counted, so the gap is told.
+    pub fn skip(&mut self) {
+        self.unwritten += 1;
     }
 
     pub fn kernel(&mut self, line: &KernelLine) -> io::Result<()> {
@@ -169,34 +220,116 @@ impl Writer {
         e.out.push(rec::KERNEL);
         e.ts(line.ts_ns);
         e.bytes(line.text.as_bytes());
-        self.frame()
+        self.frame();
+        self.batch_full()
     }
 
     pub fn lost(&mut self, kind: &str, total: u64) -> io::Result<()> {
-        let id = self.intern(kind.as_bytes())?;
+        let id = self.intern(kind.as_bytes());
         self.payload.clear();
         self.payload.push(rec::LOST);
         put_varint(&mut self.payload, u64::from(id));
         put_varint(&mut self.payload, total);
-        self.frame()
+        self.frame();
+        self.batch_full()
     }
 
+    fn batch_full(&mut self) -> io::Result<()> {
+        if self.batch.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the waiting batch where the last one ended; if it cannot be, drops it (its
+    /// events counted as unwritten) so that what follows still refers to written strings.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let r = match &self.file {
+            Some(f) => f.write_all_at(&self.batch, self.written).inspect_err(|_| {
+                // What part of it reached the disk is cut off (the disk may refuse even that).
+                let _ = f.set_len(self.written);
+            }),
+            None => Err(no_file()),
+        };
+        if let Err(e) = r {
+            self.drop_batch();
+            return Err(e);
+        }
+        self.written += self.batch.len() as u64;
+        self.batch.clear();
+        self.journal = Journal {
+            deltas: self.deltas,
+            ..Journal::default()
+        };
+        Ok(())
+    }
+
+    fn drop_batch(&mut self) {
+        let j = std::mem::take(&mut self.journal);
+        for s in &j.strings {
+            self.strings.remove(s);
+        }
+        for f in &j.paths {
+            self.paths.remove(f);
+        }
+        self.deltas = j.deltas;
+        self.journal.deltas = j.deltas;
+        self.unwritten += j.events;
+        self.events -= j.events;
+        let n = self.batch.len() as u64;
+        self.bytes -= n;
+        self.total_bytes -= n;
+        self.batch.clear();
+    }
+
+    /// The batch written, and an error if the file is no longer anywhere (deleted, or its
+    /// directory removed): writing on would reach nobody.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.flush()?;
+        if !self.present()? {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the file was deleted",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the file exists and is still linked somewhere.
+    fn present(&self) -> io::Result<bool> {
+        match &self.file {
+            Some(f) => Ok(f.metadata()?.nlink() > 0),
+            None => Ok(false),
+        }
+    }
+
+    /// After a failure: cuts the file back to its last whole batch (or starts a new one at
+    /// the path when it was deleted or never made) and says how many events are missing.
+    pub fn recover(&mut self) -> io::Result<()> {
+        match &self.file {
+            Some(f) if self.written > 0 && self.present()? => f.set_len(self.written)?,
+            _ => self.start()?,
+        }
+        self.lost(UNWRITTEN, self.unwritten)?;
+        self.sync()
     }
 
     /// After SIGHUP: when the file was moved away (logrotate), start a new one at the path;
     /// when it is still there, keep appending to it.
     pub fn reopen_if_moved(&mut self) -> io::Result<bool> {
-        use std::os::unix::fs::MetadataExt as _;
-        let current = self.out.get_ref().metadata()?;
+        let Some(file) = &self.file else {
+            return Err(no_file());
+        };
+        let current = file.metadata()?;
         let same = fs::metadata(&self.path)
             .is_ok_and(|m| m.ino() == current.ino() && m.dev() == current.dev());
         if same {
             return Ok(false);
         }
-        self.out.flush()?;
-        self.out = BufWriter::with_capacity(256 * 1024, create(&self.path)?);
+        self.flush()?;
         self.start()?;
         Ok(true)
     }
@@ -208,7 +341,7 @@ impl Writer {
         if self.bytes < limit {
             return Ok(());
         }
-        self.out.flush()?;
+        self.flush()?;
         let numbered = |i: usize| PathBuf::from(format!("{}.{i}", self.path.display()));
         let keep = self.rotation.keep;
         let _ = fs::remove_file(numbered(keep.max(1)));
@@ -220,7 +353,10 @@ impl Writer {
         } else {
             fs::rename(&self.path, numbered(1))?;
         }
-        self.out = BufWriter::with_capacity(256 * 1024, create(&self.path)?);
         self.start()
     }
+}
+
+fn no_file() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "the file could not be created")
 }

@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod host;
+
 /// The lockd-trace binary under test: $LOCKD_TRACE_BIN (set by `cargo xtask test`), else the
 /// workspace's release build.
 pub fn tracer_bin() -> PathBuf {
@@ -107,12 +109,9 @@ impl Tracer {
         thread::sleep(Duration::from_millis(300));
         self.signal(sig);
         let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut out).unwrap();
+        }
         let status = self.child.wait().unwrap();
         self.stderr_seen.extend(self.stderr.iter());
         assert!(
@@ -129,6 +128,40 @@ impl Tracer {
 }
 
 impl Tracer {
+    /// Waits (20 s at most) for a stderr line containing `pat`, and returns it.
+    pub fn wait_stderr(&mut self, pat: &str) -> String {
+        if let Some(l) = self.stderr_seen.iter().find(|l| l.contains(pat)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr_seen.push(line.clone());
+                    if line.contains(pat) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no `{pat}` on the tracer's stderr: {:?}", self.stderr_seen),
+            }
+        }
+    }
+
+    /// Standard output, to read or close (stop then reads none).
+    pub fn take_stdout(&mut self) -> ChildStdout {
+        self.child.stdout.take().expect("stdout taken once")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the tracer is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// SIGKILL, as a crash or the OOM killer would.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
