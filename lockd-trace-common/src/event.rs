@@ -25,6 +25,8 @@ pub mod hook {
     pub const FLOCK_LOCK_INODE: u16 = 2;
     pub const SYS_FCNTL: u16 = 3;
     pub const SYS_FLOCK: u16 = 4;
+    /// Not a kernel hook: a lock /proc/locks listed when tracing began (user space only).
+    pub const PROC_LOCKS: u16 = 5;
 }
 
 /// Indexes of the per-CPU counters in the `COUNTERS` map.

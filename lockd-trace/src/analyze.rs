@@ -452,7 +452,8 @@ fn history_json(f: &FileHistory, clock: &Clock) -> serde_json::Value {
             "type": names::lock_type_name(h.lock_type),
             "start": h.start,
             "end": h.end,
-            "since": crate::clock::rfc3339(clock.wall_ns(h.since_ns)),
+            "since": h.since().map(|t| crate::clock::rfc3339(clock.wall_ns(t))),
+            "before_tracing": h.since().is_none(),
         })
     };
     let (local_only, nlm_only) = f.differences();

@@ -177,7 +177,8 @@ impl Finding {
                 "type": names::lock_type_name(b.lock_type),
                 "start": b.start,
                 "end": b.end,
-                "since": clock::rfc3339(clock.wall_ns(b.since_ns)),
+                "since": b.since().map(|t| clock::rfc3339(clock.wall_ns(t))),
+                "before_tracing": b.since().is_none(),
             })
         });
         let forgotten = self.forgotten.as_ref().map(|f| {
@@ -232,7 +233,7 @@ pub fn held_text(h: &Held, clock: &Clock) -> String {
         "{} {} held by {who} since {}",
         names::lock_type_name(h.lock_type),
         names::range(h.start, h.end),
-        clock::hms_micros(clock.wall_ns(h.since_ns))
+        h.since_text(clock)
     )
 }
 

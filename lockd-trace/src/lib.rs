@@ -25,6 +25,7 @@ pub mod paths;
 pub mod pipeline;
 pub mod probes;
 pub mod probes_cmd;
+pub mod proclocks;
 pub mod ringbuf;
 pub mod scope;
 pub mod sinks;

@@ -261,6 +261,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     unsafe { libc::malloc_trim(0) };
 
     let mut paths = Paths::default();
+    seed_held_locks(&mut p, &mut paths, s.tracing.filter)?;
     let mut undecodable = 0u64;
     let mut on_record = |raw: &[u8], p: &mut Pipeline<'_>| -> io::Result<()> {
         let ev = match decode(raw) {
@@ -368,6 +369,33 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     }
     summary(&p, &lost, undecodable, &counters);
     Ok(p)
+}
+
+/// Locks held when tracing begins (/proc/locks) go in as events, so that a wait behind one
+/// names its holder ("since before tracing"); the trace file keeps them for `analyze`. The
+/// NFS-only monitor takes those on NFS mounts only: it does not see the others released.
+fn seed_held_locks(p: &mut Pipeline<'_>, paths: &mut Paths, filter: u32) -> io::Result<()> {
+    /// More is a machine full of local locks, not an NFS incident: those are left out.
+    const MAX: usize = 10_000;
+    let nfs = crate::proclocks::nfs_devs();
+    let now = Clock::monotonic_now();
+    let held = crate::proclocks::read();
+    let wanted = held
+        .iter()
+        .filter(|l| filter & lockd_trace_common::filter::NFS_ONLY == 0 || nfs.contains(&l.dev));
+    for ev in wanted.filter_map(|l| l.event(now)).take(MAX) {
+        let (dev, ino) = ev.file_id();
+        let file = paths.resolve(dev, ino, ev.pid).map(str::to_string);
+        p.event(&ev, file.as_deref())?;
+    }
+    if held.len() > MAX {
+        eprintln!(
+            "lockd-trace: {} locks held at the start; only the first {MAX} are known as held \
+             before tracing",
+            held.len()
+        );
+    }
+    Ok(())
 }
 
 /// Each probe and how it is attached now (the metrics' probe_attached).

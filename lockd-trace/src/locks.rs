@@ -6,49 +6,12 @@ use std::fs;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 
-use crate::{cli::LocksArgs, history::table::Held, names};
-
-/// One line of /proc/locks (granted locks only; "->" waiters are skipped).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ProcLock {
-    class: String,
-    write: bool,
-    pid: i32,
-    dev: u32,
-    ino: u64,
-    start: i64,
-    end: i64,
-}
-
-/// "1: POSIX  ADVISORY  WRITE 235 00:1f:5 0 99" (device numbers in hex, EOF for the end).
-fn parse_proc_locks(text: &str) -> Vec<ProcLock> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.get(1) == Some(&"->") || f.len() < 8 {
-                return None;
-            }
-            let id: Vec<&str> = f[5].split(':').collect();
-            let [maj, min, ino] = id[..] else {
-                return None;
-            };
-            Some(ProcLock {
-                class: f[1].to_string(),
-                write: f[3] == "WRITE",
-                pid: f[4].parse().ok()?,
-                dev: (u32::from_str_radix(maj, 16).ok()? << 20)
-                    | u32::from_str_radix(min, 16).ok()?,
-                ino: ino.parse().ok()?,
-                start: f[6].parse().ok()?,
-                end: if f[7] == "EOF" {
-                    i64::MAX
-                } else {
-                    f[7].parse().ok()?
-                },
-            })
-        })
-        .collect()
-}
+use crate::{
+    cli::LocksArgs,
+    history::table::Held,
+    names,
+    proclocks::{self, ProcLock},
+};
 
 fn same(h: &Held, p: &ProcLock) -> bool {
     let write = h.lock_type == lockd_trace_common::kernel::F_WRLCK;
@@ -62,7 +25,7 @@ fn same(h: &Held, p: &ProcLock) -> bool {
 pub async fn run(args: LocksArgs) -> Result<()> {
     let p = crate::live::quietly(args.duration, args.tracing.options()).await?;
     let text = fs::read_to_string("/proc/locks").context("cannot read /proc/locks")?;
-    let kernel = parse_proc_locks(&text);
+    let kernel = proclocks::parse(&text);
     let (mut matched, mut missing, mut untraced) = (0, 0, 0);
     let mut files: Vec<_> = p
         .engine
@@ -90,7 +53,9 @@ pub async fn run(args: LocksArgs) -> Result<()> {
                 names::lock_type_name(h.lock_type).to_string(),
                 h.start,
                 h.end,
-                if found {
+                if found && h.since().is_none() {
+                    "held when tracing began (read from /proc/locks) and still held"
+                } else if found {
                     "traced and in /proc/locks"
                 } else {
                     "traced as held, not in /proc/locks (a release was not seen)"
@@ -108,7 +73,7 @@ pub async fn run(args: LocksArgs) -> Result<()> {
                 format!("{} {}", k.class, if k.write { "WRLCK" } else { "RDLCK" }),
                 k.start,
                 k.end,
-                "in /proc/locks, not seen taken (taken before tracing began)",
+                "in /proc/locks, not seen taken while tracing (an event was missed)",
             ));
         }
         let path = f.path.clone().unwrap_or_else(|| "?".into());
@@ -173,27 +138,5 @@ fn statd(json: bool) {
                 e.meaning()
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_locks_lines() {
-        let t = "1: POSIX  ADVISORY  WRITE 235 00:1f:5 0 99\n\
-                 1: -> POSIX  ADVISORY  WRITE 236 00:1f:5 0 99\n\
-                 2: OFDLCK ADVISORY  READ  -1 fd:01:77 10 EOF\n";
-        let l = parse_proc_locks(t);
-        assert_eq!(l.len(), 2);
-        assert_eq!(
-            (l[0].pid, l[0].dev, l[0].ino, l[0].end, l[0].write),
-            (235, 0x1f, 5, 99, true)
-        );
-        assert_eq!(
-            (l[1].dev, l[1].end, l[1].class.as_str()),
-            ((0xfd << 20) | 1, i64::MAX, "OFDLCK")
-        );
     }
 }

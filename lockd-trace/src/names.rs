@@ -100,6 +100,9 @@ pub fn fcntl_cmd_name(cmd: u32) -> String {
 /// The operation a VFS request stands for, from its hook and flags: the kernel does not pass
 /// the syscall command down, but FL_SLEEP/FL_OFDLCK/FL_CLOSE/FL_ACCESS tell it.
 pub fn op_name(r: &LockRecord) -> &'static str {
+    if r.hook == hook::PROC_LOCKS {
+        return "held_at_start";
+    }
     let f = r.lock.flags;
     let sleep = f & FL_SLEEP != 0;
     if r.hook == hook::FLOCK_LOCK_INODE || r.hook == hook::SYS_FLOCK || f & FL_FLOCK != 0 {

@@ -465,3 +465,65 @@ fn metrics_clients_cannot_stall_the_agent_or_grow_it() {
         "{events:?}"
     );
 }
+
+#[test]
+fn a_lock_taken_before_tracing_is_named_when_someone_waits_behind_it() {
+    let data = PrivateFs::mount("before");
+    let file = data.file("f");
+    let mut holder = Locker::spawn(&file);
+    assert_eq!(holder.cmd("setlk w 0 100"), "ok");
+    // The agent starts (or restarts) in the middle of the incident.
+    let trace = data.join("t.ldt");
+    let t = Tracer::start(&["--blocked-after", "1s", "-w", trace.to_str().unwrap()]);
+    let mut waiter = Locker::spawn(&file);
+    waiter.send("setlkw w 10 5");
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(holder.cmd("setlk u 0 100"), "ok");
+    assert_eq!(waiter.read_line(), "ok");
+    let (events, _) = t.stop();
+    let seed = events
+        .iter()
+        .find(|e| e["op"] == "held_at_start" && e["pid"] == holder.pid)
+        .unwrap_or_else(|| panic!("the held lock was not read at the start: {events:?}"));
+    assert_eq!(
+        (&seed["lock"]["start"], &seed["lock"]["end"]),
+        (&0.into(), &99.into())
+    );
+    let f = events
+        .iter()
+        .find(|e| e["kind"] == "blocked_long" && e["pid"] == waiter.pid)
+        .unwrap_or_else(|| panic!("no blocked finding: {events:?}"));
+    let b = &f["blocker"];
+    assert_eq!(
+        (
+            &b["pid"],
+            &b["type"],
+            &b["start"],
+            &b["end"],
+            &b["before_tracing"]
+        ),
+        (
+            &holder.pid.into(),
+            &"WRLCK".into(),
+            &0.into(),
+            &99.into(),
+            &true.into()
+        ),
+        "{f}"
+    );
+    let evidence = "in the way locally: WRLCK [0-99] held by locker (pid";
+    assert!(f["evidence"].to_string().contains(evidence), "{f}");
+    // The trace file keeps what was held, so the analysis elsewhere names it too.
+    let out = Command::new(tracer_bin())
+        .args(["analyze", "--blocked-after", "1s"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{evidence} {}) since before tracing", holder.pid)),
+        "{text}"
+    );
+    holder.exit();
+    waiter.exit();
+}

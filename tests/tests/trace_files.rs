@@ -258,9 +258,17 @@ fn locks_checks_the_traced_table_against_proc_locks() {
         (d["state"].as_str(), d["start"].as_i64(), d["end"].as_i64()),
         (Some("ok"), Some(0), Some(99))
     );
+    // Held before tracing: read from /proc/locks at the start, so known and matched.
     let b = row(bp);
     assert_eq!(
         (b["state"].as_str(), b["start"].as_i64(), b["end"].as_i64()),
-        (Some("UNTRACED"), Some(200), Some(209))
+        (Some("ok"), Some(200), Some(209))
+    );
+    assert!(
+        b["why"]
+            .as_str()
+            .unwrap()
+            .contains("held when tracing began"),
+        "{b}"
     );
 }

@@ -124,7 +124,7 @@ fn new(h: &Histories, e: &Exit, f: &FileHistory, l: &Held) -> Finding {
     );
     x.host = l.holder.host.clone();
     x.svid = l.holder.svid;
-    x.granted_ns = Some(l.since_ns);
+    x.granted_ns = l.since();
     x.evidence
         .push(format!("the lock: {}", held_text(l, &h.clock)));
     x

@@ -11,6 +11,7 @@ pub mod table;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use lockd_trace_common::{
+    hook,
     kernel::{F_UNLCK, FILE_LOCK_DEFERRED, FL_ACCESS, FL_CLOSE},
     nlm_op,
 };
@@ -247,6 +248,11 @@ impl Histories {
             return;
         }
         match r.ret {
+            0 if r.hook == hook::PROC_LOCKS => {
+                let f = self.files.get_mut(&key).expect("just recorded");
+                f.local
+                    .apply(&holder, lock_type, start, end, table::BEFORE_TRACING);
+            }
             0 => {
                 self.waits.remove(&r.fl);
                 if lock_type == F_UNLCK {
@@ -275,7 +281,7 @@ impl Histories {
                         .local
                         .held
                         .iter()
-                        .find(|h| h.holder.owner == b.owner && h.overlaps(b.start, b.end))
+                        .find(|h| h.holder.is(b.owner, b.pid) && h.overlaps(b.start, b.end))
                         .cloned();
                     since.unwrap_or(table::Held {
                         holder: Holder {

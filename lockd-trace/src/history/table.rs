@@ -26,9 +26,16 @@ impl Holder {
 
     fn same(&self, o: &Holder) -> bool {
         match (self.owner, o.owner) {
-            (0, _) | (_, 0) => self.svid == o.svid && self.host == o.host && self.svid.is_some(),
+            (0, _) | (_, 0) if self.svid.is_some() => self.svid == o.svid && self.host == o.host,
+            // A lock seen in /proc/locks at the start: its owner is not known, its pid is.
+            (0, _) | (_, 0) => o.svid.is_none() && self.pid == o.pid,
             (a, b) => a == b,
         }
+    }
+
+    /// Whether a blocker the kernel names (owner, pid) is this holder.
+    pub fn is(&self, owner: u64, pid: i32) -> bool {
+        self.owner == owner || (self.owner == 0 && self.svid.is_none() && self.pid == pid)
     }
 }
 
@@ -42,7 +49,22 @@ pub struct Held {
     pub since_ns: u64,
 }
 
+/// `since_ns` of a lock held when tracing began (listed in /proc/locks; taken when, unknown).
+pub const BEFORE_TRACING: u64 = 0;
+
 impl Held {
+    /// When it was taken, if that was traced.
+    pub fn since(&self) -> Option<u64> {
+        (self.since_ns != BEFORE_TRACING).then_some(self.since_ns)
+    }
+
+    /// "04:29:34.477123", or "before tracing".
+    pub fn since_text(&self, clock: &crate::clock::Clock) -> String {
+        self.since().map_or("before tracing".into(), |t| {
+            crate::clock::hms_micros(clock.wall_ns(t))
+        })
+    }
+
     pub fn overlaps(&self, start: i64, end: i64) -> bool {
         self.start <= end && start <= self.end
     }

@@ -58,6 +58,8 @@ impl Metrics {
         self.events += 1;
         let ret = ev.ret();
         match &ev.body {
+            // Locks held when tracing began are not requests.
+            Body::Lock(r) if r.hook == lockd_trace_common::hook::PROC_LOCKS => return,
             Body::Lock(r) => {
                 *self.requests.entry((names::op_name(r), r.ret)).or_default() += 1;
             }
