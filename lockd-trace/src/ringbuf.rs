@@ -16,23 +16,33 @@ impl EventStream {
         Ok(EventStream { fd })
     }
 
-    /// Waits until records are available, then hands each to `f`; returns how many.
+    /// Waits until records are available, then hands up to BATCH of them to `f`; returns how
+    /// many. A storm never empties the buffer: bounded batches let the rest of the agent (the
+    /// kernel log, signals, ticks, metrics clients) have their turn between them.
     pub async fn next_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize> {
         let mut guard = self.fd.readable_mut().await?;
-        let n = drain_into(guard.get_inner_mut(), &mut f);
-        guard.clear_ready();
+        let n = drain_into(guard.get_inner_mut(), &mut f, BATCH);
+        if n < BATCH {
+            // Emptied: wait for the kernel's next wakeup. Else ready again at once.
+            guard.clear_ready();
+        }
         Ok(n)
     }
 
     /// Hands every record already in the buffer to `f` without waiting (at shutdown).
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        drain_into(self.fd.get_mut(), &mut f)
+        drain_into(self.fd.get_mut(), &mut f, usize::MAX)
     }
 }
 
-fn drain_into(rb: &mut RingBuf<MapData>, f: &mut impl FnMut(&[u8])) -> usize {
+/// Records handled per turn of the agent's loop.
+const BATCH: usize = 4096;
+
+fn drain_into(rb: &mut RingBuf<MapData>, f: &mut impl FnMut(&[u8]), max: usize) -> usize {
     let mut n = 0;
-    while let Some(item) = rb.next() {
+    while n < max
+        && let Some(item) = rb.next()
+    {
         f(&item);
         n += 1;
     }

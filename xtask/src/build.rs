@@ -93,9 +93,7 @@ pub fn test(with_lab: bool) -> Result<()> {
     // The benchmark's smoke form: fails only if the machinery does, never on speed.
     crate::bench::run(&crate::bench::BenchArgs {
         smoke: true,
-        rounds: None,
-        seconds: None,
-        files: None,
         no_lab: !with_lab,
+        ..Default::default()
     })
 }

@@ -26,7 +26,7 @@ pub struct LongRun {
 }
 
 /// New files per lockstorm batch (each batch in a fresh directory, removed after).
-const BATCH: u64 = 5_000;
+pub const BATCH: u64 = 5_000;
 const SAMPLES: u32 = 12;
 
 pub fn run(ctx: &Ctx) -> Result<LongRun> {
@@ -54,14 +54,7 @@ pub fn run(ctx: &Ctx) -> Result<LongRun> {
             ));
             next += every;
         }
-        let dir = ctx.work.join(format!("churn-{}", files / BATCH));
-        load::lockstorm(
-            Command::new(&ctx.lockstorm)
-                .args(["--files", &BATCH.to_string(), "--dir"])
-                .arg(&dir),
-        )?;
-        let _ = fs::remove_dir_all(&dir);
-        files += BATCH;
+        files += churn(ctx, files / BATCH)?;
     }
     samples.push((
         started.elapsed().as_secs_f64(),
@@ -76,6 +69,19 @@ pub fn run(ctx: &Ctx) -> Result<LongRun> {
         events: outcome.events,
         lost: outcome.lost,
     })
+}
+
+/// One batch of file churn: lockstorm locks and unlocks BATCH new files in a fresh directory
+/// (numbered `n`), removed after. Returns the files it passed.
+pub fn churn(ctx: &Ctx, n: u64) -> Result<u64> {
+    let dir = ctx.work.join(format!("churn-{n}"));
+    load::lockstorm(
+        Command::new(&ctx.lockstorm)
+            .args(["--files", &BATCH.to_string(), "--dir"])
+            .arg(&dir),
+    )?;
+    let _ = fs::remove_dir_all(&dir);
+    Ok(BATCH)
 }
 
 impl LongRun {

@@ -3,7 +3,8 @@
 //! checks that the machinery works, never the numbers).
 //!
 //! Sections: 1 local lock storm (storm.rs), 2 NFS round trip (crate::lab::bench), 3 recorder
-//! capacity (capacity.rs), 4 analyzer (analyzer.rs), 5 agent CPU and memory (agent.rs).
+//! capacity (capacity.rs), 4 analyzer (analyzer.rs), 5 agent CPU and memory (agent.rs), 6 soak
+//! (soak.rs).
 
 mod agent;
 mod analyzer;
@@ -12,6 +13,7 @@ mod load;
 mod longrun;
 mod procfs;
 mod report;
+mod soak;
 mod storm;
 mod tracer;
 
@@ -26,12 +28,12 @@ use std::{
 
 use agent::Agent;
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use tracer::{Config, Tracer};
 
 use crate::{build, lab, setup, sh};
 
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
     /// A short run that checks the benchmark works (CI); writes target/bench/PERFORMANCE.md.
     #[arg(long)]
@@ -48,6 +50,24 @@ pub struct BenchArgs {
     /// Skip section 2 (it boots the NFS lab); the report says so.
     #[arg(long)]
     pub no_lab: bool,
+    /// Seconds of section 6's soak (default 1800; smoke 60).
+    #[arg(long, value_name = "N")]
+    pub soak_seconds: Option<f64>,
+    /// Only these sections (comma-separated); the others are written as skipped, and the
+    /// report goes to target/bench/PERFORMANCE.md.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
+    pub only: Vec<Part>,
+}
+
+/// The sections, as `--only` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    Storm,
+    RoundTrip,
+    Capacity,
+    Analyzer,
+    Agent,
+    Soak,
 }
 
 /// Everything a section needs: the plan's sizes and where things are.
@@ -59,6 +79,8 @@ pub struct Ctx {
     /// Seconds the agent is watched idle (section 5) and each capacity step lasts (section 3).
     pub idle_seconds: f64,
     pub step_seconds: f64,
+    /// How long section 6's soak lasts.
+    pub soak_seconds: f64,
     /// A directory on tmpfs for storm files, trace files and bpftrace output.
     pub work: PathBuf,
     pub agent: PathBuf,
@@ -143,7 +165,16 @@ impl Ctx {
 /// One section's outcome: measured, or why not.
 pub type Section<T> = Result<T, String>;
 
-fn section<T>(name: &str, f: impl FnOnce() -> Result<T>) -> (Section<T>, Duration) {
+/// Runs one section, unless `skip` says why not.
+fn section<T>(
+    name: &str,
+    skip: Option<String>,
+    f: impl FnOnce() -> Result<T>,
+) -> (Section<T>, Duration) {
+    if let Some(why) = skip {
+        eprintln!("xtask bench: {name}: {why}");
+        return (Err(why), Duration::ZERO);
+    }
     eprintln!("xtask bench: {name}");
     let start = Instant::now();
     // One line: the reason goes into table cells and the closing error sentence.
@@ -164,9 +195,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     tracefs()?;
     let ctx = plan(args)?;
     let started = Instant::now();
-    let (sections, failures) = measure(&ctx, args);
+    let (sections, failures) = measure(&ctx, args, &args.only);
     let _ = fs::remove_dir_all(&ctx.work);
-    let out = if ctx.smoke {
+    // A report of some sections only never replaces the whole one in docs/.
+    let out = if ctx.smoke || !args.only.is_empty() {
         build::workspace_root().join("target/bench/PERFORMANCE.md")
     } else {
         build::workspace_root().join("docs/PERFORMANCE.md")
@@ -187,42 +219,71 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The five sections' results and how long each took.
+/// The six sections' results and how long each took.
 pub struct Sections {
     pub storm: (Section<storm::Storm>, Duration),
     pub round_trip: (Section<lab::bench::RoundTrip>, Duration),
     pub capacity: (Section<capacity::Capacity>, Duration),
     pub analyzer: (Section<analyzer::Analyzer>, Duration),
     pub agent: (Section<agent::Agent>, Duration),
+    pub soak: (Section<soak::Soak>, Duration),
 }
 
-fn measure(ctx: &Ctx, args: &BenchArgs) -> (Sections, Vec<String>) {
-    let storm = section("section 1: local lock storm", || storm::run(ctx));
-    let capacity = section("section 3: recorder capacity", || capacity::run(ctx));
-    let analyzer = section("section 4: analyzer", || analyzer::run(ctx));
-    let agent = section("section 5: agent CPU and memory", || {
+fn measure(ctx: &Ctx, args: &BenchArgs, only: &[Part]) -> (Sections, Vec<String>) {
+    // Why a section is not run, if it is not.
+    let skip = |p: Part| {
+        if !only.is_empty() && !only.contains(&p) {
+            Some("skipped (--only)".to_string())
+        } else if p == Part::RoundTrip && args.no_lab {
+            Some("skipped (--no-lab)".to_string())
+        } else {
+            None
+        }
+    };
+    let storm = section("section 1: local lock storm", skip(Part::Storm), || {
+        storm::run(ctx)
+    });
+    let capacity = section("section 3: recorder capacity", skip(Part::Capacity), || {
+        capacity::run(ctx)
+    });
+    let analyzer = section("section 4: analyzer", skip(Part::Analyzer), || {
+        analyzer::run(ctx)
+    });
+    let agent = section("section 5: agent CPU and memory", skip(Part::Agent), || {
         agent::run(ctx, storm.0.as_ref().ok())
     });
-    let round_trip = if args.no_lab {
-        (Err("skipped (--no-lab)".to_string()), Duration::ZERO)
-    } else {
-        section("section 2: NFS round trip (lab)", || {
-            lab::bench::round_trip(ctx.smoke)
-        })
-    };
+    let soak = section("section 6: soak", skip(Part::Soak), || soak::run(ctx));
+    let round_trip = section(
+        "section 2: NFS round trip (lab)",
+        skip(Part::RoundTrip),
+        || lab::bench::round_trip(ctx.smoke),
+    );
     let mut failures = Vec::new();
-    let mut failed = |n: &str, r: &Section<()>| {
+    let mut failed = |n: &str, p: Part, r: &Section<()>| {
         if let Err(e) = r
-            && !(args.no_lab && n.starts_with("section 2"))
+            && skip(p).is_none()
         {
             failures.push(format!("{n} could not be measured: {e}"));
         }
     };
-    failed("section 1 (local lock storm)", &unit(&storm.0));
-    failed("section 2 (NFS round trip)", &unit(&round_trip.0));
-    failed("section 3 (recorder capacity)", &unit(&capacity.0));
-    failed("section 4 (analyzer)", &unit(&analyzer.0));
-    failed("section 5 (agent CPU and memory)", &unit(&agent.0));
+    failed("section 1 (local lock storm)", Part::Storm, &unit(&storm.0));
+    failed(
+        "section 2 (NFS round trip)",
+        Part::RoundTrip,
+        &unit(&round_trip.0),
+    );
+    failed(
+        "section 3 (recorder capacity)",
+        Part::Capacity,
+        &unit(&capacity.0),
+    );
+    failed("section 4 (analyzer)", Part::Analyzer, &unit(&analyzer.0));
+    failed(
+        "section 5 (agent CPU and memory)",
+        Part::Agent,
+        &unit(&agent.0),
+    );
+    failed("section 6 (soak)", Part::Soak, &unit(&soak.0));
     if let Ok(s) = &storm.0 {
         failures.extend(s.failures());
     }
@@ -241,6 +302,7 @@ fn measure(ctx: &Ctx, args: &BenchArgs) -> (Sections, Vec<String>) {
         capacity,
         analyzer,
         agent,
+        soak,
     };
     (sections, failures)
 }
@@ -255,6 +317,12 @@ fn plan(args: &BenchArgs) -> Result<Ctx> {
     let help = sh::output(Command::new(&agent).args(["monitor", "--help"]))
         .context("lockd-trace monitor --help failed")?;
     let smoke = args.smoke;
+    let soak_seconds = args
+        .soak_seconds
+        .unwrap_or(if smoke { 60.0 } else { 1800.0 });
+    if !(soak_seconds.is_finite() && soak_seconds > 0.0) {
+        bail!("--soak-seconds must be a positive number of seconds");
+    }
     // The run uses copies: a rebuild during the run (someone else's edit) cannot change them.
     let work = tmpfs()?.join(format!("lockd-trace-bench-{}", std::process::id()));
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -270,6 +338,7 @@ fn plan(args: &BenchArgs) -> Result<Ctx> {
         files: args.files.unwrap_or(if smoke { 10_000 } else { 1_000_000 }),
         idle_seconds: if smoke { 2.0 } else { 10.0 },
         step_seconds: if smoke { 1.0 } else { 3.0 },
+        soak_seconds,
         agent: copy(agent.clone(), "lockd-trace")?,
         lockstorm: copy(root.join("target/release/lockstorm"), "lockstorm")?,
         work,
@@ -398,6 +467,7 @@ mod tests {
         assert!(procfs::cpu_seconds(pid)? >= 0.0);
         assert!(procfs::status_kib(pid, "VmRSS")? > 0);
         assert!(procfs::status_kib(pid, "NoSuchKey").is_err());
+        assert!(procfs::open_fds(pid)? >= 3);
         Ok(())
     }
 }

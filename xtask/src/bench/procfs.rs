@@ -47,6 +47,15 @@ pub fn status_kib(pid: u32, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
+/// How many file descriptors `pid` has open (the entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/fd");
+    let n = fs::read_dir(&dir)
+        .with_context(|| format!("reading {dir}"))?
+        .count();
+    Ok(n as u64)
+}
+
 /// CPU and memory of a process over a window: `start` at its beginning, `finish` at its end.
 pub struct Window {
     pid: u32,

@@ -42,6 +42,7 @@ pub fn render(ctx: &Ctx, s: &Sections, total: Duration) -> Result<String> {
     capacity_section(&mut o, &s.capacity.0)?;
     analyzer_section(&mut o, &s.analyzer.0)?;
     agent_section(&mut o, &s.agent.0)?;
+    super::soak::render(&mut o, &s.soak.0)?;
     Ok(o)
 }
 
@@ -98,13 +99,14 @@ fn machine(o: &mut String, ctx: &Ctx, s: &Sections, total: Duration) -> Result<(
     let secs = |d: &Duration| format!("{:.0} s", d.as_secs_f64());
     writeln!(
         o,
-        "| time | whole run {}: section 1 {}, 2 {}, 3 {}, 4 {}, 5 {} |\n",
+        "| time | whole run {}: section 1 {}, 2 {}, 3 {}, 4 {}, 5 {}, 6 {} |\n",
         secs(&total),
         secs(&s.storm.1),
         secs(&s.round_trip.1),
         secs(&s.capacity.1),
         secs(&s.analyzer.1),
-        secs(&s.agent.1)
+        secs(&s.agent.1),
+        secs(&s.soak.1)
     )?;
     Ok(())
 }
@@ -149,7 +151,7 @@ fn foreign_tracers(ctx: &Ctx) -> Option<String> {
     })
 }
 
-fn met(ok: bool) -> &'static str {
+pub(super) fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "not met" }
 }
 
@@ -166,7 +168,7 @@ fn pct(x: f64) -> String {
     format!("{:.1} %", 100.0 * x)
 }
 
-fn mib(kib: u64) -> String {
+pub(super) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
@@ -197,7 +199,7 @@ fn targets(o: &mut String, s: &Sections) -> Result<()> {
     writeln!(o, "## Targets\n")?;
     table(o, &["target", "measured", ""])?;
     let storm = s.storm.0.as_ref();
-    let rows: [(&str, Verdict); 6] = [
+    let rows: [(&str, Verdict); 7] = [
         (
             "monitor ≤ 5 % throughput loss on the local lock storm",
             storm.map_err(Clone::clone).and_then(monitor_loss),
@@ -236,6 +238,11 @@ fn targets(o: &mut String, s: &Sections) -> Result<()> {
                 .as_ref()
                 .map_err(Clone::clone)
                 .and_then(analyzer_rss),
+        ),
+        (
+            "soak: monitor's RSS, fds and CPU flat after the warm-up, 0 lost, every scrape \
+             answered",
+            s.soak.0.as_ref().map_err(Clone::clone).map(|k| k.summary()),
         ),
     ];
     for (target, v) in rows {
@@ -333,14 +340,18 @@ fn short(what: &str) -> &str {
 }
 
 /// A markdown table's header row and rule.
-fn table(o: &mut String, columns: &[&str]) -> Result<()> {
+pub(super) fn table(o: &mut String, columns: &[&str]) -> Result<()> {
     writeln!(o, "| {} |", columns.join(" | "))?;
     writeln!(o, "|{}", "---|".repeat(columns.len()))?;
     Ok(())
 }
 
 /// The section's heading, then its result or why it was not measured (None).
-fn heading<'a, T>(o: &mut String, title: &str, s: &'a Section<T>) -> Result<Option<&'a T>> {
+pub(super) fn heading<'a, T>(
+    o: &mut String,
+    title: &str,
+    s: &'a Section<T>,
+) -> Result<Option<&'a T>> {
     writeln!(o, "{title}\n")?;
     match s {
         Ok(v) => Ok(Some(v)),

@@ -4,6 +4,7 @@
 use std::{
     fs::{self, File},
     io::{BufRead as _, BufReader},
+    net::SocketAddr,
     os::unix::{fs::MetadataExt as _, io::AsRawFd as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -72,6 +73,8 @@ pub struct Running {
     reader: Option<JoinHandle<Vec<String>>>,
     bpftrace_out: Option<PathBuf>,
     program: String,
+    /// Lines the tracer said on stderr while one was awaited (the awaited one aside).
+    said: Vec<String>,
 }
 
 /// Starts the tracer and returns once it traces (None for no tracer).
@@ -113,13 +116,16 @@ pub fn start(t: &Tracer, ctx: &Ctx) -> Result<Option<Running>> {
         reader: Some(reader),
         bpftrace_out: None,
         program,
+        said: Vec::new(),
     };
     match t {
         Tracer::Bpftrace { out, .. } => {
             r.bpftrace_out = Some(out.clone());
             r.await_canary(out, ctx)?;
         }
-        _ => r.await_line("; tracing")?,
+        _ => {
+            r.await_line("; tracing")?;
+        }
     }
     Ok(Some(r))
 }
@@ -129,23 +135,33 @@ impl Running {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Where the monitor serves metrics: it says "lockd-trace: metrics on http://ADDR/metrics"
+    /// around the time it traces (ADDR has the port the kernel picked for METRICS' port 0).
+    pub fn metrics_addr(&mut self) -> Result<SocketAddr> {
+        if let Some(a) = metrics_addr(&self.said) {
+            return Ok(a);
+        }
+        let line = self.await_line("metrics on http://")?;
+        metrics_addr(&[line]).context("the monitor's metrics line has no address")
+    }
+
     /// lockd-trace says "N of M probes attached; tracing" once every probe is attached.
-    fn await_line(&mut self, needle: &str) -> Result<()> {
+    fn await_line(&mut self, needle: &str) -> Result<String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return Ok(()),
-                Ok(_) => {}
+                Ok(l) if l.contains(needle) => return Ok(l),
+                Ok(l) => self.said.push(l),
                 Err(RecvTimeoutError::Timeout) => {
                     bail!(
-                        "{} did not say it was tracing within {READY_TIMEOUT:?}",
+                        "{} did not say {needle:?} within {READY_TIMEOUT:?}",
                         self.program
                     )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let tail = self.stderr_tail();
-                    bail!("{} exited before tracing: {tail}", self.program)
+                    bail!("{} exited before it said {needle:?}: {tail}", self.program)
                 }
             }
         }
@@ -253,6 +269,17 @@ fn agent_outcome(lines: &[String]) -> Result<Outcome> {
     })
 }
 
+/// The address in lockd-trace's "metrics on http://ADDR/metrics" line, if it said one.
+fn metrics_addr(said: &[String]) -> Option<SocketAddr> {
+    said.iter().find_map(|l| {
+        l.split_once("metrics on http://")?
+            .1
+            .strip_suffix("/metrics")?
+            .parse()
+            .ok()
+    })
+}
+
 /// The number before `label` in a lockd-trace summary line ("lockd-trace: 5 events, 0 lost").
 pub fn count(summary: &str, label: &str) -> Option<u64> {
     summary
@@ -306,6 +333,19 @@ mod tests {
         assert_eq!(count(an, "evicted"), Some(7));
         assert_eq!(count(an, "lost"), None);
         assert!(agent_outcome(&["no summary".into()]).is_err());
+    }
+
+    #[test]
+    fn metrics_line() {
+        let said = [
+            "lockd-trace: warning".to_string(),
+            "lockd-trace: metrics on http://127.0.0.1:40123/metrics".to_string(),
+        ];
+        assert_eq!(
+            metrics_addr(&said).map(|a| a.to_string()),
+            Some("127.0.0.1:40123".into())
+        );
+        assert_eq!(metrics_addr(&said[..1]), None);
     }
 
     #[test]
