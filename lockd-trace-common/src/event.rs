@@ -42,7 +42,10 @@ pub mod counter {
     pub const FILTERED_POSIX: u32 = 10;
     pub const FILTERED_FLOCK: u32 = 11;
     pub const FILTERED_GETLK: u32 = 12;
-    pub const COUNT: u32 = 16;
+    /// An NLM probe fired while lockd's layout was not known (module going, or none given):
+    /// `NO_LAYOUT + nlm_op`.
+    pub const NO_LAYOUT: u32 = 16;
+    pub const COUNT: u32 = 32;
 }
 
 /// What the programs send (the `FILTER` global, set by the agent at load time).

@@ -10,7 +10,7 @@ pub mod kernel;
 pub mod offsets;
 
 pub use event::*;
-pub use offsets::{NlmOffsets, Offsets};
+pub use offsets::{NlmOffsets, Offsets, nlm_group};
 
 /// Version of the record layouts below; written into trace files.
-pub const CONTRACT_VERSION: u32 = 5;
+pub const CONTRACT_VERSION: u32 = 6;

@@ -67,4 +67,24 @@ pub struct NlmOffsets {
     pub block_call: u32,
     pub block_host: u32,
     pub valid: u32,
+    /// Which [`nlm_group`]s were found in this kernel's lockd (the probes needing another are
+    /// not attached).
+    pub groups: u32,
+}
+
+/// Groups of lockd fields, found (or not) together; each NLM probe needs some of them.
+pub mod nlm_group {
+    /// nlm_host: name, address.
+    pub const HOST: u32 = 1;
+    /// nlm_rqst: host, lock, block, reclaim, status.
+    pub const RQST: u32 = 2;
+    /// The lock (nlm_lock, 7.2+: lockd_lock): file handle, svid, struct file_lock.
+    pub const LOCK: u32 = 4;
+    /// rpc_task.tk_status.
+    pub const TASK: u32 = 8;
+    /// The reboot notification (nlm_reboot, 7.2+: lockd_reboot): name, length, state.
+    pub const REBOOT: u32 = 16;
+    /// nlm_block: its call and host.
+    pub const BLOCK: u32 = 32;
+    pub const ALL: u32 = 63;
 }

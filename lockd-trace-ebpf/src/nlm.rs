@@ -13,13 +13,13 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use lockd_trace_common::{
-    LockInfo, NO_STATUS, NlmEvent, NlmOffsets, Offsets,
+    LockInfo, NO_STATUS, NlmEvent, NlmOffsets, Offsets, counter,
     kernel::{AF_INET, AF_INET6, F_UNLCK},
     kind, nlm_flag,
 };
 
 use crate::{
-    emit::{EVENTS, count_lost, header},
+    emit::{EVENTS, count, count_lost, header},
     exits,
     kread::{fl_inode_id, lock_info, nlm_offsets, offsets, read},
     names,
@@ -172,11 +172,17 @@ fn set_rqst(e: &mut NlmEvent, req: u64, o: &Offsets, n: &NlmOffsets) {
     e.nlm_status = be32(read(req, n.rqst_status));
 }
 
+/// The layouts, or None (counted against `op`: the probe fired and could not say anything).
 #[inline(always)]
-fn ready() -> Option<(Offsets, NlmOffsets)> {
-    let n = nlm_offsets()?;
+fn ready(op: u16) -> Option<(Offsets, NlmOffsets)> {
     let o = offsets();
-    (o.valid != 0).then_some((o, n))
+    match nlm_offsets() {
+        Some(n) if o.valid != 0 => Some((o, n)),
+        _ => {
+            count(counter::NO_LAYOUT + u32::from(op));
+            None
+        }
+    }
 }
 
 // --- client ---------------------------------------------------------------------------
@@ -184,7 +190,7 @@ fn ready() -> Option<(Offsets, NlmOffsets)> {
 /// nlmclnt_proc(host, cmd, fl, data) entry.
 #[inline(always)]
 pub fn clnt_proc_enter(ctx: &ProbeContext, op: u16) {
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     save(ctx, op);
     let _ = IN_PROC.insert(&tid(), &0, 0);
     let Some(mut r) = reserve(op) else { return };
@@ -198,7 +204,7 @@ pub fn clnt_proc_enter(ctx: &ProbeContext, op: u16) {
 /// nlmclnt_proc return: the result NFS hands the application.
 #[inline(always)]
 pub fn clnt_proc_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     let _ = IN_PROC.remove(&tid());
     let Some([host, cmd, fl, _]) = take(enter) else {
         return;
@@ -218,7 +224,7 @@ pub fn clnt_proc_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 /// nlmclnt_call(cred, req, proc) return: one NLM RPC and the server's status.
 #[inline(always)]
 pub fn clnt_call_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     let Some([_, req, proc_, _]) = take(enter) else {
         return;
     };
@@ -233,7 +239,7 @@ pub fn clnt_call_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 /// nlmclnt_unlock_callback(task, req) entry: the async UNLOCK's RPC status and NLM status.
 #[inline(always)]
 pub fn clnt_unlock_cb(ctx: &ProbeContext, op: u16) {
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     let task: u64 = ctx.arg(0).unwrap_or(0);
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
@@ -246,7 +252,7 @@ pub fn clnt_unlock_cb(ctx: &ProbeContext, op: u16) {
 /// nlmclnt_reclaim(host, fl, req) return: the reclaim of one lock (fl names its owner pid).
 #[inline(always)]
 pub fn clnt_reclaim_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     let Some([host, fl, req, _]) = take(enter) else {
         return;
     };
@@ -265,7 +271,7 @@ pub fn clnt_reclaim_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 /// granted (status 0) or not (1, denied: the GRANTED is refused).
 #[inline(always)]
 pub fn clnt_grant_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     let Some([_, lock, _, _]) = take(enter) else {
         return;
     };
@@ -281,7 +287,7 @@ pub fn clnt_grant_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 /// VFS result of do_vfs_lock, with the conflicting local lock when it failed.
 #[inline(always)]
 pub fn clnt_vfs_exit<C: EbpfContext>(ctx: &C, ret: i64, enter: u16, op: u16) {
-    let Some((o, _)) = ready() else { return };
+    let Some((o, _)) = ready(op) else { return };
     let Some([inode, fl, _, _]) = take(enter) else {
         return;
     };
@@ -313,7 +319,7 @@ pub fn clnt_vfs_enter(ctx: &ProbeContext, op: u16) {
 /// nlmsvc_testlock(rqstp, file, host, lock, conflock, cookie) return.
 #[inline(always)]
 pub fn svc_test_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     let Some([_, _, host, lock]) = take(enter) else {
         return;
     };
@@ -341,7 +347,7 @@ pub fn svc_lock_flags(ctx: &ProbeContext, op: u16) {
 #[inline(always)]
 pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16) {
     let flags = take(flags_slot);
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     let Some([_, _, host, lock]) = take(enter) else {
         return;
     };
@@ -365,7 +371,7 @@ pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16
 /// nlmsvc_unlock(net, file, lock) and nlmsvc_cancel_blocked(net, file, lock) return.
 #[inline(always)]
 pub fn svc_no_host_exit(ctx: &RetProbeContext, enter: u16, op: u16, proc_: u32) {
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     let Some([_, _, lock, _]) = take(enter) else {
         return;
     };
@@ -380,7 +386,7 @@ pub fn svc_no_host_exit(ctx: &RetProbeContext, enter: u16, op: u16, proc_: u32) 
 /// nlmsvc_grant_blocked(block) entry: the server now grants a waiting client's lock.
 #[inline(always)]
 pub fn svc_grant(ctx: &ProbeContext, op: u16) {
-    let Some((o, n)) = ready() else { return };
+    let Some((o, n)) = ready(op) else { return };
     let block: u64 = ctx.arg(0).unwrap_or(0);
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
@@ -398,7 +404,7 @@ pub fn svc_grant(ctx: &ProbeContext, op: u16) {
 /// nsm_monitor(host) return: did the local statd accept SM_MON for this peer.
 #[inline(always)]
 pub fn nsm_monitor_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
-    let Some((_, n)) = ready() else { return };
+    let Some((_, n)) = ready(op) else { return };
     let Some([host, _, _, _]) = take(enter) else {
         return;
     };
@@ -412,7 +418,7 @@ pub fn nsm_monitor_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
 /// nsm_unmonitor(host) entry.
 #[inline(always)]
 pub fn nsm_unmonitor(ctx: &ProbeContext, op: u16) {
-    let Some((_, n)) = ready() else { return };
+    let Some((_, n)) = ready(op) else { return };
     let Some(mut r) = reserve(op) else { return };
     set_host(ev(&mut r), ctx.arg(0).unwrap_or(0), &n);
     r.submit(0);
@@ -421,7 +427,7 @@ pub fn nsm_unmonitor(ctx: &ProbeContext, op: u16) {
 /// nlm_host_rebooted(net, info) entry: a reboot notification for info->mon, new state.
 #[inline(always)]
 pub fn host_rebooted(ctx: &ProbeContext, op: u16) {
-    let Some((_, n)) = ready() else { return };
+    let Some((_, n)) = ready(op) else { return };
     let info: u64 = ctx.arg(1).unwrap_or(0);
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);

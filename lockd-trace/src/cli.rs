@@ -318,6 +318,10 @@ pub struct TracingArgs {
     /// probe costs. Repeatable or comma-separated.
     #[arg(long, value_name = "PROBE", value_delimiter = ',', value_parser = parse_probe)]
     pub skip_probe: Vec<String>,
+    /// BTF for modules the kernel has none for (kernels before 5.11): DIR/lockd, split BTF
+    /// made by pahole from lockd's debug info (see the README). The kernel's own wins.
+    #[arg(long, value_name = "DIR")]
+    pub btf_dir: Option<PathBuf>,
 }
 
 impl TracingArgs {
@@ -328,6 +332,7 @@ impl TracingArgs {
             forced: self.probe_method.iter().cloned().collect::<HashMap<_, _>>(),
             skipped: self.skip_probe.clone(),
             lean: false,
+            btf_dir: self.btf_dir.clone(),
         }
     }
 }

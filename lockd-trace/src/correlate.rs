@@ -36,7 +36,11 @@ pub struct Correlator {
 fn logged(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::OutOfSync | Kind::UnexpectedUnlock | Kind::FailedReclaim
+        Kind::OutOfSync
+            | Kind::UnexpectedUnlock
+            | Kind::FailedReclaim
+            | Kind::MonitorFailed
+            | Kind::LocksKept
     )
 }
 
@@ -49,6 +53,12 @@ fn explains(f: &Finding, m: &KernelMessage) -> bool {
         (Kind::FailedReclaim, KernelMessage::FailedReclaim { pid, errno, status }) => {
             i64::from(f.pid) == *pid && f.errno == Some(*errno) && f.nlm_status == Some(*status)
         }
+        (Kind::LocksKept, KernelMessage::HostsInUse { .. }) => true,
+        // statd's name for the peer; the finding may show it with its address.
+        (Kind::MonitorFailed, KernelMessage::CannotMonitor { host }) => f
+            .host
+            .as_deref()
+            .is_some_and(|h| h == host || h.starts_with(&format!("{host} ("))),
         _ => false,
     }
 }
@@ -152,5 +162,47 @@ impl Correlator {
                 finding: None,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(ts_ns: u64, text: &str) -> KernelLine {
+        KernelLine {
+            ts_ns,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_statd_monitor_explains_its_line_for_that_host_only() {
+        let mut f = Finding::new(Kind::MonitorFailed, 5_000, (0, 0), None, 321, "locker");
+        f.host = Some("127.0.0.2".into());
+        f.errno = Some(-5);
+        let mut c = Correlator::default();
+        let mut out = Vec::new();
+        c.finding(f, &mut out);
+        assert!(out.is_empty(), "held for its line");
+        c.line(line(6_000, "lockd: cannot monitor 10.0.0.9"), &mut out);
+        c.line(line(7_000, "lockd: cannot monitor 127.0.0.2"), &mut out);
+        c.advance(u64::MAX, &mut out);
+        let explained: Vec<(&str, Option<i32>)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Kernel { line, finding, .. } => {
+                    Some((line.text.as_str(), finding.as_ref().map(|f| f.pid)))
+                }
+                Output::Finding(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            explained,
+            [
+                ("lockd: cannot monitor 127.0.0.2", Some(321)),
+                ("lockd: cannot monitor 10.0.0.9", None)
+            ]
+        );
     }
 }

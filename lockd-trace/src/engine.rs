@@ -5,6 +5,7 @@ use crate::{
     clock::Clock,
     correlate::{Correlator, Output},
     event::Event,
+    explain::message::{self, KernelMessage},
     history::{Histories, Limits},
     kmsg::KernelLine,
 };
@@ -35,6 +36,11 @@ impl Engine {
 
     pub fn kernel(&mut self, line: KernelLine, out: &mut Vec<Output>) {
         self.now_ns = self.now_ns.max(line.ts_ns);
+        // What lockd could not let go of is known here, from the traced lock tables.
+        if let Some(KernelMessage::HostsInUse { net }) = message::parse(&line.text) {
+            let f = self.histories.locks_kept(line.ts_ns, &net);
+            self.correlator.finding(f, out);
+        }
         self.correlator.line(line, out);
     }
 

@@ -31,6 +31,9 @@ pub enum Kind {
     OwnerExited,
     /// statd has been telling a peer of this host's reboot and the peer does not answer.
     HostNotAnswering,
+    /// lockd lost its last user with client locks held: they stay in force (kernel: "couldn't
+    /// shutdown host module").
+    LocksKept,
 }
 
 impl Kind {
@@ -46,6 +49,7 @@ impl Kind {
             Kind::HostRebooted => "host_rebooted",
             Kind::OwnerExited => "lock_owner_exited",
             Kind::HostNotAnswering => "nsm_host_not_answering",
+            Kind::LocksKept => "locks_kept_at_shutdown",
         }
     }
 }

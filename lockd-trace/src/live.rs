@@ -254,14 +254,16 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     } else {
         None
     };
+    // Read with the probes attached and before "tracing" is said: a lock taken meanwhile is
+    // seen twice (harmless: the same holder), never missed.
+    let mut paths = Paths::default();
+    seed_held_locks(&mut p, &mut paths, s.tracing.filter)?;
     announce(&tracer);
     // Loading parsed the kernel's BTF (tens of MiB, freed by now): give the heap back rather
     // than carry it as resident memory for the months a monitor runs.
     // SAFETY: no arguments beyond the pad size; glibc-only, as is this build.
     unsafe { libc::malloc_trim(0) };
 
-    let mut paths = Paths::default();
-    seed_held_locks(&mut p, &mut paths, s.tracing.filter)?;
     let mut undecodable = 0u64;
     let mut on_record = |raw: &[u8], p: &mut Pipeline<'_>| -> io::Result<()> {
         let ev = match decode(raw) {
@@ -309,7 +311,11 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
                 if io_result.is_ok() {
                     io_result = on_record(raw, &mut p);
                 }
-            }) => { r?; }
+            }) => {
+                r?;
+                // Spawned tasks (metrics answers) run only when this loop yields.
+                tokio::task::yield_now().await;
+            }
             read = next_kmsg(&mut kmsg) => match read {
                 Ok(items) => for item in items {
                     if io_result.is_ok() {
@@ -526,6 +532,7 @@ fn announce(tracer: &Tracer) {
             probes.join(", ")
         );
     }
+    eprintln!("lockd-trace: {}", tracer.layout_said());
     eprintln!(
         "lockd-trace: {} of {} probes attached; tracing (Ctrl-C to stop)",
         tracer.attached(),
@@ -615,6 +622,17 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
             .sum::<u64>(),
         t.out_of_scope,
     );
+    let no_layout = counters.no_layout();
+    if !no_layout.is_empty() {
+        let per_op: Vec<String> = no_layout
+            .iter()
+            .map(|(op, n)| format!("{} {n}", crate::names::nlm_op_name(*op)))
+            .collect();
+        eprintln!(
+            "lockd-trace: NLM probes fired without lockd's layout and recorded nothing: {}",
+            per_op.join(", ")
+        );
+    }
     let unwritten = p.writer.as_ref().map_or(0, |w| w.unwritten);
     for (h, missed) in [
         (&p.sink_health, p.sink_health.missed),

@@ -19,6 +19,7 @@ pub fn run(args: &ProbesArgs) -> Result<()> {
             .refused
             .iter()
             .map(|x| format!("{} refused: {}", x.method, x.reason))
+            .chain(r.layout.iter().map(|l| format!("layout from {l}")))
             .collect::<Vec<_>>()
             .join("; ");
         println!("{:<26} {:<11} {:<28} {}", r.probe, how, target, notes);
@@ -29,6 +30,7 @@ pub fn run(args: &ProbesArgs) -> Result<()> {
         tracer.report.len(),
         kernel_release()
     );
+    println!("{}", tracer.layout_said());
     Ok(())
 }
 

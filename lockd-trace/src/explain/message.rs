@@ -31,6 +31,11 @@ pub enum KernelMessage {
     CannotUnmonitor {
         host: String,
     },
+    /// `lockd: couldn't shutdown host module for net NET!`: lockd's last user in a network
+    /// namespace went while client hosts still held locks (fs/lockd/host.c).
+    HostsInUse {
+        net: String,
+    },
     /// `lockd: server HOST not responding, still trying` / `lockd: server HOST OK`
     ServerNotResponding {
         host: String,
@@ -92,6 +97,10 @@ pub fn parse(msg: &str) -> Option<KernelMessage> {
     }
     if let Some(h) = msg.strip_prefix("lockd: cannot unmonitor ") {
         return Some(KernelMessage::CannotUnmonitor { host: h.into() });
+    }
+    if let Some(rest) = msg.strip_prefix("lockd: couldn't shutdown host module") {
+        let net = rest.trim_start_matches(" for net ").trim_end_matches('!');
+        return Some(KernelMessage::HostsInUse { net: net.into() });
     }
     if let Some(rest) = msg.strip_prefix("lockd: server ") {
         if let Some(h) = rest.strip_suffix(" not responding, still trying") {
@@ -194,6 +203,12 @@ mod tests {
 
     #[test]
     fn hosts() {
+        assert_eq!(
+            parse("lockd: couldn't shutdown host module for net f0000000!"),
+            Some(HostsInUse {
+                net: "f0000000".into()
+            })
+        );
         assert_eq!(
             parse("lockd: cannot monitor nfs1.example.com"),
             Some(CannotMonitor {

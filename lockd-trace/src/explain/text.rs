@@ -151,6 +151,28 @@ pub fn explain(m: &KernelMessage) -> Explanation {
                 "/var/lib/nfs/statd/sm is writable",
             ],
         },
+        HostsInUse { net } => Explanation {
+            kind: "hosts_in_use",
+            meaning: format!(
+                "lockd's last user in network namespace {net} went away (nfsd stopped, e.g. \
+                 `rpc.nfsd 0`, or the last NFS mount was unmounted) while NFS clients still held \
+                 locks, blocks or shares there: lockd could not free those clients, so their \
+                 locks stay held. Clients are not told; when nfsd starts again the locks are \
+                 still in force, and a new grace period makes the clients' unlocks and locks \
+                 wait (DENIED_GRACE_PERIOD)."
+            ),
+            decoded: vec![],
+            causes: vec![
+                "nfsd stopped or restarted while clients held locks",
+                "an NFS server restarted without its clients being notified (no reboot)",
+            ],
+            checks: vec![
+                "/proc/locks on the server: locks still held for the clients",
+                "the clients: whether they still need the locks (a reboot notification with \
+                 `sm-notify -f` makes them reclaim)",
+                TRACE,
+            ],
+        },
         CannotUnmonitor { host } => Explanation {
             kind: "cannot_unmonitor",
             meaning: format!("SM_UNMON for {host} to the local rpc.statd failed."),

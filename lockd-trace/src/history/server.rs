@@ -13,7 +13,7 @@ use super::{
 use crate::{
     clock::hms_micros,
     event::{Event, NlmRecord},
-    finding::{Finding, Forgotten, Kind, Range},
+    finding::{Finding, Forgotten, Kind, Range, held_text},
 };
 
 const NLM_GRANTED: u32 = 0;
@@ -265,9 +265,14 @@ pub(super) fn released(
             host,
             svid
         );
+        let how = if ev.comm == "rpc.nfsd" {
+            "nfsd was stopped (rpc.nfsd): with its last user gone, lockd dropped every lock it \
+             held for clients, and the clients were not told"
+        } else {
+            "a write to /proc/fs/nfsd/unlock_ip or unlock_filesystem (or nfsd shutting down)"
+        };
         f.evidence.push(format!(
-            "lockd granted it at {}; it was released by a process other than lockd: a write to \
-             /proc/fs/nfsd/unlock_ip or unlock_filesystem (or nfsd shutting down)",
+            "lockd granted it at {}; it was released by a process other than lockd: {how}",
             hms_micros(clock.wall_ns(l.since_ns))
         ));
         f.evidence.push(
@@ -316,4 +321,52 @@ pub(super) fn holder_for(
     f.local
         .conflict(&nobody, wanted.0, wanted.1, wanted.2)
         .cloned()
+}
+
+impl Histories {
+    /// lockd lost its last user in network namespace `net` with client locks held (the
+    /// kernel's "couldn't shutdown host module"): the traced ones, which stay in force.
+    pub fn locks_kept(&self, ts_ns: u64, net: &str) -> Finding {
+        let mut kept: Vec<(&FileHistory, &Held)> = self
+            .files
+            .values()
+            .flat_map(|f| {
+                f.local
+                    .held
+                    .iter()
+                    .filter(|x| x.holder.svid.is_some() && x.holder.host.is_some())
+                    .map(move |x| (f, x))
+            })
+            .collect();
+        kept.sort_by_key(|(f, x)| (f.path.clone(), x.start));
+        let mut f = Finding::new(Kind::LocksKept, ts_ns, (0, 0), None, 0, "lockd");
+        f.headline = format!(
+            "lockd lost its last user in network namespace {net} while NFS clients held locks: \
+             {} traced lock(s) stay in force, and the clients were not told",
+            kept.len()
+        );
+        for (file, x) in &kept {
+            f.evidence.push(format!(
+                "{}: {}",
+                file.path.as_deref().unwrap_or("?"),
+                held_text(x, &self.clock)
+            ));
+        }
+        if let [(file, x)] = kept[..] {
+            (f.dev, f.ino, f.path) = (file.dev, file.ino, file.path.clone());
+            f.range = Some(Range {
+                lock_type: x.lock_type,
+                start: x.start,
+                end: x.end,
+            });
+            f.host = x.holder.host.clone();
+            f.svid = x.holder.svid;
+        }
+        f.evidence.push(
+            "when nfsd starts again these locks are still held, and the clients' unlocks and \
+             locks wait out a new grace period (DENIED_GRACE_PERIOD)"
+                .into(),
+        );
+        f
+    }
 }

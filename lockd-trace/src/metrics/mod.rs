@@ -210,6 +210,17 @@ impl Metrics {
                 .collect(),
         );
         family(
+            "probe_no_layout_total",
+            "NLM probe runs that recorded nothing for want of lockd's struct layout, by hook.",
+            "counter",
+            (1..counter::COUNT - counter::NO_LAYOUT)
+                .map(|op| {
+                    let name = names::nlm_op_name(op as u16);
+                    (l(&[("op", name)]), (s.counter)(counter::NO_LAYOUT + op))
+                })
+                .collect(),
+        );
+        family(
             "kernel_read_failures_total",
             "Kernel memory reads that failed in the programs.",
             "counter",

@@ -5,11 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
-use lockd_trace_common::{NlmOffsets, Offsets};
+use lockd_trace_common::Offsets;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-/// lockd's BTF, split on vmlinux's; present while the module is loaded.
-pub const LOCKD: &str = "/sys/kernel/btf/lockd";
 
 pub fn load_vmlinux() -> Result<Btf> {
     if !Path::new(VMLINUX).exists() {
@@ -52,37 +50,6 @@ pub fn kernel_offsets(btf: &Btf) -> Result<Offsets> {
     })
 }
 
-/// lockd's struct offsets, or None when the lockd module is not loaded (its probes then
-/// report that instead of attaching).
-pub fn nlm_offsets(vmlinux: &Btf) -> Result<Option<NlmOffsets>> {
-    if !Path::new(LOCKD).exists() {
-        return Ok(None);
-    }
-    let btf =
-        Btf::from_split_file(LOCKD, vmlinux).map_err(|e| anyhow!("cannot parse {LOCKD}: {e}"))?;
-    let f = |ty: &str, paths: &[&str]| field_offset(&btf, ty, paths);
-    Ok(Some(NlmOffsets {
-        host_name: f("nlm_host", &["h_name"])?,
-        host_addr: f("nlm_host", &["h_addr"])?,
-        rqst_host: f("nlm_rqst", &["a_host"])?,
-        rqst_lock: f("nlm_rqst", &["a_args.lock"])?,
-        rqst_block: f("nlm_rqst", &["a_args.block"])?,
-        rqst_reclaim: f("nlm_rqst", &["a_args.reclaim"])?,
-        rqst_status: f("nlm_rqst", &["a_res.status"])?,
-        lock_fh: f("nlm_lock", &["fh"])?,
-        fh_data: f("nfs_fh", &["data"])?,
-        lock_svid: f("nlm_lock", &["svid"])?,
-        lock_fl: f("nlm_lock", &["fl"])?,
-        task_status: f("rpc_task", &["tk_status"])?,
-        reboot_mon: f("nlm_reboot", &["mon"])?,
-        reboot_len: f("nlm_reboot", &["len"])?,
-        reboot_state: f("nlm_reboot", &["state"])?,
-        block_call: f("nlm_block", &["b_call"])?,
-        block_host: f("nlm_block", &["b_host"])?,
-        valid: 1,
-    }))
-}
-
 /// Byte offset of the first of `paths` (dot-separated members) that `ty` has.
 pub fn field_offset(btf: &Btf, ty: &str, paths: &[&str]) -> Result<u32> {
     let root = named_struct(btf, ty)?;
@@ -97,7 +64,7 @@ pub fn field_offset(btf: &Btf, ty: &str, paths: &[&str]) -> Result<u32> {
         })
 }
 
-fn named_struct(btf: &Btf, name: &str) -> Result<Type> {
+pub(super) fn named_struct(btf: &Btf, name: &str) -> Result<Type> {
     btf.resolve_types_by_name(name)
         .with_context(|| format!("struct {name} is not in the kernel's BTF"))?
         .into_iter()
@@ -105,7 +72,12 @@ fn named_struct(btf: &Btf, name: &str) -> Result<Type> {
         .ok_or_else(|| anyhow!("struct {name} is not in the kernel's BTF"))
 }
 
-fn path_offset(btf: &Btf, root: &Type, path: &str) -> Option<u32> {
+pub(super) fn path_offset(btf: &Btf, root: &Type, path: &str) -> Option<u32> {
+    path_type(btf, root, path).map(|(off, _)| off)
+}
+
+/// Byte offset and type of the member at `path` (dot-separated) inside `root`.
+pub(super) fn path_type(btf: &Btf, root: &Type, path: &str) -> Option<(u32, Type)> {
     let mut ty = root.clone();
     let mut bits = 0;
     for segment in path.split('.') {
@@ -113,7 +85,7 @@ fn path_offset(btf: &Btf, root: &Type, path: &str) -> Option<u32> {
         bits += off;
         ty = member_ty;
     }
-    (bits % 8 == 0).then_some(bits / 8)
+    (bits % 8 == 0).then_some((bits / 8, ty))
 }
 
 /// (bit offset, type) of member `name`, looking inside anonymous structs and unions.
@@ -137,7 +109,7 @@ fn member(btf: &Btf, ty: &Type, name: &str) -> Option<(u32, Type)> {
 }
 
 /// Follows typedefs and qualifiers to the underlying type.
-fn strip(btf: &Btf, mut ty: Type) -> Type {
+pub(super) fn strip(btf: &Btf, mut ty: Type) -> Type {
     for _ in 0..16 {
         ty = match &ty {
             Type::Typedef(t) => btf.resolve_chained_type(t),

@@ -3,11 +3,12 @@
 
 pub mod btf;
 mod kallsyms;
+pub mod lockd_layout;
 mod modules;
 pub mod plan;
 pub mod preflight;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -33,6 +34,8 @@ pub struct Options {
     /// Leave out the fcntl syscall hooks when fcntl_setlk attached (monitor): with a syscall
     /// tracepoint on, every syscall of every task takes the kernel's traced path.
     pub lean: bool,
+    /// Where to find BTF for modules whose own is missing (DIR/lockd).
+    pub btf_dir: Option<PathBuf>,
 }
 
 /// Syscall hooks monitor leaves out once fcntl_setlk reports how waits end.
@@ -46,6 +49,8 @@ pub struct Tracer {
     lockd: Option<modules::Instance>,
     /// Their kprobe links, detached when lockd unloads.
     lockd_links: Vec<(&'static str, KProbeLinkId)>,
+    /// lockd's struct layout while it is loaded, or why there is none.
+    pub layout: Result<lockd_layout::Layout, String>,
 }
 
 impl Tracer {
@@ -72,9 +77,10 @@ impl Tracer {
             opts: opts.clone(),
             lockd: modules::Reading::lockd().instance(),
             lockd_links: Vec::new(),
+            layout: Err(kallsyms::not_loaded(modules::LOCKD)),
         };
         if t.lockd.is_some() {
-            t.set_nlm_offsets(btf::nlm_offsets(&kbtf)?)?;
+            t.set_layout(&kbtf)?;
         }
         let aya_btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         let symbols = kallsyms::Symbols::read();
@@ -117,14 +123,25 @@ impl Tracer {
             );
         }
         let forced = self.opts.forced.get(p.name).copied();
+        // lockd coming or going (not live) is not loaded yet, whatever kallsyms says; loaded,
+        // its probes need the fields they read.
+        let unreadable = match (&self.layout, p.module == modules::LOCKD) {
+            (_, false) => None,
+            (_, true) if self.lockd.is_none() => Some(kallsyms::not_loaded(p.module)),
+            (Err(why), true) => Some(format!("no layout for lockd: {why}")),
+            (Ok(l), true) => lockd_layout::lacking(l, p.needs)
+                .map(|why| format!("lockd's layout lacks what it reads: {why}")),
+        };
+        let layout = match (&self.layout, p.module) {
+            (Ok(l), modules::LOCKD) => Some(l.source.clone()),
+            _ => None,
+        };
         let (ebpf, links) = (&mut self.ebpf, &mut self.lockd_links);
-        // lockd coming or going (not live) is not loaded yet, whatever kallsyms says.
-        let lockd_live = self.lockd.is_some();
-        plan::choose(p, forced, |w| {
+        let mut report = plan::choose(p, forced, |w| {
             if matches!(w.method, Method::Kprobe | Method::Kretprobe) {
                 symbols.can_kprobe(w.target, p.module)?;
-                if p.module == modules::LOCKD && !lockd_live {
-                    return Err(kallsyms::not_loaded(p.module));
+                if let Some(why) = &unreadable {
+                    return Err(why.clone());
                 }
             }
             let link = attach(ebpf, w, btf)?;
@@ -132,7 +149,18 @@ impl Tracer {
                 links.push((w.program, link));
             }
             Ok(())
-        })
+        });
+        if report.attached.is_some() {
+            report.layout = layout;
+        }
+        report
+    }
+
+    /// Finds lockd's layout (or why there is none) and hands it to the programs.
+    fn set_layout(&mut self, vmlinux: &btf_rs::Btf) -> Result<()> {
+        self.layout = lockd_layout::find(vmlinux, self.opts.btf_dir.as_deref());
+        let offsets = self.layout.as_ref().ok().map(|l| l.offsets);
+        self.set_nlm_offsets(offsets)
     }
 
     /// Hands lockd's struct offsets to the programs (None: they stop reading lockd's structs).
@@ -144,6 +172,23 @@ impl Tracer {
         let mut array: Array<_, NlmOffsets> = Array::try_from(map)?;
         array.set(0, offsets.unwrap_or_default(), 0)?;
         Ok(())
+    }
+
+    /// lockd's layout in a sentence: where it came from and what it lacks, or why none.
+    pub fn layout_said(&self) -> String {
+        match &self.layout {
+            Ok(l) if l.missing.is_empty() => format!("lockd's layout: from {}", l.source),
+            Ok(l) => format!(
+                "lockd's layout: from {}, without {}",
+                l.source,
+                l.missing
+                    .iter()
+                    .map(|m| m.1.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Err(why) => format!("lockd's layout: none ({why})"),
+        }
     }
 
     pub fn attached(&self) -> usize {
@@ -182,6 +227,14 @@ impl Counters {
             .get(&index, 0)
             .map(|v| v.iter().sum())
             .unwrap_or_default()
+    }
+
+    /// NLM probe runs that found no lockd layout, per NLM op (`nlm_op`), where any.
+    pub fn no_layout(&self) -> Vec<(u16, u64)> {
+        (1..counter::COUNT - counter::NO_LAYOUT)
+            .map(|op| (op as u16, self.get(counter::NO_LAYOUT + op)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Records lost because the ring buffer was full, per record kind.

@@ -114,6 +114,7 @@ impl Tracer {
             }
         }
         let _ = self.set_nlm_offsets(None);
+        self.layout = Err(super::kallsyms::not_loaded(LOCKD));
         let mut n = 0;
         for r in self.report.iter_mut().filter(|r| is_lockd(r.probe)) {
             if let Some(a) = r.attached.take() {
@@ -129,8 +130,8 @@ impl Tracer {
     }
 
     fn attach_lockd_probes(&mut self) -> String {
-        let offsets = btf::load_vmlinux().and_then(|k| btf::nlm_offsets(&k));
-        if let Err(e) = offsets.and_then(|o| self.set_nlm_offsets(o)) {
+        let layout = btf::load_vmlinux().and_then(|k| self.set_layout(&k));
+        if let Err(e) = layout {
             return format!("{LOCKD} loaded, but its probes cannot read its structs: {e:#}");
         }
         let (symbols, aya_btf) = (Symbols::read(), Btf::from_sys_fs().ok());
@@ -147,7 +148,11 @@ impl Tracer {
             attached += usize::from(r.attached.is_some());
             self.report[i] = r;
         }
-        format!("{LOCKD} loaded: {attached} of its {total} probes attached")
+        let why = match &self.layout {
+            Err(why) => format!(" (no layout: {why})"),
+            Ok(_) => String::new(),
+        };
+        format!("{LOCKD} loaded: {attached} of its {total} probes attached{why}")
     }
 }
 

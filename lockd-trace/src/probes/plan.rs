@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use lockd_trace_common::nlm_group::{BLOCK, HOST, LOCK, REBOOT, RQST, TASK};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -65,8 +66,10 @@ pub struct Probe {
     pub module: &'static str,
     /// What the probe captures, for `lockd-trace probes`.
     pub captures: &'static str,
-    /// Which kernels offer it.
+    /// Which kernels offer it, and what changed along the way.
     pub kernels: &'static str,
+    /// lockd field groups (`nlm_group`) it reads; without them it is not attached.
+    pub needs: u32,
     pub ways: &'static [Way],
 }
 
@@ -86,6 +89,7 @@ pub const PROBES: &[Probe] = &[
         module: "",
         captures: "every POSIX/OFD lock, unlock and test reaching an inode, with result and blocker",
         kernels: "filelock tracepoint, all supported kernels; tp_btf needs BTF",
+        needs: 0,
         ways: &[
             way(BtfTracepoint, "posix_lock_inode_btf", "posix_lock_inode"),
             way(RawTracepoint, "posix_lock_inode_raw", "posix_lock_inode"),
@@ -96,6 +100,7 @@ pub const PROBES: &[Probe] = &[
         module: "",
         captures: "flock(2) requests with result and blocker",
         kernels: "filelock tracepoint, all supported kernels; tp_btf needs BTF",
+        needs: 0,
         ways: &[
             way(BtfTracepoint, "flock_lock_inode_btf", "flock_lock_inode"),
             way(RawTracepoint, "flock_lock_inode_raw", "flock_lock_inode"),
@@ -106,6 +111,7 @@ pub const PROBES: &[Probe] = &[
         module: "",
         captures: "how a blocked F_SETLKW ended (granted, interrupted), without syscall hooks",
         kernels: "filelock tracepoint, all supported kernels; tp_btf needs BTF",
+        needs: 0,
         ways: &[
             way(BtfTracepoint, "fcntl_setlk_btf", "fcntl_setlk"),
             way(RawTracepoint, "fcntl_setlk_raw", "fcntl_setlk"),
@@ -116,6 +122,7 @@ pub const PROBES: &[Probe] = &[
         module: "",
         captures: "F_GETLK/F_OFD_GETLK questions",
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
+        needs: 0,
         ways: &[way(
             Tracepoint,
             "sys_enter_fcntl",
@@ -127,6 +134,7 @@ pub const PROBES: &[Probe] = &[
         module: "",
         captures: "F_GETLK answers; how a blocked F_SETLKW ended when fcntl_setlk cannot tell",
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
+        needs: 0,
         ways: &[way(Tracepoint, "sys_exit_fcntl", "syscalls:sys_exit_fcntl")],
     },
     Probe {
@@ -134,6 +142,7 @@ pub const PROBES: &[Probe] = &[
         module: "",
         captures: "how a blocked flock(2) ended",
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
+        needs: 0,
         ways: &[way(Tracepoint, "sys_exit_flock", "syscalls:sys_exit_flock")],
     },
     Probe {
@@ -141,6 +150,7 @@ pub const PROBES: &[Probe] = &[
         module: "",
         captures: "the exit of a process that took a lock (a lock outliving its owner)",
         kernels: "sched tracepoint, all supported kernels",
+        needs: 0,
         ways: &[way(
             Tracepoint,
             "sched_process_exit",
@@ -153,7 +163,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmclnt_proc",
         "nlmclnt_proc_entry",
-        "NLM client request: server, fcntl cmd, file, range, owner"
+        HOST,
+        "exported; 5.10-7.2",
+        "NLM client request: server, fcntl cmd, file, range, owner",
     ),
     kprobe!(
         Kretprobe,
@@ -161,7 +173,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmclnt_proc",
         "nlmclnt_proc_return",
-        "what the NLM client returned to NFS (and the application)"
+        HOST,
+        "exported; 5.10-7.2",
+        "what the NLM client returned to NFS (and the application)",
     ),
     kprobe!(
         Kprobe,
@@ -169,7 +183,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmclnt_call",
         "nlmclnt_call_entry",
-        "(entry of nlmclnt_call:ret)"
+        HOST | RQST | LOCK,
+        "static, out of line 5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "(entry of nlmclnt_call:ret)",
     ),
     kprobe!(
         Kretprobe,
@@ -177,7 +193,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmclnt_call",
         "nlmclnt_call_return",
-        "each NLM RPC: procedure, block/reclaim, svid, file handle, the server's NLM status"
+        HOST | RQST | LOCK,
+        "static, out of line 5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "each NLM RPC: procedure, block/reclaim, svid, file handle, the server's NLM status",
     ),
     kprobe!(
         Kprobe,
@@ -185,6 +203,8 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmclnt_unlock_callback",
         "nlmclnt_unlock_callback",
+        HOST | RQST | LOCK | TASK,
+        "static, out of line 5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
         "the asynchronous UNLOCK's RPC and NLM status (unexpected unlock status)",
     ),
     kprobe!(
@@ -193,7 +213,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmclnt_reclaim",
         "nlmclnt_reclaim_entry",
-        "(entry of nlmclnt_reclaim:ret)"
+        HOST | RQST | LOCK,
+        "5.10-7.2",
+        "(entry of nlmclnt_reclaim:ret)",
     ),
     kprobe!(
         Kretprobe,
@@ -201,7 +223,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmclnt_reclaim",
         "nlmclnt_reclaim_return",
-        "each lock reclaimed after a server reboot, with owner pid and status"
+        HOST | RQST | LOCK,
+        "5.10-7.2",
+        "each lock reclaimed after a server reboot, with owner pid and status",
     ),
     kprobe!(
         Kprobe,
@@ -209,7 +233,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmclnt_grant",
         "nlmclnt_grant_entry",
-        "(entry of nlmclnt_grant:ret)"
+        LOCK,
+        "5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "(entry of nlmclnt_grant:ret)",
     ),
     kprobe!(
         Kretprobe,
@@ -217,7 +243,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmclnt_grant",
         "nlmclnt_grant_return",
-        "the server's GRANTED callback for a blocked lock, and whether it matched"
+        LOCK,
+        "5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "the server's GRANTED callback for a blocked lock, and whether it matched",
     ),
     kprobe!(
         Kprobe,
@@ -225,7 +253,9 @@ pub const PROBES: &[Probe] = &[
         "",
         "locks_lock_inode_wait",
         "locks_lock_inode_wait_entry",
-        "(entry of locks_lock_inode_wait:ret, inside nlmclnt_proc only)"
+        0,
+        "vmlinux, exported, every kernel; reports only with lockd's layout",
+        "(entry of locks_lock_inode_wait:ret, inside nlmclnt_proc only)",
     ),
     kprobe!(
         Kretprobe,
@@ -233,7 +263,9 @@ pub const PROBES: &[Probe] = &[
         "",
         "locks_lock_inode_wait",
         "locks_lock_inode_wait_return",
-        "do_vfs_lock's local VFS result inside nlmclnt_proc, and the local lock in the way"
+        0,
+        "vmlinux, exported, every kernel; reports only with lockd's layout",
+        "do_vfs_lock's local VFS result inside nlmclnt_proc, and the local lock in the way",
     ),
     kprobe!(
         Kprobe,
@@ -241,7 +273,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmsvc_lock",
         "nlmsvc_lock_entry",
-        "(entry of nlmsvc_lock:ret)"
+        HOST | LOCK,
+        "5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "(entry of nlmsvc_lock:ret)",
     ),
     kprobe!(
         Kretprobe,
@@ -249,7 +283,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmsvc_lock",
         "nlmsvc_lock_return",
-        "NLM server LOCK: client host, file, range, svid, block/reclaim, status"
+        HOST | LOCK,
+        "5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "NLM server LOCK: client host, file, range, svid, block/reclaim, status",
     ),
     kprobe!(
         Kprobe,
@@ -257,7 +293,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmsvc_testlock",
         "nlmsvc_testlock_entry",
-        "(entry of nlmsvc_testlock:ret)"
+        HOST | LOCK,
+        "5.10-7.2 (7.2 dropped its cookie argument, not read)",
+        "(entry of nlmsvc_testlock:ret)",
     ),
     kprobe!(
         Kretprobe,
@@ -265,7 +303,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmsvc_testlock",
         "nlmsvc_testlock_return",
-        "NLM server TEST and its status"
+        HOST | LOCK,
+        "5.10-7.2 (7.2 dropped its cookie argument, not read)",
+        "NLM server TEST and its status",
     ),
     kprobe!(
         Kprobe,
@@ -273,7 +313,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmsvc_unlock",
         "nlmsvc_unlock_entry",
-        "(entry of nlmsvc_unlock:ret)"
+        LOCK,
+        "5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "(entry of nlmsvc_unlock:ret)",
     ),
     kprobe!(
         Kretprobe,
@@ -281,7 +323,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmsvc_unlock",
         "nlmsvc_unlock_return",
-        "NLM server UNLOCK and its status"
+        LOCK,
+        "5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "NLM server UNLOCK and its status",
     ),
     kprobe!(
         Kprobe,
@@ -289,7 +333,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmsvc_cancel_blocked",
         "nlmsvc_cancel_blocked_entry",
-        "(entry of nlmsvc_cancel_blocked:ret)"
+        LOCK,
+        "5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "(entry of nlmsvc_cancel_blocked:ret)",
     ),
     kprobe!(
         Kretprobe,
@@ -297,7 +343,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmsvc_cancel_blocked",
         "nlmsvc_cancel_blocked_return",
-        "NLM server CANCEL of a blocked request"
+        LOCK,
+        "5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
+        "NLM server CANCEL of a blocked request",
     ),
     kprobe!(
         Kprobe,
@@ -305,7 +353,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlmsvc_grant_blocked",
         "nlmsvc_grant_blocked",
-        "the server granting a lock a client waited for (GRANTED callback follows)"
+        HOST | RQST | LOCK | BLOCK,
+        "inlined in Debian's 5.10-7.2 builds (no symbol): attaches only where a build keeps it",
+        "the server granting a lock a client waited for (GRANTED callback follows)",
     ),
     kprobe!(
         Kprobe,
@@ -313,7 +363,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nsm_monitor",
         "nsm_monitor_entry",
-        "(entry of nsm_monitor:ret)"
+        HOST,
+        "5.10-7.2",
+        "(entry of nsm_monitor:ret)",
     ),
     kprobe!(
         Kretprobe,
@@ -321,6 +373,8 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nsm_monitor",
         "nsm_monitor_return",
+        HOST,
+        "5.10-7.2",
         "SM_MON upcall to the local statd for a peer, and its result (cannot monitor HOST)",
     ),
     kprobe!(
@@ -329,7 +383,9 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nsm_unmonitor",
         "nsm_unmonitor",
-        "SM_UNMON of a peer"
+        HOST,
+        "5.10-7.2",
+        "SM_UNMON of a peer",
     ),
     kprobe!(
         Kprobe,
@@ -337,20 +393,25 @@ pub const PROBES: &[Probe] = &[
         "lockd",
         "nlm_host_rebooted",
         "nlm_host_rebooted",
-        "a reboot notification (SM_NOTIFY): which host, new NSM state"
+        REBOOT,
+        "5.10-7.2 (7.2: struct lockd_reboot, was nlm_reboot)",
+        "a reboot notification (SM_NOTIFY): which host, new NSM state",
     ),
 ];
 
-const KPROBE_KERNELS: &str = "kprobes (CONFIG_KPROBES); lockd loaded; 6.1 and 6.12 tested";
-
-/// One lockd-side program on one kernel function (kprobes only: no fentry into modules).
+/// One lockd-side program on one kernel function (kprobes only: aya cannot put fentry on a
+/// module's functions). Needs CONFIG_KPROBES; 5.10 needs lockd's BTF supplied (--btf-dir).
 macro_rules! kprobe {
-    ($method:ident, $name:expr, $module:expr, $target:expr, $program:expr, $captures:expr $(,)?) => {
+    (
+        $method:ident, $name:expr, $module:expr, $target:expr, $program:expr, $needs:expr,
+        $kernels:expr, $captures:expr $(,)?
+    ) => {
         Probe {
             name: $name,
             module: $module,
             captures: $captures,
-            kernels: KPROBE_KERNELS,
+            kernels: $kernels,
+            needs: $needs,
             ways: &[way($method, $program, $target)],
         }
     };
@@ -367,6 +428,9 @@ pub struct ProbeReport {
     pub attached: Option<Attached>,
     /// Ways tried before (or instead of) the one that attached, with the kernel's answer.
     pub refused: Vec<Refusal>,
+    /// Where the struct layout it reads came from (lockd's probes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -389,6 +453,7 @@ pub fn skipped(probe: &'static Probe, why: &str) -> ProbeReport {
         captures: probe.captures,
         kernels: probe.kernels,
         attached: None,
+        layout: None,
         refused: vec![Refusal {
             method: probe.ways[0].method,
             target: probe.ways[0].target,
@@ -409,6 +474,7 @@ pub fn choose(
         kernels: probe.kernels,
         attached: None,
         refused: Vec::new(),
+        layout: None,
     };
     for way in probe.ways {
         if forced.is_some_and(|m| m != way.method) {

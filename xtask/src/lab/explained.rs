@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{expect::Results, offline::Public};
 
 /// The finding attached to the first kernel line containing `text`.
-fn explanation<'a>(events: &'a [Value], text: &str, source: &str) -> Result<&'a Value> {
+pub fn explanation<'a>(events: &'a [Value], text: &str, source: &str) -> Result<&'a Value> {
     let line = events
         .iter()
         .find(|e| {
@@ -24,7 +24,7 @@ fn explanation<'a>(events: &'a [Value], text: &str, source: &str) -> Result<&'a 
     Ok(&line["finding"])
 }
 
-fn want(f: &Value, field: &str, expected: Value, source: &str) -> Result<()> {
+pub fn want(f: &Value, field: &str, expected: Value, source: &str) -> Result<()> {
     let got = field.split('.').fold(f, |v, k| &v[k]);
     if *got != expected {
         bail!("{source}: explanation's {field} is {got}, expected {expected}\n{f:#}");

@@ -1,6 +1,7 @@
 //! The lab's images, cached under ~/.cache/lockd-trace/lab and rebuilt only when missing:
-//! Debian kernels (with lockd/nfsd modules and BTF), one bookworm rootfs with the NFS
-//! daemons, and a small busybox initramfs per kernel that mounts the rootfs over virtio-9p.
+//! Debian kernels (with lockd/nfsd modules; module BTF from 5.11, made from debug info for
+//! 5.10), one bookworm rootfs with the NFS daemons, and a small busybox initramfs per kernel
+//! that mounts the rootfs over virtio-9p.
 
 use std::{
     fs,
@@ -14,23 +15,70 @@ use crate::{setup, sh};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernel {
-    /// "6.1" or "6.12": what users type.
+    /// "5.10", "6.1", "6.12", "7.2": what users type.
     pub name: &'static str,
-    pub package: &'static str,
+    /// Debian suite the packages come from (bookworm is the system's own).
+    pub suite: &'static str,
+    /// Packages, pinned ("name=version") where the suite moves.
+    pub packages: &'static [&'static str],
     /// Directory under lib/modules.
     pub release: &'static str,
+    /// The package with lockd's debug info, for a kernel without module BTF (5.10): lockd's BTF
+    /// is made from it with pahole and handed to lockd-trace with --btf-dir.
+    pub debug_package: Option<&'static str>,
+    /// Scenarios its boot runs (all of them on the kernels CI covers fully).
+    pub scenarios: &'static [&'static str],
+    /// lockd unload/reload cycles its boot runs under a monitor: 20 where CI covers fully, to
+    /// catch a race in the module watcher on a busy host (a few seconds each under TCG).
+    pub reloads: usize,
 }
+
+/// Scenarios for the kernels CI adds to the two it covers fully: the three seed messages and
+/// the conflict that shows lockd's fields read right, in one boot each.
+const SEEDS: &[&str] = &["conflict", "out-of-sync", "stale-unlock", "reclaim"];
 
 pub const KERNELS: &[Kernel] = &[
     Kernel {
+        name: "5.10",
+        suite: "bullseye",
+        packages: &["linux-image-5.10.0-32-amd64-unsigned=5.10.223-1"],
+        release: "5.10.0-32-amd64",
+        debug_package: Some("linux-image-5.10.0-32-amd64-dbg=5.10.223-1"),
+        scenarios: SEEDS,
+        reloads: 3,
+    },
+    Kernel {
         name: "6.1",
-        package: "linux-image-6.1.0-50-amd64-unsigned",
+        suite: "bookworm",
+        packages: &["linux-image-6.1.0-50-amd64-unsigned"],
         release: "6.1.0-50-amd64",
+        debug_package: None,
+        scenarios: super::SCENARIOS,
+        reloads: 20,
     },
     Kernel {
         name: "6.12",
-        package: "linux-image-6.12.117+deb12-amd64-unsigned",
+        suite: "bookworm",
+        packages: &["linux-image-6.12.117+deb12-amd64-unsigned"],
         release: "6.12.117+deb12-amd64",
+        debug_package: None,
+        scenarios: super::SCENARIOS,
+        reloads: 20,
+    },
+    Kernel {
+        name: "7.2",
+        suite: "sid",
+        // The image package is a meta package now: the kernel, its modules, and its config and
+        // modules.builtin (without which modprobe cannot tell a built-in virtio_pci) apart.
+        packages: &[
+            "linux-binary-7.2.13+deb14-amd64=7.2.13-1",
+            "linux-modules-7.2.13+deb14-amd64=7.2.13-1",
+            "linux-base-7.2.13+deb14-amd64=7.2.13-1",
+        ],
+        release: "7.2.13+deb14-amd64",
+        debug_package: None,
+        scenarios: SEEDS,
+        reloads: 3,
     },
 ];
 
@@ -53,8 +101,14 @@ pub fn rootfs() -> PathBuf {
     cache().join("rootfs")
 }
 
+/// boot/vmlinuz-RELEASE, or (7.x packages) lib/modules/RELEASE/vmlinuz.
 pub fn vmlinuz(k: &Kernel) -> PathBuf {
-    kernel_dir(k).join(format!("boot/vmlinuz-{}", k.release))
+    let dir = kernel_dir(k);
+    let boot = dir.join(format!("boot/vmlinuz-{}", k.release));
+    if boot.exists() {
+        return boot;
+    }
+    dir.join("lib/modules").join(k.release).join("vmlinuz")
 }
 
 pub fn initrd(k: &Kernel) -> PathBuf {
@@ -70,6 +124,9 @@ pub fn build(kernels: &[Kernel]) -> Result<()> {
         build_kernel(k)?;
         install_modules(k)?;
         build_initrd(k)?;
+        if k.debug_package.is_some() {
+            super::btf::build(k)?;
+        }
     }
     Ok(())
 }
@@ -84,29 +141,97 @@ fn build_kernel(k: &Kernel) -> Result<()> {
         return Ok(());
     }
     eprintln!(
-        "xtask lab: fetching Debian kernel {} ({})",
-        k.name, k.package
+        "xtask lab: fetching Debian kernel {} ({}, {})",
+        k.name,
+        k.packages.join(" "),
+        k.suite
     );
     let _ = fs::remove_dir_all(&dir);
+    for package in k.packages {
+        let deb = download(k.suite, package)?;
+        sh::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    }
+    // Newer packages install under /usr (merged /usr): depmod -b and the rootfs want lib/.
+    let usr = dir.join("usr/lib/modules").join(k.release);
+    if usr.exists() && !dir.join("lib/modules").join(k.release).exists() {
+        fs::create_dir_all(dir.join("lib/modules"))?;
+        fs::rename(&usr, dir.join("lib/modules").join(k.release))?;
+    }
+    sh::run(Command::new("depmod").arg("-b").arg(&dir).arg(k.release))?;
+    fs::write(stamp(&dir), k.packages.join("\n"))?;
+    Ok(())
+}
+
+/// `apt-get download` of `package` ("name" or "name=version") from `suite`, into the cache;
+/// the .deb's path. Suites other than the system's use an apt state of their own, so the
+/// system's sources are never touched.
+pub fn download(suite: &str, package: &str) -> Result<PathBuf> {
     let dl = cache().join("debs");
     fs::create_dir_all(&dl)?;
-    sh::run(
-        Command::new("apt-get")
-            .current_dir(&dl)
-            .args(["download", k.package]),
-    )?;
-    let deb = fs::read_dir(&dl)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{}_", k.package)))
-        })
-        .with_context(|| format!("{} was not downloaded", k.package))?;
-    sh::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
-    sh::run(Command::new("depmod").arg("-b").arg(&dir).arg(k.release))?;
-    fs::write(stamp(&dir), k.package)?;
-    Ok(())
+    let name = package.split('=').next().unwrap_or(package);
+    let find = || {
+        fs::read_dir(&dl)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_")))
+            })
+    };
+    if let Some(deb) = find() {
+        return Ok(deb);
+    }
+    let mut cmd = Command::new("apt-get");
+    cmd.current_dir(&dl)
+        .args(apt_state(suite)?)
+        .args(["download", package]);
+    if let Err(e) = sh::run(&mut cmd) {
+        bail!(
+            "cannot download {package} from Debian {suite} ({e:#}): a pinned version leaves the \
+             suite when it moves on; `apt-cache policy {name}` (with that suite) shows what it \
+             has now, to pin in xtask/src/lab/image.rs"
+        );
+    }
+    find().with_context(|| format!("{package} was not downloaded"))
+}
+
+/// apt options for a private state that lists `suite` (none for the system's bookworm),
+/// updated once.
+fn apt_state(suite: &str) -> Result<Vec<String>> {
+    if suite == "bookworm" {
+        return Ok(Vec::new());
+    }
+    let d = cache().join(format!("apt-{suite}"));
+    let args = vec![
+        format!(
+            "-o=Dir::Etc::sourcelist={}",
+            d.join("sources.list").display()
+        ),
+        "-o=Dir::Etc::sourceparts=/nonexistent".into(),
+        format!("-o=Dir::State::Lists={}", d.join("lists").display()),
+        format!("-o=Dir::Cache={}", d.join("cache").display()),
+    ];
+    let updated = d.join(".updated");
+    if !updated.exists() {
+        fs::create_dir_all(d.join("lists/partial"))?;
+        fs::create_dir_all(d.join("cache/archives/partial"))?;
+        let mirror = fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("URIs:").map(|u| u.trim().to_string()))
+            })
+            .unwrap_or_else(|| "http://deb.debian.org/debian".into());
+        fs::write(
+            d.join("sources.list"),
+            format!("deb {mirror} {suite} main\n"),
+        )?;
+        eprintln!("xtask lab: reading Debian {suite}'s package lists (a private apt state)");
+        sh::run(Command::new("apt-get").args(&args).args(["update", "-qq"]))?;
+        fs::write(&updated, "")?;
+    }
+    Ok(args)
 }
 
 fn build_rootfs() -> Result<()> {

@@ -2,11 +2,14 @@
 //! inside one guest, scenarios driven by real processes while lockd-trace records.
 
 pub mod bench;
+mod btf;
 mod expect;
 mod explained;
+mod faults;
 mod image;
 mod late_attach;
 mod offline;
+mod table;
 mod vm;
 
 use std::{
@@ -28,6 +31,10 @@ pub const SCENARIOS: &[&str] = &[
     "out-of-sync",
     "stale-unlock",
     "reclaim",
+    "statd-down",
+    "lockd-gone",
+    "nfsd-restart",
+    "clock-step",
     "vanished-client",
 ];
 
@@ -58,6 +65,8 @@ enum LabCmd {
         #[arg(long, default_value = "all")]
         kernel: String,
     },
+    /// The README's table of probes and scenarios per kernel, from the last runs' results.
+    Table,
     /// An interactive guest with NFS up (serial console; `poweroff -f` or Ctrl-A X to leave).
     Shell {
         #[arg(long, default_value = "6.1")]
@@ -68,17 +77,23 @@ enum LabCmd {
 pub fn run(args: LabArgs) -> Result<()> {
     match args.cmd {
         LabCmd::Build { kernel } => image::build(&kernels(&kernel)?),
-        LabCmd::Run { scenarios, kernel } => run_scenarios(&kernels(&kernel)?, &names(&scenarios)?),
-        LabCmd::Check { scenarios, kernel } => {
-            check_results(&kernels(&kernel)?, &names(&scenarios)?)
+        LabCmd::Run { scenarios, kernel } => {
+            run_scenarios(&kernels(&kernel)?, names(&scenarios)?.as_deref())
         }
+        LabCmd::Check { scenarios, kernel } => {
+            check_results(&kernels(&kernel)?, names(&scenarios)?.as_deref())
+        }
+        LabCmd::Table => table::write(KERNELS),
         LabCmd::Shell { kernel } => shell(&kernels(&kernel)?[0]),
     }
 }
 
-/// The CI entry: every kernel, every scenario, one boot per kernel.
+/// The CI entry: every kernel, each with its scenarios, one boot per kernel; then the
+/// README's kernel table from the results.
 pub fn test() -> Result<()> {
-    run_scenarios(KERNELS, SCENARIOS)
+    let ran = run_scenarios(KERNELS, None);
+    table::write(KERNELS)?;
+    ran
 }
 
 fn kernels(name: &str) -> Result<Vec<Kernel>> {
@@ -89,12 +104,16 @@ fn kernels(name: &str) -> Result<Vec<Kernel>> {
         .iter()
         .find(|k| k.name == name)
         .map(|k| vec![*k])
-        .with_context(|| format!("unknown lab kernel `{name}` (6.1, 6.12 or all)"))
+        .with_context(|| {
+            let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+            format!("unknown lab kernel `{name}` ({} or all)", names.join(", "))
+        })
 }
 
-fn names(scenarios: &[String]) -> Result<Vec<&'static str>> {
+/// The scenarios asked for; None for `all` (each kernel's own list).
+fn names(scenarios: &[String]) -> Result<Option<Vec<&'static str>>> {
     if scenarios.iter().any(|s| s == "all") {
-        return Ok(SCENARIOS.to_vec());
+        return Ok(None);
     }
     scenarios
         .iter()
@@ -105,13 +124,18 @@ fn names(scenarios: &[String]) -> Result<Vec<&'static str>> {
                 .copied()
                 .with_context(|| format!("unknown scenario `{s}` ({})", SCENARIOS.join(", ")))
         })
-        .collect()
+        .collect::<Result<_>>()
+        .map(Some)
 }
 
-/// The tracer the scenarios run under on kernel `k`: `monitor` on 6.1, `live` on 6.12, so each
-/// scenario passes under both on one kernel or the other.
+/// The tracer the scenarios run under on kernel `k`: `monitor` on 6.1 and 7.2, `live` on 5.10
+/// and 6.12, so each scenario passes under both on one kernel or the other.
 fn tracer_for(k: &Kernel) -> &'static str {
-    if k.name == "6.1" { "monitor" } else { "live" }
+    if matches!(k.name, "6.1" | "7.2") {
+        "monitor"
+    } else {
+        "live"
+    }
 }
 
 /// What the guest runs: scenario names, and for `bench` its rounds and lock+unlock pairs.
@@ -121,10 +145,6 @@ pub struct Plan<'a> {
     /// lockd unload/reload cycles under the boot's monitor (module watching must stay exact).
     pub reloads: usize,
 }
-
-/// Reload cycles of a test boot: enough to catch a race in the module watcher when CI's host
-/// is busy (each takes a few seconds under TCG).
-const RELOADS: usize = 20;
 
 fn share_dir(k: &Kernel) -> PathBuf {
     build::workspace_root().join(format!("target/lab/{}", k.name))
@@ -148,6 +168,15 @@ fn prepare_share(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
     let (rounds, pairs) = plan.bench;
     fs::write(share.join("bench.txt"), format!("{rounds} {pairs}"))?;
     fs::write(share.join("reloads.txt"), plan.reloads.to_string())?;
+    // A kernel without module BTF gets lockd's, made on the host (lab/btf.rs).
+    let mut args = String::new();
+    if k.debug_package.is_some() {
+        fs::create_dir_all(share.join("btf"))?;
+        fs::copy(btf::dir(k).join("lockd"), share.join("btf/lockd"))
+            .context("lockd's BTF missing: `cargo xtask lab build` makes it")?;
+        args = "--btf-dir /share/btf".into();
+    }
+    fs::write(share.join("tracer-args.txt"), args)?;
     let release = build::binary();
     for (src, name) in [
         (release.clone(), "lockd-trace"),
@@ -159,14 +188,16 @@ fn prepare_share(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
     Ok(share)
 }
 
-fn run_scenarios(kernels: &[Kernel], scenarios: &[&str]) -> Result<()> {
-    let plan = Plan {
-        scenarios,
-        bench: (0, 0),
-        reloads: RELOADS,
-    };
+/// Boots each kernel once for `scenarios` (None: the kernel's own list) and checks them.
+fn run_scenarios(kernels: &[Kernel], scenarios: Option<&[&str]>) -> Result<()> {
     let mut failures = Vec::new();
     for k in kernels {
+        let scenarios = scenarios.unwrap_or(k.scenarios);
+        let plan = Plan {
+            scenarios,
+            bench: (0, 0),
+            reloads: k.reloads,
+        };
         match boot(k, &plan) {
             Ok(share) => failures.extend(check_scenarios(k, &share, scenarios)),
             Err(e) => failures.push(format!("{}: {e:#}", k.name)),
@@ -178,9 +209,10 @@ fn run_scenarios(kernels: &[Kernel], scenarios: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn check_results(kernels: &[Kernel], scenarios: &[&str]) -> Result<()> {
+fn check_results(kernels: &[Kernel], scenarios: Option<&[&str]>) -> Result<()> {
     let mut failures = Vec::new();
     for k in kernels {
+        let scenarios = scenarios.unwrap_or(k.scenarios);
         let share = share_dir(k);
         if let Err(e) = check_boot(k, &share) {
             failures.push(format!("{}: {e:#}", k.name));
@@ -199,7 +231,17 @@ fn check_scenarios(k: &Kernel, share: &Path, scenarios: &[&str]) -> Vec<String> 
     for s in scenarios {
         let dir = share.join("results").join(s);
         show(k, s, &dir);
-        match expect::check(s, &dir) {
+        let checked = if faults::SCENARIOS.contains(s) {
+            faults::check(s, &dir)
+        } else {
+            expect::check(s, &dir)
+        };
+        let verdict = match &checked {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        let _ = fs::write(table::verdict_path(&share.join("results"), s), verdict);
+        match checked {
             Ok(()) => eprintln!("xtask lab: {} {s}: ok ({})", k.name, tracer_for(k)),
             Err(e) => failures.push(format!("{} {s}: {e:#}", k.name)),
         }
@@ -214,11 +256,51 @@ fn check_boot(k: &Kernel, share: &Path) -> Result<()> {
         .parse()?;
     late_attach::check(&share.join("results/boot"), reloads)
         .context("lockd loaded after the monitor started")?;
+    layout_check(k, &share.join("results/boot"))?;
     eprintln!(
         "xtask lab: {}: the monitor followed lockd's load and {reloads} unload/reload cycles \
          exactly",
         k.name
     );
+    Ok(())
+}
+
+/// lockd's layout came from where it should (the kernel's BTF, or on 5.10 the BTF the lab
+/// made), and without it the NLM probes say why rather than pretend to attach.
+fn layout_check(k: &Kernel, boot: &Path) -> Result<()> {
+    let read = |f: &str| -> Result<Vec<serde_json::Value>> {
+        let t = fs::read_to_string(boot.join(f)).with_context(|| format!("{f} missing"))?;
+        serde_json::from_str(&t).with_context(|| format!("{f} is not the probe table"))
+    };
+    let row = |rows: &[serde_json::Value]| {
+        rows.iter()
+            .find(|r| r["probe"] == "nlmclnt_call:ret")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let with = row(&read("probes.json")?);
+    let want = if k.debug_package.is_some() {
+        "supplied /share/btf/lockd"
+    } else {
+        "the kernel's /sys/kernel/btf/lockd"
+    };
+    if with["attached"]["method"] != "kretprobe" || with["layout"] != want {
+        bail!(
+            "{}: nlmclnt_call:ret should attach with lockd's layout from {want}: {with}",
+            k.name
+        );
+    }
+    if k.debug_package.is_some() {
+        let bare = row(&read("probes-bare.json")?);
+        let said = bare["refused"].to_string();
+        if !bare["attached"].is_null() || !said.contains("no BTF for module lockd") {
+            bail!(
+                "{}: without --btf-dir the NLM probes should say there is no lockd BTF: {bare}",
+                k.name
+            );
+        }
+    }
+    eprintln!("xtask lab: {}: lockd's layout from {want}", k.name);
     Ok(())
 }
 

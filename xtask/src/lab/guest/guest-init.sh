@@ -15,11 +15,13 @@ mount -t tracefs nodev /sys/kernel/tracing
 # Until N lines of FILE match PATTERN (2 min at most).
 wait_for() { local i; for i in $(seq 240); do [ "$(grep -c "$2" $1)" -ge ${3:-1} ] && return 0; sleep 0.5; done
     echo "LAB: no '$2' (x${3:-1}) in $1"; return 1; }
+# Arguments every lockd-trace here gets (5.10: --btf-dir, lockd's BTF made on the host).
+TA=$(cat /share/tracer-args.txt)
 metrics() { python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9464/metrics").read().decode())'; }
 # A monitor started before lockd is loaded follows its load, unload and reload, then the
 # NLM calls of the grace-period wait below.
 B=/share/results/boot; mkdir -p $B
-/share/lockd-trace monitor --json -w $B/trace.ldt > $B/findings.jsonl 2> $B/monitor.log & M=$!
+/share/lockd-trace monitor $TA --json -w $B/trace.ldt > $B/findings.jsonl 2> $B/monitor.log & M=$!
 wait_for $B/monitor.log tracing
 # A 10 s grace period instead of 90 s: lock requests are refused until it ends.
 # Each change is waited for before the next, so the monitor must say every one exactly once.
@@ -45,6 +47,9 @@ mount -t nfs -o vers=3 127.0.0.1:/export /mnt/nfs || { echo "LAB: nfs mount fail
 echo "LAB: nfs mounted"
 python3 /share/scenarios.py --wait-grace /mnt/nfs/.grace || { echo "LAB: grace never ended"; exit 1; }
 echo "LAB: grace period over"
+# How this kernel takes each probe, with the lab's arguments and without them.
+/share/lockd-trace probes --json $TA > $B/probes.json 2> $B/probes.err
+/share/lockd-trace probes --json > $B/probes-bare.json 2>> $B/probes.err
 metrics > $B/metrics.txt; kill -INT $M; wait $M; echo $? > $B/monitor.exit
 for s in $(cat /share/scenarios.txt); do
     d=/share/results/$s; mkdir -p $d; dmesg -C
@@ -56,16 +61,16 @@ for s in $(cat /share/scenarios.txt); do
     # `monitor` (findings only; the host exports the trace file's events).
     a="--json --blocked-after 20s --unanswered-after 20s -w $d/trace.ldt"
     if [ "$(cat /share/tracer.txt)" = monitor ]; then
-        touch $d/monitor; /share/lockd-trace monitor $a > $d/findings.jsonl 2> $d/tracer.log & T=$!
+        touch $d/monitor; /share/lockd-trace monitor $TA $a > $d/findings.jsonl 2> $d/tracer.log & T=$!
     else
-        /share/lockd-trace live $a > $d/trace.jsonl 2> $d/tracer.log & T=$!
+        /share/lockd-trace live $TA $a > $d/trace.jsonl 2> $d/tracer.log & T=$!
     fi
     logs=$d/tracer.log; P=
     if [ $s = out-of-sync ]; then
         # The same run recorded as two sides, to be merged on the host: the client's
         # processes, and the server's lockd plus the admin's write to /proc/fs/nfsd.
-        /share/lockd-trace record --comm locker -o $d/client.ldt 2> $d/client.log & P="$P $!"
-        /share/lockd-trace record --comm lockd,python3 -o $d/server.ldt 2> $d/server.log & P="$P $!"
+        /share/lockd-trace record $TA --comm locker -o $d/client.ldt 2> $d/client.log & P="$P $!"
+        /share/lockd-trace record $TA --comm lockd,python3 -o $d/server.ldt 2> $d/server.log & P="$P $!"
         logs="$logs $d/client.log $d/server.log"
     fi
     for l in $logs; do

@@ -2,7 +2,7 @@
 """Lab scenarios, run inside the guest: real processes (the `locker` program) make real lock
 calls on the NFS mount; what they did and got is written to RESULTS/facts.json so the host can
 check the trace against it.  Usage: scenarios.py NAME RESULTS | --wait-grace FILE"""
-import fcntl, json, os, select, subprocess, sys, time
+import ctypes, fcntl, json, os, select, signal, subprocess, sys, time
 
 LOCKER = "/share/locker"
 
@@ -144,18 +144,17 @@ def out_of_sync(facts):
         o.exit()
 
 
-# A second client host: its own network (veth 10.99.0.2, the server is 10.99.0.1), mount and
-# UTS namespaces, with its own rpcbind and statd (the kernel's NLM client and NSM calls stay in
-# the namespace: lockd registers with the rpcbind its mount process sees), NFSv3 mounted from
-# the server's address.  Its setup talks on stderr; stdout (fd 3 meanwhile) is the locker's,
-# which is the script's argument.
-CLIENT2 = "vanished"
-CLIENT2_SETUP = """exec 3>&1 >&2
-hostname vanished
+# A second client host: its own network (veth, the server is NET.1, the client NET.2), mount
+# and UTS namespaces, with its own rpcbind and statd (the kernel's NLM client and NSM calls stay
+# in the namespace: lockd registers with the rpcbind its mount process sees), NFSv3 mounted
+# from the server's address.  Its setup talks on stderr; stdout (fd 3 meanwhile) is the
+# locker's, which is the script's argument.
+CLIENT_SETUP = """exec 3>&1 >&2
+hostname {name}
 mount -t tmpfs tmpfs /run && mkdir -p /run/rpcbind /run/mnt
 mount -t tmpfs tmpfs /var/lib/nfs && mkdir -p /var/lib/nfs/sm /var/lib/nfs/sm.bak
 rpcbind -w && rpc.statd --no-notify
-mount -t nfs -o vers=3 10.99.0.1:/export /run/mnt || exit 1
+mount -t nfs -o vers=3 {net}.1:/export /run/mnt || exit 1
 exec "$@" >&3 3>&-
 """
 
@@ -164,13 +163,17 @@ def sh(cmd):
     subprocess.run(["sh", "-c", cmd], check=True)
 
 
-def second_host():
-    sh(f"ip netns add {CLIENT2}")
-    sh(f"ip link add vh type veth peer name vg netns {CLIENT2}")
-    sh("ip addr add 10.99.0.1/24 dev vh && ip link set vh up")
-    sh(f"ip -n {CLIENT2} addr add 10.99.0.2/24 dev vg && ip -n {CLIENT2} link set vg up")
-    sh(f"ip -n {CLIENT2} link set lo up")
-    sh("exportfs -o rw,sync,no_subtree_check,no_root_squash,fsid=1 10.99.0.2:/export")
+def second_host(name, net, link):
+    """Client host `name` at NET.2 on a veth pair whose server end `link` is NET.1; returns the
+    command prefix that runs a program there (after its own rpcbind, statd and NFS mount)."""
+    sh(f"ip netns add {name}")
+    sh(f"ip link add {link} type veth peer name vg netns {name}")
+    sh(f"ip addr add {net}.1/24 dev {link} && ip link set {link} up")
+    sh(f"ip -n {name} addr add {net}.2/24 dev vg && ip -n {name} link set vg up")
+    sh(f"ip -n {name} link set lo up")
+    sh(f"exportfs -o rw,sync,no_subtree_check,no_root_squash,fsid=1 {net}.2:/export")
+    setup = CLIENT_SETUP.format(name=name, net=net)
+    return ["ip", "netns", "exec", name, "unshare", "-mu", "sh", "-c", setup, name]
 
 
 def vanished_client(facts):
@@ -178,9 +181,8 @@ def vanished_client(facts):
     lock and a server-local process waits behind it; after the server's reboot notification
     (sm-notify -f) statd keeps trying to reach it from sm.bak/; unlock_filesystem releases its
     lock and the waiter gets it."""
-    second_host()
+    prefix = second_host("vanished", "10.99.0", "vh")
     touch("/export/vanished")
-    prefix = ["ip", "netns", "exec", CLIENT2, "unshare", "-mu", "sh", "-c", CLIENT2_SETUP, "vanished-host"]
     v = Locker("/run/mnt/vanished", prefix)
     facts["v"] = {"pid": v.pid, "setlk w 0 100": v.cmd("setlk w 0 100")}
     facts["sm"] = sorted(os.listdir("/var/lib/nfs/sm"))
@@ -202,11 +204,132 @@ def vanished_client(facts):
     x.exit()
 
 
+def pids_of(name):
+    r = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+
+
+def overrun_kernel_log(facts):
+    """Stops every tracer, writes twice the kernel log's size into it, lets them go on: their
+    next read of /dev/kmsg finds the records they had not read overwritten."""
+    tracers = pids_of("lockd-trace")
+    for p in tracers:
+        os.kill(p, signal.SIGSTOP)
+    size = ctypes.CDLL(None).klogctl(10, None, 0)  # SYSLOG_ACTION_SIZE_BUFFER
+    line = "overrun: filling the kernel log while its readers are stopped %06d\n"
+    lines = 2 * size // len(line) + 100
+    for i in range(lines):
+        with open("/dev/kmsg", "w") as k:  # a fresh open: /dev/kmsg rate-limits each
+            k.write(line % i)
+    for p in tracers:
+        os.kill(p, signal.SIGCONT)
+    facts["overrun"] = {"tracers": len(tracers), "log_size": size, "lines": lines}
+    log("kernel log overrun:", facts["overrun"])
+
+
+def statd_down(facts):
+    """The kernel log overruns while the tracers are stopped; then rpc.statd dies (and rpcbind,
+    through which the kernel finds it: with statd alone gone, 6.1 waited 60 s for it and then
+    took the lock unmonitored) and a client locks on a server it had not locked with
+    (127.0.0.2): lockd cannot have it monitored, prints "lockd: cannot monitor 127.0.0.2", and
+    the lock fails with ENOLCK."""
+    os.makedirs("/mnt/nfs2", exist_ok=True)
+    sh("mount -t nfs -o vers=3 127.0.0.2:/export /mnt/nfs2")
+    touch("/export/statd")
+    overrun_kernel_log(facts)
+    sh("pkill -x rpc.statd; pkill -x rpcbind; sleep 1")
+    a = Locker("/mnt/nfs2/statd")
+    facts["a"] = {"pid": a.pid, "setlk w 0 10": a.cmd("setlk w 0 10")}
+    a.exit()
+    sh("rpcbind -w && rpc.statd --no-notify && umount /mnt/nfs2")
+
+
+NFS_DOWN = "umount /mnt/nfs && rpc.nfsd 0 && pkill -x rpc.mountd; exportfs -ua; sleep 1; " \
+    "umount /proc/fs/nfsd && rmmod nfsv3 nfs nfsd lockd"
+NFS_UP = "modprobe lockd nlm_grace_period=10 && modprobe -a nfsd nfs nfsv3 && " \
+    "mount -t nfsd nfsd /proc/fs/nfsd && echo 10 > /proc/fs/nfsd/nfsv4leasetime && " \
+    "echo 10 > /proc/fs/nfsd/nfsv4gracetime && exportfs -ra && rpc.mountd && rpc.nfsd 2 && " \
+    "mount -t nfs -o vers=3 127.0.0.1:/export /mnt/nfs"
+
+
+def lockd_gone(facts):
+    """A client's request waits at the server (BLOCKED behind a server-local holder) and the
+    tracer holds the file's history: removing lockd is refused while NFS uses it; then NFS is
+    taken down, lockd removed and loaded again, NFS brought back: the tracer follows, and reads
+    the next NLM request right."""
+    touch("/export/gone")
+    x, w = Locker("/export/gone"), Locker("/mnt/nfs/gone")
+    facts["x"] = {"pid": x.pid, "setlk w 0 100": x.cmd("setlk w 0 100")}
+    facts["w"] = {"pid": w.pid}
+    w.send("setlkw w 0 100")
+    time.sleep(25)  # over --blocked-after
+    r = subprocess.run(["rmmod", "lockd"], capture_output=True, text=True)
+    facts["rmmod_busy"] = {"exit": r.returncode, "stderr": r.stderr.strip()}
+    w.p.kill()
+    w.p.wait(30)
+    x.exit()
+    sh(NFS_DOWN)
+    facts["lockd_removed"] = not os.path.exists("/sys/module/lockd")
+    time.sleep(3)  # the tracers notice (they look every second)
+    sh(NFS_UP)
+    facts["grace"] = wait_grace("/mnt/nfs/.grace")
+    y = Locker("/mnt/nfs/gone")
+    facts["y"] = {"pid": y.pid, "setlk w 10 20": y.cmd("setlk w 10 20")}
+    y.exit()
+
+
+def nfsd_restart(facts):
+    """A client host (its own namespaces, 10.99.1.2) holds a lock; nfsd is stopped and started
+    again (the server's own loopback mount is unmounted first, so nfsd is lockd's last user in
+    the server's network namespace). lockd cannot free a client host that holds locks
+    ("lockd: couldn't shutdown host module for net ..."): the lock stays in force across the
+    restart, a server-local process is refused it, and the client's unlock waits out the new
+    grace period (DENIED_GRACE_PERIOD)."""
+    sh("umount /mnt/nfs")
+    prefix = second_host("restarted", "10.99.1", "vr")
+    touch("/export/restart")
+    c = Locker("/run/mnt/restart", prefix)
+    facts["c"] = {"pid": c.pid, "setlk w 0 100": c.cmd("setlk w 0 100")}
+    stop = subprocess.Popen(["rpc.nfsd", "0"])
+    facts["nfsd_stop"] = {"pid": stop.pid, "exit": stop.wait(60)}
+    sh("rpc.nfsd 2")
+    x = Locker("/export/restart")
+    facts["x"] = {"pid": x.pid, "setlk w 0 100": x.cmd("setlk w 0 100")}
+    x.exit()
+    c.exit()
+    sh("ip link del vr; mount -t nfs -o vers=3 127.0.0.1:/export /mnt/nfs")
+    facts["grace"] = wait_grace("/mnt/nfs/.grace")
+
+
+def clock_step(facts, results):
+    """`record` runs while the wall clock is stepped back an hour, then forward two: its times
+    come from the monotonic clock, so the analysis orders and dates the events as they were."""
+    t, err = tracer("record", os.path.join(results, "clock"))
+    start_mono, facts["wall_start"] = time.monotonic(), time.time()
+    touch("/mnt/nfs/clock")
+    a, b = Locker("/mnt/nfs/clock"), Locker("/mnt/nfs/clock")
+    facts["a"] = {"pid": a.pid, "setlk w 0 10": a.cmd("setlk w 0 10")}
+    facts["b"] = {"pid": b.pid}
+    sh("date -s @%d >/dev/null" % (time.time() - 3600))
+    b.send("setlkw w 0 10")
+    time.sleep(2)
+    sh("date -s @%d >/dev/null" % (time.time() + 7200))
+    facts["a"]["setlk u 0 10"] = a.cmd("setlk u 0 10")
+    facts["b"]["setlkw w 0 10"] = b.read(60)
+    a.exit()
+    b.exit()
+    t.send_signal(signal.SIGINT)
+    facts["record_exit"] = t.wait(60)
+    sh("date -s @%d >/dev/null" % (time.time() - 3600))
+    facts["elapsed_s"] = time.monotonic() - start_mono
+
+
 def tracer(mode, out):
     """Starts `lockd-trace MODE` (monitor or record) and waits until it traces."""
     args = {"monitor": ["monitor", "--no-metrics"], "record": ["record", "-o", out + ".ldt"]}[mode]
     err = open(out + ".log", "w+")
-    t = subprocess.Popen(["/share/lockd-trace", *args], stdout=subprocess.DEVNULL, stderr=err)
+    extra = open("/share/tracer-args.txt").read().split()
+    t = subprocess.Popen(["/share/lockd-trace", args[0], *extra, *args[1:]], stdout=subprocess.DEVNULL, stderr=err)
     for _ in range(480):
         err.seek(0)
         if "tracing" in err.read():
@@ -276,6 +399,10 @@ def main():
             "out-of-sync": out_of_sync,
             "stale-unlock": stale_unlock,
             "reclaim": reclaim,
+            "statd-down": statd_down,
+            "lockd-gone": lockd_gone,
+            "nfsd-restart": nfsd_restart,
+            "clock-step": lambda facts: clock_step(facts, results),
             "vanished-client": vanished_client,
             "bench": lambda facts: bench(facts, results),
         }[name](facts)
