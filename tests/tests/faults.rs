@@ -64,6 +64,12 @@ fn monitor(data: &PrivateFs, addr: &str, outputs: &[&str]) -> Tracer {
     t
 }
 
+/// A monitor writing a trace file and a log of findings.
+fn monitor_writing(data: &PrivateFs, addr: &str, trace: &Path, log: &Path) -> Tracer {
+    let (trace, log) = (trace.to_str().unwrap(), log.to_str().unwrap());
+    monitor(data, addr, &["-w", trace, "--log", log])
+}
+
 /// `analyze --json -e FILE`: (stdout, stderr), asserting it read the file without error.
 fn analyze(trace: &Path) -> (String, String) {
     let out = Command::new(tracer_bin())
@@ -112,16 +118,7 @@ fn a_full_disk_sets_the_trace_file_aside_until_space_is_freed() {
     );
     let (file, addr) = (data.file("f"), port(10));
     let (trace, log) = (out.join("mon.ldt"), logs.join("findings.log"));
-    let mut t = monitor(
-        &data,
-        &addr,
-        &[
-            "-w",
-            trace.to_str().unwrap(),
-            "--log",
-            log.to_str().unwrap(),
-        ],
-    );
+    let mut t = monitor_writing(&data, &addr, &trace, &log);
     let before = blocked_wait(&file);
     thread::sleep(Duration::from_millis(1500));
     let filler = out.fill();
@@ -185,16 +182,7 @@ fn read_only_outputs_at_start_are_used_once_writable() {
     );
     let (file, addr) = (data.file("f"), port(11));
     let (trace, log) = (out.join("mon.ldt"), out.join("findings.log"));
-    let mut t = monitor(
-        &data,
-        &addr,
-        &[
-            "-w",
-            trace.to_str().unwrap(),
-            "--log",
-            log.to_str().unwrap(),
-        ],
-    );
+    let mut t = monitor_writing(&data, &addr, &trace, &log);
     t.wait_stderr("trace_file failed: Read-only file system");
     t.wait_stderr("log failed: Read-only file system");
     let unseen = blocked_wait(&file);
@@ -231,16 +219,7 @@ fn a_removed_directory_is_written_again_once_it_is_back() {
     let (file, addr, dir) = (data.file("f"), port(12), out.join("d"));
     fs::create_dir(&dir).unwrap();
     let (trace, log) = (dir.join("mon.ldt"), dir.join("findings.log"));
-    let mut t = monitor(
-        &data,
-        &addr,
-        &[
-            "-w",
-            trace.to_str().unwrap(),
-            "--log",
-            log.to_str().unwrap(),
-        ],
-    );
+    let mut t = monitor_writing(&data, &addr, &trace, &log);
     let gone = blocked_wait(&file);
     thread::sleep(Duration::from_millis(1500));
     fs::remove_dir_all(&dir).unwrap();

@@ -126,9 +126,7 @@ fn lock(btf: &Btf, o: &mut NlmOffsets) -> Result<()> {
         })
         .context("neither lockd_lock nor an nlm_lock with an svid is in lockd's BTF")?;
     let name = struct_name(btf, &ty);
-    let at = |field: &str| {
-        path_offset(btf, &ty, field).ok_or_else(|| anyhow!("lockd's struct {name} has no {field}"))
-    };
+    let at = |field| offset_in(btf, &ty, field);
     o.lock_fh = at("fh")?;
     o.lock_svid = at("svid")?;
     o.lock_fl = at("fl")?;
@@ -162,10 +160,7 @@ fn reboot(btf: &Btf, o: &mut NlmOffsets) -> Result<()> {
         .context(
             "neither nlm_host_rebooted's argument nor lockd_reboot/nlm_reboot is in lockd's BTF",
         )?;
-    let name = struct_name(btf, &ty);
-    let at = |field: &str| {
-        path_offset(btf, &ty, field).ok_or_else(|| anyhow!("lockd's struct {name} has no {field}"))
-    };
+    let at = |field| offset_in(btf, &ty, field);
     o.reboot_mon = at("mon")?;
     o.reboot_len = at("len")?;
     o.reboot_state = at("state")?;
@@ -199,6 +194,12 @@ fn param_struct(btf: &Btf, func: &str, index: usize) -> Option<Type> {
     };
     let pointee = strip(btf, btf.resolve_chained_type(&ptr).ok()?);
     matches!(pointee, Type::Struct(_)).then_some(pointee)
+}
+
+/// Offset of `field` in the struct `ty`, or an error naming both.
+fn offset_in(btf: &Btf, ty: &Type, field: &str) -> Result<u32> {
+    path_offset(btf, ty, field)
+        .ok_or_else(|| anyhow!("lockd's struct {} has no {field}", struct_name(btf, ty)))
 }
 
 fn struct_name(btf: &Btf, ty: &Type) -> String {
