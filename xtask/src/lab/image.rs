@@ -33,9 +33,16 @@ pub struct Kernel {
     pub reloads: usize,
 }
 
-/// Scenarios for the kernels CI adds to the two it covers fully: the three seed messages and
-/// the conflict that shows lockd's fields read right, in one boot each.
-const SEEDS: &[&str] = &["conflict", "out-of-sync", "stale-unlock", "reclaim"];
+/// Scenarios for the kernels CI adds to the two it covers fully: the three seed messages, the
+/// conflict that shows lockd's fields read right and the vanished client (statd, a second
+/// host), in one boot each; the fault scenarios run on 6.1 and 6.12.
+const FIVE: &[&str] = &[
+    "conflict",
+    "out-of-sync",
+    "stale-unlock",
+    "reclaim",
+    "vanished-client",
+];
 
 pub const KERNELS: &[Kernel] = &[
     Kernel {
@@ -44,7 +51,7 @@ pub const KERNELS: &[Kernel] = &[
         packages: &["linux-image-5.10.0-32-amd64-unsigned=5.10.223-1"],
         release: "5.10.0-32-amd64",
         debug_package: Some("linux-image-5.10.0-32-amd64-dbg=5.10.223-1"),
-        scenarios: SEEDS,
+        scenarios: FIVE,
         reloads: 3,
     },
     Kernel {
@@ -77,7 +84,7 @@ pub const KERNELS: &[Kernel] = &[
         ],
         release: "7.2.13+deb14-amd64",
         debug_package: None,
-        scenarios: SEEDS,
+        scenarios: FIVE,
         reloads: 3,
     },
 ];
