@@ -180,7 +180,10 @@ fn nfsd_restart(r: &Results) -> Result<()> {
     if !f["host"].as_str().is_some_and(|h| h.contains("10.99.1.2")) {
         bail!("the finding should name client 10.99.1.2: {f:#}");
     }
-    eprintln!("xtask lab:   explained: {}", f["headline"].as_str().unwrap_or(""));
+    eprintln!(
+        "xtask lab:   explained: {}",
+        f["headline"].as_str().unwrap_or("")
+    );
     Ok(())
 }
 
