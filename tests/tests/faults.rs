@@ -141,10 +141,15 @@ fn a_full_disk_sets_the_trace_file_aside_until_space_is_freed() {
     );
     assert!(sample(&m, r#"lockd_trace_sink_unwritten_total{sink="trace_file"}"#) >= Some(600));
     assert_eq!(sample(&m, r#"lockd_trace_sink_up{sink="log"}"#), Some(1));
+    // Space freed, then SIGHUP (as logrotate sends): writing resumes at once, without
+    // waiting for the next periodic try.
     fs::remove_file(filler).unwrap();
+    let hup = Instant::now();
+    t.signal(libc::SIGHUP);
     let m = scrape_until(&addr, r#"lockd_trace_sink_up{sink="trace_file"}"#, |v| {
         v == Some(1)
     });
+    assert!(hup.elapsed() < Duration::from_secs(2), "{:?} after SIGHUP", hup.elapsed());
     let unwritten = sample(&m, r#"lockd_trace_sink_unwritten_total{sink="trace_file"}"#).unwrap();
     t.wait_stderr(&format!(
         "trace_file works again ({unwritten} items not written so far)"
