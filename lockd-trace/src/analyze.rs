@@ -138,7 +138,7 @@ impl Merged {
     pub fn report(&self) -> Result<()> {
         let mut corrupt = Vec::new();
         for (path, d) in &self.damage {
-            eprintln!(
+            crate::say!(
                 "lockd-trace: {}: {d}; the records before it were read",
                 path.display()
             );
@@ -154,7 +154,7 @@ impl Merged {
             }
         }
         for (kind, total) in lost {
-            eprintln!(
+            crate::say!(
                 "lockd-trace: the recorder lost {total} {kind} records ({})",
                 crate::names::loss_cause(&kind)
             );
@@ -271,7 +271,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     );
     finish_io(replay(&mut m, &mut p))?;
     let c = &p.engine.correlator;
-    eprintln!(
+    crate::say!(
         "lockd-trace: {} events, {} findings, {} kernel lines ({} explained by events, {} not), \
          {} files in history, {} evicted",
         p.tally.events,

@@ -4,6 +4,25 @@
 //! engine, pipeline, sinks/, tracefile/ (record/read); live, analyze, merge, export, locks
 //! (commands). A library so the fuzz target (fuzz/) reaches the trace-file reader.
 
+/// A line on stderr that cannot fail: the agent's own messages must not take it down when
+/// stderr is gone (journald restarted, a closed pipe), where `eprintln!` would panic.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// [`say!`] without the newline (a status line redrawn in place).
+#[macro_export]
+macro_rules! say_inline {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
 pub mod analyze;
 pub mod cli;
 pub mod clock;

@@ -249,7 +249,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     }
     let mut kmsg = if s.kmsg {
         Kmsg::open()
-            .map_err(|e| eprintln!("lockd-trace: kernel log not followed (/dev/kmsg: {e})"))
+            .map_err(|e| crate::say!("lockd-trace: kernel log not followed (/dev/kmsg: {e})"))
             .ok()
     } else {
         None
@@ -295,7 +295,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
         None => None,
     };
     if let Some(l) = &metrics {
-        eprintln!("lockd-trace: metrics on http://{}/metrics", l.local_addr()?);
+        crate::say!("lockd-trace: metrics on http://{}/metrics", l.local_addr()?);
     }
     let mut probes = attach_state(&tracer);
     let deadline = time::sleep(s.duration.unwrap_or(Duration::MAX / 4));
@@ -323,7 +323,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
                     }
                 },
                 Err(e) => {
-                    eprintln!("lockd-trace: stopped following the kernel log: {e}");
+                    crate::say!("lockd-trace: stopped following the kernel log: {e}");
                     kmsg = None;
                 }
             },
@@ -339,7 +339,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
             _ = tick.tick() => {
                 ticks += 1;
                 if let Some(change) = tracer.watch_modules() {
-                    eprintln!("lockd-trace: {change}");
+                    crate::say!("lockd-trace: {change}");
                     probes = attach_state(&tracer);
                 }
                 if ticks % STATD_POLL_TICKS == 1 && let Some(w) = &mut s.statd {
@@ -367,7 +367,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
         io_result = report_lost(&counters, &mut p, &mut lost).and_then(|()| p.finish());
     }
     if status {
-        eprintln!();
+        crate::say!();
     }
     match io_result {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
@@ -395,7 +395,7 @@ fn seed_held_locks(p: &mut Pipeline<'_>, paths: &mut Paths, filter: u32) -> io::
         p.event(&ev, file.as_deref())?;
     }
     if held.len() > MAX {
-        eprintln!(
+        crate::say!(
             "lockd-trace: {} locks held at the start; only the first {MAX} are known as held \
              before tracing",
             held.len()
@@ -497,7 +497,7 @@ fn kernel_log(item: kmsg::Read, p: &mut Pipeline<'_>) -> io::Result<()> {
     match item {
         kmsg::Read::Line(l) => p.kernel(l),
         kmsg::Read::Gap(total) => {
-            eprintln!(
+            crate::say!(
                 "lockd-trace: the kernel log overran: {total} records overwritten before they \
                  were read so far (lockd lines among them cannot be explained); following on"
             );
@@ -526,14 +526,14 @@ fn announce(tracer: &Tracer) {
         }
     }
     for (why, probes) in by_reason {
-        eprintln!(
+        crate::say!(
             "lockd-trace: {} probe(s) not attached ({}): {why}",
             probes.len(),
             probes.join(", ")
         );
     }
-    eprintln!("lockd-trace: {}", tracer.layout_said());
-    eprintln!(
+    crate::say!("lockd-trace: {}", tracer.layout_said());
+    crate::say!(
         "lockd-trace: {} of {} probes attached; tracing (Ctrl-C to stop)",
         tracer.attached(),
         tracer.report.len()
@@ -565,7 +565,7 @@ fn report_lost(counters: &Counters, p: &mut Pipeline<'_>, seen: &mut Vec<u64>) -
         if total > seen[i] {
             seen[i] = total;
             let name = kind_name(kind);
-            eprintln!(
+            crate::say!(
                 "lockd-trace: {total} {name} events lost so far ({})",
                 crate::names::loss_cause(name)
             );
@@ -590,7 +590,7 @@ fn kind_name(kind: u16) -> &'static str {
 
 fn status_line(p: &Pipeline<'_>, lost: &[u64]) {
     let bytes = p.writer.as_ref().map_or(0, |w| w.total_bytes);
-    eprint!(
+    crate::say_inline!(
         "\rlockd-trace: {} events, {} KiB written, {} lost   ",
         p.tally.events,
         bytes / 1024,
@@ -606,7 +606,7 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
     let written = p.writer.as_ref().map_or(String::new(), |w| {
         format!(", {} written ({} bytes)", w.events, w.total_bytes)
     });
-    eprintln!(
+    crate::say!(
         "lockd-trace: {} events received, {} shown{written}, {} findings, {} kernel lines, \
          {lost} lost, {undecodable} undecodable, {} kernel reads failed, {} blockers not \
          found, {} histories evicted, {} filtered in the kernel, {} outside the scope",
@@ -628,7 +628,7 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
             .iter()
             .map(|(op, n)| format!("{} {n}", crate::names::nlm_op_name(*op)))
             .collect();
-        eprintln!(
+        crate::say!(
             "lockd-trace: NLM probes fired without lockd's layout and recorded nothing: {}",
             per_op.join(", ")
         );
@@ -639,7 +639,7 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
         (&p.trace_health, unwritten),
     ] {
         if h.failures > 0 {
-            eprintln!(
+            crate::say!(
                 "lockd-trace: {} failed {} time(s); {missed} items were not written to it{}",
                 h.name,
                 h.failures,

@@ -100,7 +100,7 @@ pub async fn run(args: LocksArgs) -> Result<()> {
             }
         }
     }
-    eprintln!(
+    crate::say!(
         "lockd-trace: {matched} traced locks match /proc/locks, {missing} traced locks missing \
          from it, {untraced} locks in it not seen taken"
     );

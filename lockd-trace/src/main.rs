@@ -36,6 +36,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): done, as any filter would be.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
 }
@@ -53,9 +55,16 @@ fn standard_fds() {
     }
 }
 
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// One sentence (the error and its causes on one line), non-zero exit.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("lockd-trace: error: {e:#}");
+    lockd_trace::say!("lockd-trace: error: {e:#}");
     ExitCode::FAILURE
 }
 
@@ -68,7 +77,7 @@ impl log::Log for StderrLog {
     }
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
-            eprintln!(
+            lockd_trace::say!(
                 "lockd-trace: {}: {}",
                 r.level().as_str().to_lowercase(),
                 r.args()

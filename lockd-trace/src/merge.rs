@@ -41,7 +41,7 @@ pub fn merge(args: &MergeArgs) -> Result<()> {
         w.flush()
     };
     write(&mut w, &mut m).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!(
+    crate::say!(
         "lockd-trace: {} events from {} files merged into {} ({} bytes)",
         w.events,
         args.files.len(),

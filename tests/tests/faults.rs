@@ -149,7 +149,11 @@ fn a_full_disk_sets_the_trace_file_aside_until_space_is_freed() {
     let m = scrape_until(&addr, r#"lockd_trace_sink_up{sink="trace_file"}"#, |v| {
         v == Some(1)
     });
-    assert!(hup.elapsed() < Duration::from_secs(2), "{:?} after SIGHUP", hup.elapsed());
+    assert!(
+        hup.elapsed() < Duration::from_secs(2),
+        "{:?} after SIGHUP",
+        hup.elapsed()
+    );
     let unwritten = sample(&m, r#"lockd_trace_sink_unwritten_total{sink="trace_file"}"#).unwrap();
     t.wait_stderr(&format!(
         "trace_file works again ({unwritten} items not written so far)"
@@ -510,4 +514,44 @@ fn a_lock_taken_before_tracing_is_named_when_someone_waits_behind_it() {
     );
     holder.exit();
     waiter.exit();
+}
+
+#[test]
+fn a_monitor_whose_stdout_and_stderr_are_gone_goes_on() {
+    harness::require_root();
+    let data = PrivateFs::mount("noerr-data");
+    let (file, addr) = (data.file("f"), port(15));
+    let mut child = Command::new(tracer_bin())
+        .args(["monitor", "--all-fs", "--blocked-after", "1s"])
+        .args(["--mount", data.path(), "--metrics", &addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the monitor never served metrics"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Both readers go away (a closed pipe, journald restarted): every message it says from now
+    // on fails to be written, and must not take it down.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    blocked_wait(&file);
+    let m = scrape_until(
+        &addr,
+        r#"lockd_trace_findings_total{kind="blocked_long"}"#,
+        |v| v == Some(1),
+    );
+    assert_eq!(
+        sample(&m, r#"lockd_trace_sink_errors_total{sink="stdout"}"#),
+        Some(1)
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the monitor died");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }

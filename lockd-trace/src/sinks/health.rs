@@ -63,7 +63,7 @@ impl Health {
             return;
         }
         self.failures += 1;
-        eprintln!(
+        crate::say!(
             "lockd-trace: {} failed: {e}; monitoring goes on without it, trying it again \
              every {RETRY_SECS} s and on SIGHUP",
             self.name
@@ -73,7 +73,7 @@ impl Health {
 
     /// It wrote again; `missing` is what it did not get meanwhile, over the session.
     pub fn recovered(&mut self, missing: u64) {
-        eprintln!(
+        crate::say!(
             "lockd-trace: {} works again ({missing} items not written so far)",
             self.name
         );
