@@ -34,8 +34,9 @@ pub const LAB_PACKAGES: &[&str] = &[
 ];
 
 /// Debian packages for `cargo xtask bench`: stress-ng's lock stressors and bpftrace (the
-/// reference tracer; bookworm's 0.17 attaches and prints on the 6.18 host kernel), taskset.
-pub const BENCH_PACKAGES: &[&str] = &["stress-ng", "bpftrace", "util-linux"];
+/// reference tracer; bookworm's 0.17 attaches and prints on the 6.18 host kernel), taskset,
+/// bpftool (the kernel's per-program statistics).
+pub const BENCH_PACKAGES: &[&str] = &["stress-ng", "bpftrace", "util-linux", "bpftool"];
 
 /// Everything needed to build the workspace, eBPF object included.
 pub fn toolchain() -> Result<()> {

@@ -127,6 +127,18 @@ impl Tracer {
     }
 }
 
+/// A test that fails (panics) must not leave its tracer running: it would trace on, and a
+/// stopped one would hold the kernel log's readers back, for every test after it.
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(libc::SIGCONT);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Tracer {
     /// Waits (20 s at most) for a stderr line containing `pat`, and returns it.
     pub fn wait_stderr(&mut self, pat: &str) -> String {

@@ -8,6 +8,7 @@
 
 mod agent;
 mod analyzer;
+mod bpfstats;
 mod capacity;
 mod load;
 mod longrun;

@@ -147,3 +147,24 @@ pub fn meminfo_kib(key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// The ids of the eBPF programs process `pid` holds open (fdinfo's prog_id of its bpf-prog
+/// descriptors).
+pub fn bpf_prog_ids(pid: u32) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for fd in fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let info = fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}

@@ -396,6 +396,7 @@ fn storm_section(o: &mut String, ctx: &Ctx, st: &Section<Storm>) -> Result<()> {
         workload_table(o, w)?;
     }
     storm_explained(o, st)?;
+    programs_table(o, st)?;
     Ok(())
 }
 
@@ -451,6 +452,36 @@ fn workload_table(o: &mut String, w: &Workload) -> Result<()> {
 }
 
 /// Where monitor's cost comes from, in nanoseconds per fcntl call on lockstorm.
+/// Each program's cost from the kernel's own statistics (one lockstorm run per tracer).
+fn programs_table(o: &mut String, st: &Storm) -> Result<()> {
+    writeln!(o, "### What each program costs (the kernel's statistics)\n")?;
+    writeln!(
+        o,
+        "One lockstorm run per lockd-trace configuration with `kernel.bpf_stats_enabled=1` \
+         (the kernel's own run count and run time per loaded program, as `bpftool prog show` \
+         gives them; off again afterwards, since it costs a little itself):\n"
+    )?;
+    table(o, &["configuration", "program", "runs/s", "ns per run"])?;
+    for (config, measured) in &st.programs {
+        match measured {
+            Ok(progs) => {
+                for p in progs {
+                    writeln!(
+                        o,
+                        "| {config} | {} | {} | {:.0} |",
+                        p.name,
+                        rate(p.runs_per_s),
+                        p.ns_per_run
+                    )?;
+                }
+            }
+            Err(e) => writeln!(o, "| {config} | not measured: {e} | | |")?,
+        }
+    }
+    writeln!(o)?;
+    Ok(())
+}
+
 fn storm_explained(o: &mut String, st: &Storm) -> Result<()> {
     let Some(w) = st.workloads.first() else {
         return Ok(());

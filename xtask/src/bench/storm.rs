@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use super::{
     Ctx,
+    bpfstats::{self, Program},
     load::{Load, Throughput},
     measure_one, median,
     procfs::Usage,
@@ -75,6 +76,9 @@ impl Workload {
 
 pub struct Storm {
     pub workloads: Vec<Workload>,
+    /// Per lockd-trace configuration, each program's runs and ns per run from the kernel's
+    /// statistics during one lockstorm run (bpfstats.rs).
+    pub programs: Vec<(String, Result<Vec<Program>, String>)>,
     /// Why the per-hook breakdown of monitor is missing, if it is.
     pub breakdown_missing: Option<String>,
 }
@@ -92,6 +96,13 @@ impl Storm {
                         r.config.name
                     ));
                 }
+            }
+        }
+        for (config, measured) in &self.programs {
+            if let Err(e) = measured {
+                out.push(format!(
+                    "section 1: the programs' statistics under {config}: {e}"
+                ));
             }
         }
         out
@@ -162,8 +173,18 @@ pub fn run(ctx: &Ctx) -> Result<Storm> {
         }
         workloads.push(rounds(ctx, load, configs));
     }
+    let programs = configs(ctx)
+        .into_iter()
+        .filter(|c| matches!(c.name.as_str(), "monitor" | "record"))
+        .map(|c| {
+            let measured = bpfstats::measure(ctx, &c, ctx.seconds)
+                .map_err(|e| super::one_line(&format!("{e:#}")));
+            (c.name, measured)
+        })
+        .collect();
     Ok(Storm {
         workloads,
+        programs,
         breakdown_missing: (!ctx.skip_probe).then(|| {
             "this lockd-trace has no --skip-probe yet, so monitor's cost could not be split \
              by hook with lockd-trace itself"
