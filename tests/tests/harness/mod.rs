@@ -123,7 +123,7 @@ impl Tracer {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
             .collect();
-        (events, self.stderr_seen)
+        (events, std::mem::take(&mut self.stderr_seen))
     }
 }
 
