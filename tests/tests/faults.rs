@@ -37,6 +37,20 @@ fn blocked_wait(file: &str) -> u32 {
     pid
 }
 
+/// Returns once the agent has handled every event before this call: a refused lock, whose
+/// EAGAIN the metrics count, comes after them in the ring buffer, which is read in order.
+/// (A finding can be counted before the events that end its wait are read.)
+fn read_so_far(file: &str, addr: &str) {
+    let series = r#"lockd_trace_errors_total{errno="EAGAIN"}"#;
+    let before = sample(&scrape(addr), series).unwrap_or(0);
+    let (mut x, mut y) = (Locker::spawn(file), Locker::spawn(file));
+    assert_eq!(x.cmd("setlk w 100 1"), "ok");
+    assert_eq!(y.cmd("setlk w 100 1"), "err EAGAIN");
+    x.exit();
+    y.exit();
+    scrape_until(addr, series, |v| v > Some(before));
+}
+
 /// Lock/unlock pairs on `file`: enough events to need a write.
 fn churn(file: &str, pairs: usize) {
     let mut a = Locker::spawn(file);
@@ -126,6 +140,7 @@ fn a_full_disk_sets_the_trace_file_aside_until_space_is_freed() {
     t.wait_stderr("trace_file failed: No space left on device");
     // The monitor goes on: its findings reach the log, its metrics answer.
     let during = blocked_wait(&file);
+    read_so_far(&file, &addr);
     let m = scrape_until(
         &addr,
         r#"lockd_trace_findings_total{kind="blocked_long"}"#,
@@ -178,7 +193,12 @@ fn a_full_disk_sets_the_trace_file_aside_until_space_is_freed() {
     assert!(has_wait_end(&analyzed, before) && has_wait_end(&analyzed, after));
     assert!(
         !has_wait_end(&analyzed, during),
-        "written while the disk was full?"
+        "written while the disk was full? {}",
+        analyzed
+            .lines()
+            .filter(|l| l.contains(&format!("\"pid\":{during},")))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(unwritten_reported(&astderr), unwritten);
 }
@@ -195,6 +215,7 @@ fn read_only_outputs_at_start_are_used_once_writable() {
     t.wait_stderr("trace_file failed: Read-only file system");
     t.wait_stderr("log failed: Read-only file system");
     let unseen = blocked_wait(&file);
+    read_so_far(&file, &addr);
     let m = scrape_until(
         &addr,
         r#"lockd_trace_findings_total{kind="blocked_long"}"#,
@@ -235,6 +256,7 @@ fn a_removed_directory_is_written_again_once_it_is_back() {
     t.wait_stderr("trace_file failed: the file was deleted");
     let missed = blocked_wait(&file);
     t.wait_stderr("log failed: No such file or directory");
+    read_so_far(&file, &addr);
     fs::create_dir(&dir).unwrap();
     for sink in ["trace_file", "log"] {
         scrape_until(

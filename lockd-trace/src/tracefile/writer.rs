@@ -12,7 +12,10 @@ use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
     io,
-    os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -69,6 +72,24 @@ pub struct Writer {
     pub events: u64,
     /// Events that never reached the file (failed batches, and events skipped while failed).
     pub unwritten: u64,
+    /// A batch failed for want of space: `recover` waits for RESUME_ROOM.
+    full: bool,
+}
+
+/// Free space a filled-up filesystem needs before writing resumes. Less may be only the slack
+/// of the file's last block: a few records fit, then it is full again, and the output flaps.
+const RESUME_ROOM: u64 = 64 * 1024;
+
+/// Bytes an unprivileged writer may still use on `f`'s filesystem.
+fn room(f: &File) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid descriptor and a buffer of the right type, read only on success.
+    if unsafe { libc::fstatvfs(f.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: filled in by the successful call above.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 fn create(path: &Path) -> io::Result<File> {
@@ -105,6 +126,7 @@ impl Writer {
             total_bytes: 0,
             events: 0,
             unwritten: 0,
+            full: false,
         }
     }
 
@@ -255,6 +277,7 @@ impl Writer {
             None => Err(no_file()),
         };
         if let Err(e) = r {
+            self.full |= matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
             self.drop_batch();
             return Err(e);
         }
@@ -313,8 +336,13 @@ impl Writer {
             Some(f) if self.written > 0 && self.present()? => f.set_len(self.written)?,
             _ => self.start()?,
         }
+        if self.full && self.file.as_ref().map_or(Ok(0), room)? < RESUME_ROOM {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         self.lost(UNWRITTEN, self.unwritten)?;
-        self.sync()
+        self.sync()?;
+        self.full = false;
+        Ok(())
     }
 
     /// After SIGHUP: when the file was moved away (logrotate), start a new one at the path;
