@@ -46,9 +46,13 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts `lockd-trace live --json ARGS` and waits until its probes are attached.
+    /// Starts `lockd-trace live --json --comm locker ARGS` and waits until its probes are
+    /// attached.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut all = vec!["live", "--json"];
+        // Only the tests' own lockers are shown: `live` traces the whole host, and another
+        // lock-heavy workload beside the tests (a benchmark's storm: 100k calls/s) made one
+        // test read and parse gigabytes of its events until the OOM killer ended the run.
+        let mut all = vec!["live", "--json", "--comm", "locker"];
         all.extend_from_slice(args);
         Tracer::command(&all)
     }
