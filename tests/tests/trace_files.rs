@@ -61,7 +61,7 @@ fn json_lines(s: &str) -> Vec<Value> {
 fn recorded_blocking_is_explained_without_root() {
     let file = scratch_file("recorded");
     let trace = public_dir().join("recorded.ldt");
-    let t = Tracer::command(&["record", "-o", trace.to_str().unwrap()]);
+    let t = Tracer::command(&["record", "--comm", "locker", "-o", trace.to_str().unwrap()]);
     let mut holder = Locker::spawn(&file);
     let mut waiter = Locker::spawn(&file);
     assert_eq!(holder.cmd("setlk w 0 100"), "ok");
@@ -164,7 +164,7 @@ fn recorded_blocking_is_explained_without_root() {
 fn a_sigkilled_recorder_leaves_a_readable_file() {
     let file = scratch_file("killed");
     let trace = public_dir().join("killed.ldt");
-    let t = Tracer::command(&["record", "-o", trace.to_str().unwrap()]);
+    let t = Tracer::command(&["record", "--comm", "locker", "-o", trace.to_str().unwrap()]);
     let mut l = Locker::spawn(&file);
     for _ in 0..200 {
         assert_eq!(l.cmd("setlk w 0 10"), "ok");
@@ -181,9 +181,10 @@ fn a_sigkilled_recorder_leaves_a_readable_file() {
     let shared = shareable(&trace, "killed-copy.ldt");
     let (code, out, err) = unprivileged(&["export", "--format", "jsonl", &shared]);
     assert_eq!(code, 0, "a torn tail is not an error: {err}");
+    let pid = l_pid(&out, &file);
     let mine = json_lines(&out)
         .into_iter()
-        .filter(|e| e["pid"] == l_pid(&out, &file))
+        .filter(|e| e["pid"] == pid)
         .count();
     assert!(
         mine >= 400,
@@ -205,7 +206,7 @@ fn l_pid(out: &str, file: &str) -> Value {
 fn damaged_and_foreign_files_get_one_clear_error() {
     let file = scratch_file("damaged");
     let trace = public_dir().join("damaged.ldt");
-    let t = Tracer::command(&["record", "-o", trace.to_str().unwrap()]);
+    let t = Tracer::command(&["record", "--comm", "locker", "-o", trace.to_str().unwrap()]);
     let mut l = Locker::spawn(&file);
     for _ in 0..20 {
         l.cmd("setlk w 0 10");
