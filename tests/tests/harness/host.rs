@@ -91,11 +91,13 @@ impl Drop for PrivateFs {
     }
 }
 
-/// A loopback address for this test process's endpoint number `n`.
+/// A loopback address for this test process's endpoint number `n` (below 100). Kept under
+/// the kernel's ephemeral range (32768 and up by default): a port there can already be the
+/// local end of some connection (a scrape, a download), and the monitor then cannot listen.
 pub fn port(n: u16) -> String {
     format!(
         "127.0.0.1:{}",
-        20000 + (std::process::id() % 20000) as u16 + n
+        20000 + (std::process::id() % 12000) as u16 + n
     )
 }
 
