@@ -57,6 +57,10 @@ enum LabCmd {
         scenarios: Vec<String>,
         #[arg(long, default_value = "all")]
         kernel: String,
+        /// lockd unload/reload cycles in the boot's module-watching check (default: the
+        /// kernel's own count, as in `cargo xtask test`).
+        #[arg(long)]
+        reloads: Option<usize>,
     },
     /// Check the results of the last `run` again, without booting (after changing a check).
     Check {
@@ -77,9 +81,11 @@ enum LabCmd {
 pub fn run(args: LabArgs) -> Result<()> {
     match args.cmd {
         LabCmd::Build { kernel } => image::build(&kernels(&kernel)?),
-        LabCmd::Run { scenarios, kernel } => {
-            run_scenarios(&kernels(&kernel)?, names(&scenarios)?.as_deref())
-        }
+        LabCmd::Run {
+            scenarios,
+            kernel,
+            reloads,
+        } => run_scenarios(&kernels(&kernel)?, names(&scenarios)?.as_deref(), reloads),
         LabCmd::Check { scenarios, kernel } => {
             check_results(&kernels(&kernel)?, names(&scenarios)?.as_deref())
         }
@@ -91,7 +97,7 @@ pub fn run(args: LabArgs) -> Result<()> {
 /// The CI entry: every kernel, each with its scenarios, one boot per kernel; then the
 /// README's kernel table from the results.
 pub fn test() -> Result<()> {
-    let ran = run_scenarios(KERNELS, None);
+    let ran = run_scenarios(KERNELS, None, None);
     table::write(KERNELS)?;
     ran
 }
@@ -189,14 +195,18 @@ fn prepare_share(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
 }
 
 /// Boots each kernel once for `scenarios` (None: the kernel's own list) and checks them.
-fn run_scenarios(kernels: &[Kernel], scenarios: Option<&[&str]>) -> Result<()> {
+fn run_scenarios(
+    kernels: &[Kernel],
+    scenarios: Option<&[&str]>,
+    reloads: Option<usize>,
+) -> Result<()> {
     let mut failures = Vec::new();
     for k in kernels {
         let scenarios = scenarios.unwrap_or(k.scenarios);
         let plan = Plan {
             scenarios,
             bench: (0, 0),
-            reloads: k.reloads,
+            reloads: reloads.unwrap_or(k.reloads),
         };
         match boot(k, &plan) {
             Ok(share) => failures.extend(check_scenarios(k, &share, scenarios)),
