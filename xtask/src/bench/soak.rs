@@ -57,6 +57,9 @@ pub struct Sample {
     pub fds: u64,
     /// utime + stime so far, in seconds.
     pub cpu_s: f64,
+    /// lockd_trace_events_lost_total so far (None: that scrape failed), so that a loss is
+    /// placed in time (a stall of the host, or a steady shortfall).
+    pub lost: Option<u64>,
 }
 
 /// What the scraper saw.
@@ -125,7 +128,7 @@ fn soak(ctx: &Ctx, dir: &Path) -> Result<Soak> {
         let storm = s.spawn(|| stopping(&stop, storm(ctx, until, &stop)));
         let churn = s.spawn(|| stopping(&stop, churn(ctx, until, &stop)));
         let scraper = s.spawn(|| scraper(addr, &stop));
-        let watched = watch(pid, started, until, &stop);
+        let watched = watch(pid, addr, started, until, &stop);
         stop.store(true, Ordering::Relaxed);
         let joined = |what: &str| anyhow!("the {what} thread panicked");
         (
@@ -177,18 +180,25 @@ fn warmup(seconds: f64) -> f64 {
     (0.2 * seconds).max(10.0).min(seconds / 2.0)
 }
 
-fn sample(pid: u32, started: Instant) -> Result<Sample> {
+fn sample(pid: u32, addr: SocketAddr, started: Instant) -> Result<Sample> {
     Ok(Sample {
         t: started.elapsed().as_secs_f64(),
         rss_kib: procfs::status_kib(pid, "VmRSS")?,
         fds: procfs::open_fds(pid)?,
         cpu_s: procfs::cpu_seconds(pid)?,
+        lost: scrape(addr).and_then(|m| lost_total(&m)).ok(),
     })
 }
 
 /// Reads the monitor every EVERY until `until`, and once at the end (or when a load failed).
-fn watch(pid: u32, started: Instant, until: Instant, stop: &AtomicBool) -> Result<Vec<Sample>> {
-    let mut samples = vec![sample(pid, started)?];
+fn watch(
+    pid: u32,
+    addr: SocketAddr,
+    started: Instant,
+    until: Instant,
+    stop: &AtomicBool,
+) -> Result<Vec<Sample>> {
+    let mut samples = vec![sample(pid, addr, started)?];
     let mut next = started;
     loop {
         next = (next + EVERY).min(until);
@@ -198,7 +208,7 @@ fn watch(pid: u32, started: Instant, until: Instant, stop: &AtomicBool) -> Resul
             }
             thread::sleep(left.min(Duration::from_millis(100)));
         }
-        samples.push(sample(pid, started)?);
+        samples.push(sample(pid, addr, started)?);
         if next >= until {
             return Ok(samples);
         }
@@ -567,12 +577,28 @@ pub fn render(o: &mut String, s: &Section<Soak>) -> Result<()> {
     if step > 1 {
         writeln!(o, "Every {step}th sample:\n")?;
     }
-    table(o, &["s", "VmRSS", "open fds", "CPU since the row before"])?;
+    table(
+        o,
+        &[
+            "s",
+            "VmRSS",
+            "open fds",
+            "CPU since the row before",
+            "lost so far",
+        ],
+    )?;
     for (i, x) in shown.iter().enumerate() {
         let cpu = i.checked_sub(1).map_or("—".into(), |p| {
             format!("{:.1} %", cpu_percent(shown[p], x))
         });
-        writeln!(o, "| {:.0} | {} | {} | {cpu} |", x.t, mib(x.rss_kib), x.fds)?;
+        let lost = x.lost.map_or("scrape failed".into(), |n| n.to_string());
+        writeln!(
+            o,
+            "| {:.0} | {} | {} | {cpu} | {lost} |",
+            x.t,
+            mib(x.rss_kib),
+            x.fds
+        )?;
     }
     writeln!(o)?;
     Ok(())
@@ -616,6 +642,7 @@ mod tests {
                     rss_kib,
                     fds,
                     cpu_s,
+                    lost: Some(0),
                 }
             })
             .collect();
