@@ -163,13 +163,7 @@ impl Histories {
         self.tick += 1;
         let tick = self.tick;
         if !self.files.contains_key(&key) {
-            while self.files.len() >= self.limits.max_files.max(1) {
-                let Some((_, old)) = self.lru.pop_first() else {
-                    break;
-                };
-                self.files.remove(&old);
-                self.evicted += 1;
-            }
+            while self.files.len() >= self.limits.max_files.max(1) && self.evict_one() {}
         }
         let f = self
             .files
@@ -182,6 +176,34 @@ impl Histories {
             f.path = path.map(str::to_string);
         }
         f
+    }
+
+    /// Drops the least recently used file, passing over (to the back of the queue) up to
+    /// SPARE_HOLDERS files that hold locks: a held lock's table is what names the blocker of a
+    /// later wait, an idle file's steps are only history. When all hold locks, the oldest goes.
+    fn evict_one(&mut self) -> bool {
+        const SPARE_HOLDERS: usize = 16;
+        for _ in 0..SPARE_HOLDERS.min(self.lru.len()) {
+            let Some((&at, &old)) = self.lru.first_key_value() else {
+                break;
+            };
+            let Some(f) = self.files.get_mut(&old) else {
+                break;
+            };
+            if f.local.is_empty() && f.nlm.is_empty() {
+                break;
+            }
+            self.tick += 1;
+            f.last_use = self.tick;
+            self.lru.remove(&at);
+            self.lru.insert(self.tick, old);
+        }
+        let Some((_, old)) = self.lru.pop_first() else {
+            return false;
+        };
+        self.files.remove(&old);
+        self.evicted += 1;
+        true
     }
 
     fn record(&mut self, key: FileKey, path: Option<&str>, ev: &Event) -> &mut FileHistory {
@@ -218,7 +240,7 @@ impl Histories {
                 match n.op {
                     CLNT_PROC_ENTER | CLNT_PROC_EXIT | CLNT_CALL | CLNT_UNLOCK_CB
                     | CLNT_RECLAIM | CLNT_GRANTED_CB | CLNT_VFS => {
-                        client::observe(self, ev, n, out)
+                        client::observe(self, ev, n, out);
                     }
                     _ => server::observe(self, ev, n, out),
                 }
@@ -267,7 +289,7 @@ impl Histories {
             ret if ret < 0
                 && let Some(b) = &r.blocker =>
             {
-                exits::in_the_way(self, ev, key, b, out)
+                exits::in_the_way(self, ev, key, b, out);
             }
             // lockd's deferred requests are blocks queued at the NLM server, not waiting
             // threads; the client side reports those.

@@ -625,6 +625,23 @@ fn histories_are_bounded_and_evictions_counted() {
     assert!(t.h.file((9, 1)).is_none(), "least recently used went first");
 }
 
+#[test]
+fn a_file_holding_a_lock_outlives_idle_files_in_the_lru() {
+    let mut t = Trace::with(Limits {
+        max_files: 2,
+        ..Limits::default()
+    });
+    // The oldest file holds a lock; the next one's lock was released.
+    t.vfs(1, "a", (9, 1), lk(1, 1, F_WRLCK, 0, 9), 0, None);
+    t.vfs(1, "a", (9, 2), lk(1, 1, F_WRLCK, 0, 9), 0, None);
+    t.vfs(1, "a", (9, 2), lk(1, 1, F_UNLCK, 0, 9), 0, None);
+    t.vfs(1, "a", (9, 3), lk(1, 1, F_WRLCK, 0, 9), 0, None);
+    assert_eq!(t.h.evicted, 1);
+    assert!(t.h.file((9, 2)).is_none(), "the idle file went");
+    let held = &t.h.file((9, 1)).expect("the holder stays").local.held;
+    assert_eq!((held.len(), held[0].start, held[0].end), (1, 0, 9));
+}
+
 fn line(ts: u64, text: &str) -> KernelLine {
     KernelLine {
         ts_ns: ts,
