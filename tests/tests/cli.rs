@@ -4,17 +4,15 @@ mod harness;
 
 use std::{os::unix::process::CommandExt as _, process::Command};
 
-use harness::{require_root, tracer_bin};
+use harness::{Scratch, require_root, tracer_bin};
 
 fn run(args: &[&str], uid: Option<u32>) -> (i32, String, String) {
-    let mut cmd = match uid {
-        None => Command::new(tracer_bin()),
-        Some(uid) => {
-            let mut c = Command::new(world_executable_copy());
-            c.uid(uid).gid(uid);
-            c
-        }
-    };
+    // Unprivileged runs use a copy of the binary that `nobody` can reach.
+    let public = uid.map(|_| Scratch::public("cli"));
+    let mut cmd = Command::new(public.as_ref().map_or_else(tracer_bin, Scratch::bin));
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
     cmd.args(args);
     let out = cmd.output().expect("run lockd-trace");
     (
@@ -22,19 +20,6 @@ fn run(args: &[&str], uid: Option<u32>) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The build may sit under a directory other users cannot enter (a 0700 mktemp clone):
-/// the unprivileged run uses a copy in a world-readable directory.
-fn world_executable_copy() -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = std::env::temp_dir().join(format!("lockd-trace-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = dir.join("lockd-trace");
-    std::fs::copy(tracer_bin(), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
 }
 
 #[test]

@@ -7,16 +7,14 @@ mod harness;
 use std::{thread, time::Duration};
 
 use harness::{
-    Locker, Tracer,
+    Locker, Scratch, Tracer,
     host::{PrivateFs, port, sample, scrape},
     tracer_bin,
 };
 
-/// A tmpfs file (not NFS): what the filter is for.
-fn shm_file(name: &str) -> String {
-    let f = format!("/dev/shm/lockd-trace-mon-{name}-{}", std::process::id());
-    std::fs::write(&f, b"").unwrap();
-    f
+/// A directory on /dev/shm (a tmpfs, not NFS: what the filter is for).
+fn shm() -> Scratch {
+    Scratch::new_in(std::path::Path::new("/dev/shm"), "mon")
 }
 
 #[test]
@@ -24,7 +22,8 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
     let fs = PrivateFs::mount("filter");
     let f = fs.file("filter");
     let addr = port(1);
-    let trace = std::env::temp_dir().join(format!("lockd-trace-mon-{}.ldt", std::process::id()));
+    let dir = Scratch::new("mon");
+    let trace = dir.path().join("mon.ldt");
     let t = Tracer::command(&[
         "monitor",
         "--json",
@@ -118,7 +117,6 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
         .arg(&trace)
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&trace);
     let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -141,9 +139,9 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
 
 #[test]
 fn sighup_reopens_the_log_and_sigterm_flushes_the_trace() {
-    let f = shm_file("hup");
-    let dir = std::env::temp_dir().join(format!("lockd-trace-mon-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (tmpfs, dir) = (shm(), Scratch::new("mon"));
+    let f = tmpfs.file("hup");
+    let dir = dir.path();
     let (log, trace) = (dir.join("findings.log"), dir.join("mon.ldt"));
     let t = Tracer::command(&[
         "monitor",
@@ -207,7 +205,8 @@ fn sighup_reopens_the_log_and_sigterm_flushes_the_trace() {
 fn mount_scope_watches_one_filesystem_only() {
     // A private tmpfs is watched; /dev/shm is another filesystem.
     let fs = PrivateFs::mount("scope");
-    let (inside, outside) = (fs.file("scope"), shm_file("scope"));
+    let tmpfs = shm();
+    let (inside, outside) = (fs.file("scope"), tmpfs.file("scope"));
     let addr = port(3);
     let t = Tracer::command(&[
         "monitor",

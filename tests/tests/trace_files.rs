@@ -5,32 +5,21 @@ mod harness;
 
 use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     thread,
     time::Duration,
 };
 
-use harness::{Locker, Tracer, scratch_file, tracer_bin};
+use harness::{Locker, Scratch, Tracer};
 use serde_json::Value;
 
 const NOBODY: u32 = 65534;
 
-/// A world-readable directory with a copy of the binary, for runs as `nobody`.
-fn public_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lockd-trace-tf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = dir.join("lockd-trace");
-    if !bin.exists() {
-        std::fs::copy(tracer_bin(), &bin).unwrap();
-    }
-    dir
-}
-
-/// Runs lockd-trace as `nobody` (no root, no capabilities): (exit code, stdout, stderr).
-fn unprivileged(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(public_dir().join("lockd-trace"))
+/// Runs `dir`'s copy of lockd-trace as `nobody` (no root, no capabilities): (exit code,
+/// stdout, stderr).
+fn unprivileged(dir: &Scratch, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(dir.bin())
         .args(args)
         .uid(NOBODY)
         .gid(NOBODY)
@@ -43,9 +32,9 @@ fn unprivileged(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A copy of `trace` that `nobody` can read.
-fn shareable(trace: &Path, name: &str) -> String {
-    let p = public_dir().join(name);
+/// A copy of `trace` that `nobody` can read, in `dir`.
+fn shareable(dir: &Scratch, trace: &Path, name: &str) -> String {
+    let p = dir.path().join(name);
     std::fs::copy(trace, &p).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     p.to_string_lossy().into_owned()
@@ -59,8 +48,9 @@ fn json_lines(s: &str) -> Vec<Value> {
 
 #[test]
 fn recorded_blocking_is_explained_without_root() {
-    let file = scratch_file("recorded");
-    let trace = public_dir().join("recorded.ldt");
+    let dir = Scratch::public("tf");
+    let file = dir.file("recorded");
+    let trace = dir.path().join("recorded.ldt");
     let t = Tracer::command(&["record", "--comm", "locker", "-o", trace.to_str().unwrap()]);
     let mut holder = Locker::spawn(&file);
     let mut waiter = Locker::spawn(&file);
@@ -77,8 +67,11 @@ fn recorded_blocking_is_explained_without_root() {
     let mode = std::fs::metadata(&trace).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "trace files name files and processes");
 
-    let shared = shareable(&trace, "recorded-copy.ldt");
-    let (code, out, err) = unprivileged(&["analyze", "--json", "--blocked-after", "1s", &shared]);
+    let shared = shareable(&dir, &trace, "recorded-copy.ldt");
+    let (code, out, err) = unprivileged(
+        &dir,
+        &["analyze", "--json", "--blocked-after", "1s", &shared],
+    );
     assert_eq!(code, 0, "{err}");
     let findings = json_lines(&out);
     let f = findings
@@ -96,7 +89,7 @@ fn recorded_blocking_is_explained_without_root() {
         (Some(0), Some(99))
     );
 
-    let (code, out, err) = unprivileged(&["history", "--json", "--file", &file, &shared]);
+    let (code, out, err) = unprivileged(&dir, &["history", "--json", "--file", &file, &shared]);
     assert_eq!(code, 0, "{err}");
     let h: Value = serde_json::from_str(out.trim()).unwrap();
     let pids: Vec<u64> = h["steps"]
@@ -115,7 +108,7 @@ fn recorded_blocking_is_explained_without_root() {
         "every lock was released: {h}"
     );
 
-    let (code, out, err) = unprivileged(&["export", "--format", "jsonl", &shared]);
+    let (code, out, err) = unprivileged(&dir, &["export", "--format", "jsonl", &shared]);
     assert_eq!(code, 0, "{err}");
     let evs = json_lines(&out);
     assert!(
@@ -123,7 +116,7 @@ fn recorded_blocking_is_explained_without_root() {
             .any(|e| e["event"] == "lock" && e["pid"] == wp && e["result"] == "WAIT")
     );
 
-    let (code, out, err) = unprivileged(&["export", "--format", "perfetto", &shared]);
+    let (code, out, err) = unprivileged(&dir, &["export", "--format", "perfetto", &shared]);
     assert_eq!(code, 0, "{err}");
     let p: Value = serde_json::from_str(&out).expect("Perfetto export is one JSON document");
     let evs = p["traceEvents"].as_array().unwrap();
@@ -148,7 +141,7 @@ fn recorded_blocking_is_explained_without_root() {
         && e["pid"] == wp
         && e["name"].as_str().unwrap().starts_with("waits for")));
 
-    let (code, out, err) = unprivileged(&["export", "--format", "csv", &shared]);
+    let (code, out, err) = unprivileged(&dir, &["export", "--format", "csv", &shared]);
     assert_eq!(code, 0, "{err}");
     let mut lines = out.lines();
     assert!(
@@ -162,8 +155,9 @@ fn recorded_blocking_is_explained_without_root() {
 
 #[test]
 fn a_sigkilled_recorder_leaves_a_readable_file() {
-    let file = scratch_file("killed");
-    let trace = public_dir().join("killed.ldt");
+    let dir = Scratch::public("tf");
+    let file = dir.file("killed");
+    let trace = dir.path().join("killed.ldt");
     let t = Tracer::command(&["record", "--comm", "locker", "-o", trace.to_str().unwrap()]);
     let mut l = Locker::spawn(&file);
     for _ in 0..200 {
@@ -178,8 +172,8 @@ fn a_sigkilled_recorder_leaves_a_readable_file() {
     }
     t.kill();
     l.exit();
-    let shared = shareable(&trace, "killed-copy.ldt");
-    let (code, out, err) = unprivileged(&["export", "--format", "jsonl", &shared]);
+    let shared = shareable(&dir, &trace, "killed-copy.ldt");
+    let (code, out, err) = unprivileged(&dir, &["export", "--format", "jsonl", &shared]);
     assert_eq!(code, 0, "a torn tail is not an error: {err}");
     let pid = l_pid(&out, &file);
     let mine = json_lines(&out)
@@ -204,8 +198,9 @@ fn l_pid(out: &str, file: &str) -> Value {
 
 #[test]
 fn damaged_and_foreign_files_get_one_clear_error() {
-    let file = scratch_file("damaged");
-    let trace = public_dir().join("damaged.ldt");
+    let dir = Scratch::public("tf");
+    let file = dir.file("damaged");
+    let trace = dir.path().join("damaged.ldt");
     let t = Tracer::command(&["record", "--comm", "locker", "-o", trace.to_str().unwrap()]);
     let mut l = Locker::spawn(&file);
     for _ in 0..20 {
@@ -217,16 +212,16 @@ fn damaged_and_foreign_files_get_one_clear_error() {
     let mut bytes = std::fs::read(&trace).unwrap();
     let at = bytes.len() - 40;
     bytes[at] ^= 0x10;
-    let damaged = public_dir().join("damaged-copy.ldt");
+    let damaged = dir.path().join("damaged-copy.ldt");
     std::fs::write(&damaged, &bytes).unwrap();
     std::fs::set_permissions(&damaged, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, _, err) = unprivileged(&["analyze", damaged.to_str().unwrap()]);
+    let (code, _, err) = unprivileged(&dir, &["analyze", damaged.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("damaged record at offset"), "{err}");
     assert!(err.contains("the records before it were read"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
-    let (code, _, err) = unprivileged(&["analyze", "/etc/hostname"]);
+    let (code, _, err) = unprivileged(&dir, &["analyze", "/etc/hostname"]);
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not a lockd-trace trace file"), "{err}");
@@ -234,7 +229,8 @@ fn damaged_and_foreign_files_get_one_clear_error() {
 
 #[test]
 fn locks_checks_the_traced_table_against_proc_locks() {
-    let file = scratch_file("locks");
+    let dir = Scratch::new("tf");
+    let file = dir.file("locks");
     let mut before = Locker::spawn(&file);
     assert_eq!(before.cmd("setlk r 200 10"), "ok");
     let t = Tracer::command(&["locks", "--json", "-d", "60s"]);

@@ -2,7 +2,7 @@
 
 mod harness;
 
-use harness::{Locker, Tracer, assert_nothing_dropped, events_for, scratch_file};
+use harness::{Locker, Scratch, Tracer, assert_nothing_dropped, events_for};
 use serde_json::Value;
 
 fn by_pid<'a>(evs: &[&'a Value], pid: u32) -> Vec<&'a Value> {
@@ -28,7 +28,8 @@ fn assert_blocker(e: &Value, pid: i64, ty: &str, start: i64, end: i64) {
 /// F_SETLK refused with EAGAIN names the holder's pid, range and type; F_GETLK reports the
 /// same holder; the holder's own request is recorded as granted.
 fn conflict_with(extra: &[&str]) {
-    let f = scratch_file(&format!("conflict{}", extra.len()));
+    let dir = Scratch::new("vfs");
+    let f = dir.file(&format!("conflict{}", extra.len()));
     let t = Tracer::start(extra);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
@@ -83,7 +84,8 @@ fn posix_conflict_through_raw_tracepoint_fallback() {
 /// syscall's end is reported with the time it waited.
 #[test]
 fn blocked_waiter_is_woken_by_unlock() {
-    let f = scratch_file("waiter");
+    let dir = Scratch::new("vfs");
+    let f = dir.file("waiter");
     let t = Tracer::start(&[]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
@@ -120,7 +122,8 @@ fn blocked_waiter_is_woken_by_unlock() {
 /// EINTR for the application by signal delivery, or restarted under SA_RESTART).
 #[test]
 fn interrupted_wait_reports_erestartsys() {
-    let f = scratch_file("eintr");
+    let dir = Scratch::new("vfs");
+    let f = dir.file("eintr");
     let t = Tracer::start(&[]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
@@ -151,7 +154,8 @@ fn interrupted_wait_reports_erestartsys() {
 /// the lock that closed the cycle.
 #[test]
 fn deadlock_is_edeadlk_with_blocker() {
-    let f = scratch_file("deadlock");
+    let dir = Scratch::new("vfs");
+    let f = dir.file("deadlock");
     let t = Tracer::start(&[]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
@@ -180,7 +184,8 @@ fn deadlock_is_edeadlk_with_blocker() {
 /// keeps the setter's tgid (so the trace names it) while F_OFD_GETLK tells user space -1.
 #[test]
 fn ofd_conflict() {
-    let f = scratch_file("ofd");
+    let dir = Scratch::new("vfs");
+    let f = dir.file("ofd");
     let t = Tracer::start(&[]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
@@ -223,7 +228,8 @@ fn findings<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 /// A POSIX locker's exit releases its lock (the close is traced) and is not reported.
 #[test]
 fn lock_held_after_its_setter_exited() {
-    let f = scratch_file("orphan");
+    let dir = Scratch::new("vfs");
+    let f = dir.file("orphan");
     let t = Tracer::start(&[]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
@@ -289,7 +295,8 @@ fn lock_held_after_its_setter_exited() {
 /// file whose name holds a terminal escape).
 #[test]
 fn flock_conflict() {
-    let f = scratch_file("flock\x1b[31mred");
+    let dir = Scratch::new("vfs");
+    let f = dir.file("flock\x1b[31mred");
     let t = Tracer::start(&[]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
@@ -322,7 +329,8 @@ fn flock_conflict() {
 /// lockf(3) is fcntl underneath: F_LOCK → F_SETLKW, F_TLOCK → F_SETLK.
 #[test]
 fn lockf_maps_to_fcntl() {
-    let f = scratch_file("lockf");
+    let dir = Scratch::new("vfs");
+    let f = dir.file("lockf");
     let t = Tracer::start(&[]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
@@ -343,7 +351,8 @@ fn lockf_maps_to_fcntl() {
 /// --pid and --errors-only filter what is shown.
 #[test]
 fn filters_pid_and_errors_only() {
-    let f = scratch_file("filters");
+    let dir = Scratch::new("vfs");
+    let f = dir.file("filters");
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
     let pid = b.pid.to_string();

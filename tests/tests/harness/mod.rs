@@ -242,13 +242,58 @@ impl Locker {
     }
 }
 
-/// A fresh file for one test (on the host's /tmp filesystem).
-pub fn scratch_file(name: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("lockd-trace-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, b"").unwrap();
-    p.to_string_lossy().into_owned()
+/// A directory of one test (on the host's /tmp filesystem), removed with what it holds when
+/// dropped: a run leaves nothing behind.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        Scratch::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// On another filesystem: `base` (e.g. /dev/shm, a tmpfs).
+    pub fn new_in(base: &std::path::Path, tag: &str) -> Scratch {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("lockd-trace-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// World-readable, with a copy of the binary: the build may sit under a directory other
+    /// users cannot enter (a 0700 mktemp clone), so runs as `nobody` use this copy.
+    pub fn public(tag: &str) -> Scratch {
+        use std::os::unix::fs::PermissionsExt as _;
+        let s = Scratch::new(tag);
+        let mode = |m| std::fs::Permissions::from_mode(m);
+        std::fs::set_permissions(&s.0, mode(0o755)).unwrap();
+        std::fs::copy(tracer_bin(), s.bin()).unwrap();
+        std::fs::set_permissions(s.bin(), mode(0o755)).unwrap();
+        s
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// The binary's copy in a `public` directory.
+    pub fn bin(&self) -> PathBuf {
+        self.0.join("lockd-trace")
+    }
+
+    /// A fresh empty file in it.
+    pub fn file(&self, name: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, b"").unwrap();
+        p.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The events about `file` (matched by device and inode, as the kernel names it), in time
