@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod kernel;
+pub mod nlm;
 pub mod offsets;
 
 pub use event::*;

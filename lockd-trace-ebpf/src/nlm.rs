@@ -15,7 +15,9 @@ use aya_ebpf::{
 use lockd_trace_common::{
     LockInfo, NO_STATUS, NlmEvent, NlmOffsets, Offsets, counter,
     kernel::{AF_INET, AF_INET6, F_UNLCK},
-    kind, nlm_flag,
+    kind,
+    nlm::proc_num,
+    nlm_flag,
 };
 
 use crate::{
@@ -244,7 +246,7 @@ pub fn clnt_unlock_cb(ctx: &ProbeContext, op: u16) {
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.ret = read(task, n.task_status);
-    e.cmd = 4; // NLMPROC_UNLOCK
+    e.cmd = proc_num::UNLOCK;
     set_rqst(e, ctx.arg(1).unwrap_or(0), &o, &n);
     r.submit(0);
 }
@@ -259,7 +261,7 @@ pub fn clnt_reclaim_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.ret = ctx.ret::<i64>() as i32;
-    e.cmd = 2; // NLMPROC_LOCK
+    e.cmd = proc_num::LOCK;
     set_rqst(e, req, &o, &n);
     e.flags |= nlm_flag::RECLAIM;
     set_host(e, host, &n);
@@ -278,7 +280,7 @@ pub fn clnt_grant_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
-    e.cmd = 5; // NLMPROC_GRANTED
+    e.cmd = proc_num::GRANTED;
     set_nlm_lock(e, lock, &o, &n);
     r.submit(0);
 }
@@ -326,7 +328,7 @@ pub fn svc_test_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
-    e.cmd = 1; // NLMPROC_TEST
+    e.cmd = proc_num::TEST;
     set_host(e, host, &n);
     set_nlm_lock(e, lock, &o, &n);
     r.submit(0);
@@ -354,7 +356,7 @@ pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
-    e.cmd = 2; // NLMPROC_LOCK
+    e.cmd = proc_num::LOCK;
     if let Some([wait, reclaim, _, _]) = flags {
         if wait != 0 {
             e.flags |= nlm_flag::BLOCK;
@@ -390,7 +392,7 @@ pub fn svc_grant(ctx: &ProbeContext, op: u16) {
     let block: u64 = ctx.arg(0).unwrap_or(0);
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
-    e.cmd = 5; // NLMPROC_GRANTED
+    e.cmd = proc_num::GRANTED;
     set_host(e, read(block, n.block_host), &n);
     let call: u64 = read(block, n.block_call);
     if call != 0 {

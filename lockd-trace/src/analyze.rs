@@ -156,7 +156,7 @@ impl Merged {
         for (kind, total) in lost {
             crate::say!(
                 "lockd-trace: the recorder lost {total} {kind} records ({})",
-                crate::names::loss_cause(&kind)
+                names::loss_cause(&kind)
             );
         }
         if !corrupt.is_empty() {

@@ -400,7 +400,7 @@ mod tests {
             state: 3,
             fh_len: 4,
             host_len: 9,
-            addr_family: lockd_trace_common::kernel::AF_INET,
+            addr_family: AF_INET,
             _pad: 0,
             addr: [10, 99, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             fh,

@@ -1,6 +1,10 @@
 //! Numbers → the names an admin knows: errno, lock types, FL_* flags, fcntl commands.
 
-use lockd_trace_common::{hook, kernel::*};
+use lockd_trace_common::{
+    hook,
+    kernel::*,
+    nlm::{proc_num, status},
+};
 
 use crate::event::{Lock, LockRecord};
 
@@ -157,29 +161,37 @@ pub fn flock_range(start: i64, len: i64) -> (i64, i64) {
 
 /// NLM status names (nlm_stat; 5–9 are NLMv4) and what each means for the client.
 const NLM_STATUS: &[(u32, &str, &str)] = &[
-    (0, "GRANTED", "the server granted the request"),
-    (1, "DENIED", "another owner holds a conflicting lock"),
-    (2, "DENIED_NOLOCKS", "the server is out of lock resources"),
+    (status::GRANTED, "GRANTED", "the server granted the request"),
     (
-        3,
+        status::DENIED,
+        "DENIED",
+        "another owner holds a conflicting lock",
+    ),
+    (
+        status::DENIED_NOLOCKS,
+        "DENIED_NOLOCKS",
+        "the server is out of lock resources",
+    ),
+    (
+        status::BLOCKED,
         "BLOCKED",
         "the request waits at the server; a GRANTED callback follows",
     ),
     (
-        4,
+        status::DENIED_GRACE_PERIOD,
         "DENIED_GRACE_PERIOD",
         "the server is in its grace period after a restart: only reclaims",
     ),
-    (5, "DEADLCK", "granting would deadlock"),
-    (6, "ROFS", "read-only file system"),
+    (status::DEADLCK, "DEADLCK", "granting would deadlock"),
+    (status::ROFS, "ROFS", "read-only file system"),
     (
-        7,
+        status::STALE_FH,
         "STALE_FH",
         "the server no longer recognises the file handle (removed, replaced or unexported)",
     ),
-    (8, "FBIG", "offset or length too big"),
+    (status::FBIG, "FBIG", "offset or length too big"),
     (
-        9,
+        status::FAILED,
         "FAILED",
         "the server failed the request for another reason",
     ),
@@ -201,12 +213,12 @@ pub fn nlm_status_meaning(s: u32) -> &'static str {
 
 pub fn nlm_proc_name(p: u32) -> String {
     match p {
-        0 => "NULL".into(),
-        1 => "TEST".into(),
-        2 => "LOCK".into(),
-        3 => "CANCEL".into(),
-        4 => "UNLOCK".into(),
-        5 => "GRANTED".into(),
+        proc_num::NULL => "NULL".into(),
+        proc_num::TEST => "TEST".into(),
+        proc_num::LOCK => "LOCK".into(),
+        proc_num::CANCEL => "CANCEL".into(),
+        proc_num::UNLOCK => "UNLOCK".into(),
+        proc_num::GRANTED => "GRANTED".into(),
         p => format!("proc {p}"),
     }
 }

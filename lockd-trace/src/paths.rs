@@ -152,7 +152,7 @@ mod tests {
         let f = |complete, components: &[&str]| crate::event::FileName {
             dev: 45,
             ino: 9,
-            components: components.iter().map(|s| s.to_string()).collect(),
+            components: components.iter().map(ToString::to_string).collect(),
             complete,
         };
         p.learn(&f(true, &["r", "dir", "/"]));

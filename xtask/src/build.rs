@@ -67,14 +67,36 @@ pub fn run(args: Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// The rules the code is kept to, checked before anything runs: rustfmt's layout
+/// (rustfmt.toml) and no clippy warning (the lints are in the workspace's Cargo.toml). The eBPF
+/// crate builds only for bpfel through lockd-trace's build.rs, so clippy sees the host crates.
+fn lint() -> Result<()> {
+    setup::lint_tools()?;
+    let cargo = || {
+        let mut c = Command::new("cargo");
+        c.current_dir(workspace_root());
+        c
+    };
+    sh::run(cargo().args(["fmt", "--all", "--check"]))?;
+    sh::run(cargo().args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
 /// How long `test` fuzzes the trace reader (docs/trace-format.md has longer runs).
 const FUZZ_SECONDS: u64 = 60;
 
-/// Every test: the workspace's unit and host-kernel tests, the trace reader's fuzz target for a
+/// Every test: the lint step, the workspace's unit and host-kernel tests, the trace reader's fuzz target for a
 /// minute, then (unless skipped) the lab, then the benchmark's smoke form
 /// (target/bench/PERFORMANCE.md).
 pub fn test(with_lab: bool) -> Result<()> {
     setup::toolchain()?;
+    lint()?;
     release()?;
     if !setup::is_root() {
         bail!("the tests load eBPF programs into the running kernel: run them as root");

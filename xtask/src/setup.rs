@@ -45,6 +45,16 @@ pub fn toolchain() -> Result<()> {
     bpf_linker()
 }
 
+/// clippy and rustfmt for the test command's lint step (rustup's minimal profile has neither).
+pub fn lint_tools() -> Result<()> {
+    let have = |tool: &str| sh::output(Command::new("cargo").args([tool, "--version"])).is_some();
+    if have("clippy") && have("fmt") {
+        return Ok(());
+    }
+    eprintln!("xtask: installing clippy and rustfmt");
+    sh::run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))
+}
+
 fn nightly_rust_src() -> Result<()> {
     let installed = sh::output(Command::new("rustup").args([
         "component",

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use lockd_trace_common::{
     kernel::{F_SETLK, F_SETLKW, F_UNLCK, FL_ACCESS, FL_FLOCK},
+    nlm::{proc_num, status},
     nlm_op::*,
 };
 
@@ -20,10 +21,6 @@ use crate::{
     names,
 };
 
-const NLM_GRANTED: u32 = 0;
-const NLM_BLOCKED: u32 = 3;
-const NLM_GRACE: u32 = 4;
-const PROC_LOCK: u32 = 2;
 /// Bound for the maps keyed by things the kernel may never mention again.
 const MAX_REMEMBERED: usize = 65_536;
 
@@ -205,15 +202,15 @@ fn call(h: &mut Histories, ev: &Event, n: &NlmRecord) {
         bounded(&mut c.fh_file);
         c.fh_file.insert(n.fh.clone(), r.file);
     }
-    if n.cmd != PROC_LOCK || n.ret < 0 {
+    if n.cmd != proc_num::LOCK || n.ret < 0 {
         return;
     }
     match n.nlm_status {
-        Some(NLM_GRANTED) => {
+        Some(status::GRANTED) => {
             r.granted = Some((ev.ts_ns, "in its reply"));
             r.blocked_since = None;
         }
-        Some(NLM_BLOCKED) => {
+        Some(status::BLOCKED) => {
             r.blocked_since.get_or_insert(ev.ts_ns);
         }
         _ => {}
@@ -275,7 +272,7 @@ fn out_of_sync(
     f.range = Some(r.range());
     f.host = Some(r.host.clone());
     f.svid = r.svid;
-    f.nlm_status = Some(NLM_GRANTED);
+    f.nlm_status = Some(status::GRANTED);
     f.errno = Some(vfs_ret);
     f.app_result = Some(app);
     let (granted, via) = r.granted.unwrap_or((ts, ""));
@@ -309,7 +306,7 @@ fn out_of_sync(
                 .find(|x| x.holder.owner == b.owner && x.overlaps(b.start, b.end))
                 .cloned()
         })
-        .unwrap_or(super::table::Held {
+        .unwrap_or(Held {
             holder: Holder {
                 owner: b.owner,
                 pid: b.pid,
@@ -414,9 +411,10 @@ fn out_of_sync(
 }
 
 fn unlock_reply(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
-    let status = n.nlm_status.unwrap_or(NLM_GRANTED);
+    let status = n.nlm_status.unwrap_or(status::GRANTED);
     let key = (n.host.clone(), n.svid);
-    let unexpected = n.ret >= 0 && status != NLM_GRANTED && status != NLM_GRACE;
+    let unexpected =
+        n.ret >= 0 && status != status::GRANTED && status != status::DENIED_GRACE_PERIOD;
     // The request is either still in nlmclnt_proc (report at its exit, with what the
     // application got) or already returned.
     let c = &mut h.client;
@@ -639,7 +637,7 @@ fn reclaim(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>)
         errno_text(call_ret),
         status.map_or(String::new(), |s| format!(" with {}", status_text(s)))
     ));
-    if status == Some(NLM_GRACE) {
+    if status == Some(status::DENIED_GRACE_PERIOD) {
         f.evidence.push(
             "the server refused a reclaim during its own grace period (lockd logs \"spurious \
              grace period reject?!\"): the server restarted again or was not ready"
@@ -683,7 +681,7 @@ pub(super) fn advance(h: &mut Histories, now_ns: u64, out: &mut Vec<Finding>) {
         f.range = Some(r.range());
         f.host = Some(r.host.clone());
         f.svid = r.svid;
-        f.nlm_status = Some(NLM_BLOCKED);
+        f.nlm_status = Some(status::BLOCKED);
         f.headline = format!(
             "{}: {} (pid {}) blocked at server {} for {:.1} s (over {} s)",
             f.file_text(),

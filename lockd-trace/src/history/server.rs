@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use lockd_trace_common::{kernel::F_UNLCK, nlm_op::*};
+use lockd_trace_common::{kernel::F_UNLCK, nlm::status, nlm_op::*};
 
 use super::{
     FileHistory, FileKey, Histories,
@@ -16,7 +16,6 @@ use crate::{
     finding::{Finding, Forgotten, Kind, Range, held_text},
 };
 
-const NLM_GRANTED: u32 = 0;
 const MAX_REMEMBERED: usize = 65_536;
 
 #[derive(Default)]
@@ -49,7 +48,7 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
             s.lockd_owner.insert(n.lock.owner, (n.peer(), n.svid));
             if let Some(f) = h.files.get_mut(&key) {
                 f.fh.clone_from(&n.fh);
-                if n.nlm_status == Some(NLM_GRANTED) {
+                if n.nlm_status == Some(status::GRANTED) {
                     let l = n.lock;
                     f.nlm.apply(
                         &client_holder(&n.peer(), n.svid, l.owner),

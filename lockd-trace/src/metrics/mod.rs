@@ -80,7 +80,7 @@ impl Metrics {
 
     /// A loss the pipeline was told of; the ring buffer's come with each scrape instead.
     pub fn lost(&mut self, kind: &str, total: u64) {
-        if kind == crate::names::KERNEL_LOG {
+        if kind == names::KERNEL_LOG {
             self.kernel_log_lost = total;
         }
     }
@@ -191,7 +191,7 @@ impl Metrics {
             "counter",
             s.lost
                 .iter()
-                .chain(&[(crate::names::KERNEL_LOG, self.kernel_log_lost)])
+                .chain(&[(names::KERNEL_LOG, self.kernel_log_lost)])
                 .map(|(k, v)| (l(&[("kind", k)]), *v))
                 .collect(),
         );

@@ -26,26 +26,20 @@ pub enum Method {
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Method::BtfTracepoint => "tp_btf",
-            Method::RawTracepoint => "raw_tp",
-            Method::Tracepoint => "tracepoint",
-            Method::Kprobe => "kprobe",
-            Method::Kretprobe => "kretprobe",
+            BtfTracepoint => "tp_btf",
+            RawTracepoint => "raw_tp",
+            Tracepoint => "tracepoint",
+            Kprobe => "kprobe",
+            Kretprobe => "kretprobe",
         })
     }
 }
 
 impl Method {
     pub fn parse(s: &str) -> Option<Method> {
-        [
-            Method::BtfTracepoint,
-            Method::RawTracepoint,
-            Method::Tracepoint,
-            Method::Kprobe,
-            Method::Kretprobe,
-        ]
-        .into_iter()
-        .find(|m| m.to_string() == s)
+        [BtfTracepoint, RawTracepoint, Tracepoint, Kprobe, Kretprobe]
+            .into_iter()
+            .find(|m| m.to_string() == s)
     }
 }
 
@@ -497,7 +491,7 @@ pub fn choose(
     }
     if report.attached.is_none() && report.refused.is_empty() {
         report.refused.push(Refusal {
-            method: forced.unwrap_or(Method::Kprobe),
+            method: forced.unwrap_or(Kprobe),
             target: probe.name,
             reason: "this probe cannot be attached that way".into(),
         });

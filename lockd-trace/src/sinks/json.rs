@@ -170,7 +170,7 @@ impl<W: Write> Sink for Json<W> {
     }
 
     fn lost(&mut self, kind: &str, total: u64) -> std::io::Result<()> {
-        self.line(&json!({"event": "lost", "kind": kind, "total": total, "cause": crate::names::loss_cause(kind)}))
+        self.line(&json!({"event": "lost", "kind": kind, "total": total, "cause": names::loss_cause(kind)}))
     }
 
     fn finding(&mut self, f: &Finding, clock: &Clock) -> std::io::Result<()> {

@@ -53,7 +53,11 @@ fn nlm_columns(n: &NlmRecord) -> (String, String, Option<String>) {
     if n.svid != 0 {
         extra.push(format!("svid {}", n.svid));
     }
-    extra.extend(names::nlm_flag_names(n.flags).iter().map(|f| f.to_string()));
+    extra.extend(
+        names::nlm_flag_names(n.flags)
+            .iter()
+            .map(ToString::to_string),
+    );
     if let Some(b) = &n.blocker {
         extra.push(blocker_text(b));
     }

@@ -102,7 +102,7 @@ pub fn run(ctx: &Ctx) -> Result<Analyzer> {
 fn record(ctx: &Ctx, out: &Path, work: impl FnOnce(&Ctx) -> Result<()>) -> Result<Trace> {
     let args = ["record", "--ring-kib", RING_KIB, "-o"]
         .iter()
-        .map(|s| s.to_string())
+        .map(ToString::to_string)
         .chain([out.display().to_string()])
         .collect();
     let running = tracer::start(&tracer::Tracer::Agent(args), ctx)?.context("no recorder")?;

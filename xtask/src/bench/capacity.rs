@@ -121,9 +121,9 @@ fn climb(ctx: &Ctx, r: &mut Ring, ladder: &[f64]) -> Result<()> {
                 let mid = (lo + hi) / 2.0;
                 let s = step(ctx, r.kib, Some(mid))?;
                 if s.lost > 0 {
-                    hi = mid
+                    hi = mid;
                 } else {
-                    lo = mid
+                    lo = mid;
                 }
                 r.steps.push(s);
             }

@@ -126,7 +126,7 @@ impl Ctx {
 
     pub fn monitor(&self, name: &str, what: &str, extra: &[&str]) -> Config {
         let mut args = vec!["monitor".to_string(), "--metrics".into(), METRICS.into()];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(ToString::to_string));
         Config {
             name: name.into(),
             what: format!("{what} (`lockd-trace {}`)", args.join(" ")),
@@ -226,7 +226,7 @@ pub struct Sections {
     pub round_trip: (Section<lab::bench::RoundTrip>, Duration),
     pub capacity: (Section<capacity::Capacity>, Duration),
     pub analyzer: (Section<analyzer::Analyzer>, Duration),
-    pub agent: (Section<agent::Agent>, Duration),
+    pub agent: (Section<Agent>, Duration),
     pub soak: (Section<soak::Soak>, Duration),
 }
 

@@ -242,7 +242,11 @@ fn targets(o: &mut String, s: &Sections) -> Result<()> {
         (
             "soak: monitor's RSS, fds and CPU flat after the warm-up, 0 lost, every scrape \
              answered",
-            s.soak.0.as_ref().map_err(Clone::clone).map(|k| k.summary()),
+            s.soak
+                .0
+                .as_ref()
+                .map_err(Clone::clone)
+                .map(super::soak::Soak::summary),
         ),
     ];
     for (target, v) in rows {

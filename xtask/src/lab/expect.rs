@@ -212,7 +212,7 @@ fn conflict(r: &Results) -> Result<()> {
     match (callback, repoll) {
         (Ok(_), _) => eprintln!("xtask lab:   granted by the server's GRANTED callback"),
         (_, Ok(_)) => {
-            eprintln!("xtask lab:   no GRANTED callback; granted on the client's re-poll")
+            eprintln!("xtask lab:   no GRANTED callback; granted on the client's re-poll");
         }
         (Err(e), Err(_)) => return Err(e),
     }
