@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build::workspace_root, setup, sh};
+use crate::{setup, sh, workspace::workspace_root};
 
 const CARGO_FUZZ: &str = "0.13.2";
 

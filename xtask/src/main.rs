@@ -1,11 +1,13 @@
 //! `cargo xtask`: the project's commands. Each installs what it needs first (see setup.rs).
 
 mod bench;
-mod build;
 mod fuzz;
 mod lab;
+mod run;
 mod setup;
 mod sh;
+mod test;
+mod workspace;
 
 use std::process::ExitCode;
 
@@ -60,9 +62,9 @@ fn main() -> ExitCode {
                 Ok(())
             }
         }),
-        Cmd::Build => setup::toolchain().and_then(|()| build::release()),
-        Cmd::Run { args } => build::run(args),
-        Cmd::Test { no_lab } => build::test(!no_lab),
+        Cmd::Build => setup::toolchain().and_then(|()| workspace::release()),
+        Cmd::Run { args } => run::run(args),
+        Cmd::Test { no_lab } => test::test(!no_lab),
         Cmd::Fuzz { seconds } => fuzz::run(seconds),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Bench(args) => bench::run(&args),

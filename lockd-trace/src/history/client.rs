@@ -306,17 +306,7 @@ fn out_of_sync(
                 .find(|x| x.holder.owner == b.owner && x.overlaps(b.start, b.end))
                 .cloned()
         })
-        .unwrap_or(Held {
-            holder: Holder {
-                owner: b.owner,
-                pid: b.pid,
-                ..Default::default()
-            },
-            lock_type: b.lock_type,
-            start: b.start,
-            end: b.end,
-            since_ns: ts,
-        })
+        .unwrap_or_else(|| Held::described(&b, ts))
     });
     let mut headline_blocker = String::new();
     if let Some(b) = &held {

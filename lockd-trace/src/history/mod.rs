@@ -7,6 +7,7 @@ mod exits;
 mod nsm;
 mod server;
 pub mod table;
+mod waits;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -20,7 +21,7 @@ use table::{Holder, LockTable};
 use crate::{
     clock::Clock,
     event::{Body, Event, LockRecord},
-    finding::{Finding, Kind, Range},
+    finding::{Finding, Range},
 };
 
 pub type FileKey = (u32, u64);
@@ -99,17 +100,6 @@ impl FileHistory {
     }
 }
 
-/// A local request queued behind a conflicting lock (posix_lock_inode said WAIT).
-struct Wait {
-    file: FileKey,
-    pid: u32,
-    comm: String,
-    since_ns: u64,
-    range: Range,
-    blocker: Option<table::Held>,
-    reported: bool,
-}
-
 pub struct Histories {
     clock: Clock,
     limits: Limits,
@@ -117,7 +107,7 @@ pub struct Histories {
     lru: BTreeMap<u64, FileKey>,
     tick: u64,
     pub evicted: u64,
-    waits: HashMap<u64, Wait>,
+    waits: HashMap<u64, waits::Wait>,
     client: client::Client,
     server: server::Server,
     exits: Vec<exits::Exit>,
@@ -223,7 +213,7 @@ impl Histories {
             Body::Lock(r) => self.lock(ev, r, path, out),
             Body::WaitEnd(r) => {
                 self.record((r.dev, r.ino), path, ev);
-                self.waits.remove(&r.fl);
+                waits::ended(self, r.fl);
             }
             Body::Getlk(g) => {
                 self.record((g.dev, g.ino), path, ev);
@@ -276,7 +266,7 @@ impl Histories {
                     .apply(&holder, lock_type, start, end, table::BEFORE_TRACING);
             }
             0 => {
-                self.waits.remove(&r.fl);
+                waits::ended(self, r.fl);
                 if lock_type == F_UNLCK {
                     server::released(self, ev, key, &holder, start, end, out);
                 } else if ev.comm == "lockd" {
@@ -297,40 +287,15 @@ impl Histories {
                 if let Some(b) = &r.blocker {
                     exits::in_the_way(self, ev, key, b, out);
                 }
-                let f = self.files.get(&key).expect("just recorded");
-                let blocker = r.blocker.map(|b| {
-                    let since = f
-                        .local
-                        .held
-                        .iter()
-                        .find(|h| h.holder.is(b.owner, b.pid) && h.overlaps(b.start, b.end))
-                        .cloned();
-                    since.unwrap_or(table::Held {
-                        holder: Holder {
-                            owner: b.owner,
-                            pid: b.pid,
-                            ..Default::default()
-                        },
-                        lock_type: b.lock_type,
-                        start: b.start,
-                        end: b.end,
-                        since_ns: ev.ts_ns,
-                    })
-                });
-                self.waits.insert(
-                    r.fl,
-                    Wait {
-                        file: key,
-                        pid: ev.pid,
-                        comm: ev.comm.clone(),
-                        since_ns: ev.ts_ns,
-                        range: Range {
-                            lock_type,
-                            start,
-                            end,
-                        },
-                        blocker,
-                        reported: false,
+                waits::queued(
+                    self,
+                    ev,
+                    r,
+                    key,
+                    Range {
+                        lock_type,
+                        start,
+                        end,
                     },
                 );
             }
@@ -348,49 +313,7 @@ impl Histories {
     /// locks that outlived their owner.
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
         exits::advance(self, now_ns, false, out);
-        let limit = self.limits.blocked_after_ns;
-        let clock = self.clock;
-        for w in self.waits.values_mut() {
-            if w.reported || now_ns.saturating_sub(w.since_ns) < limit {
-                continue;
-            }
-            w.reported = true;
-            let path = self.files.get(&w.file).and_then(|f| f.path.clone());
-            let mut evidence = vec![format!(
-                "{} (pid {}) asked for {} at {} and is still waiting after {:.1} s",
-                w.comm,
-                w.pid,
-                w.range.text(),
-                crate::clock::hms_micros(clock.wall_ns(w.since_ns)),
-                (now_ns - w.since_ns) as f64 / 1e9
-            )];
-            if let Some(b) = &w.blocker {
-                evidence.push(format!(
-                    "in the way locally: {}",
-                    crate::finding::held_text(b, &clock)
-                ));
-            }
-            let mut f = Finding::new(
-                Kind::BlockedLong,
-                now_ns,
-                w.file,
-                path,
-                w.pid as i32,
-                &w.comm,
-            );
-            f.headline = format!(
-                "{}: {} (pid {}) blocked on a local lock for {:.1} s (over {} s)",
-                f.file_text(),
-                w.comm,
-                w.pid,
-                (now_ns - w.since_ns) as f64 / 1e9,
-                limit / 1_000_000_000
-            );
-            f.range = Some(w.range);
-            f.blocker = w.blocker.clone();
-            f.evidence = evidence;
-            out.push(f);
-        }
+        waits::advance(self, now_ns, out);
         client::advance(self, now_ns, out);
     }
 }

@@ -3,6 +3,8 @@
 
 use lockd_trace_common::kernel::{F_UNLCK, F_WRLCK};
 
+use crate::event::Lock;
+
 /// Who holds a lock. `owner` is the kernel's fl_owner (0 when only the NLM owner is known).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Holder {
@@ -53,6 +55,22 @@ pub struct Held {
 pub const BEFORE_TRACING: u64 = 0;
 
 impl Held {
+    /// A lock as the kernel described it (a blocker the table has no entry for), seen at
+    /// `seen_ns`.
+    pub fn described(b: &Lock, seen_ns: u64) -> Held {
+        Held {
+            holder: Holder {
+                owner: b.owner,
+                pid: b.pid,
+                ..Default::default()
+            },
+            lock_type: b.lock_type,
+            start: b.start,
+            end: b.end,
+            since_ns: seen_ns,
+        }
+    }
+
     /// When it was taken, if that was traced.
     pub fn since(&self) -> Option<u64> {
         (self.since_ns != BEFORE_TRACING).then_some(self.since_ns)

@@ -12,6 +12,7 @@ mod bpfstats;
 mod capacity;
 mod load;
 mod longrun;
+mod machine;
 mod procfs;
 mod report;
 mod soak;
@@ -32,7 +33,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
 use tracer::{Config, Tracer};
 
-use crate::{build, lab, setup, sh};
+use crate::{lab, setup, sh, workspace};
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
@@ -192,7 +193,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !setup::is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
-    build::release_with_tests()?;
+    workspace::release_with_tests()?;
     tracefs()?;
     let ctx = plan(args)?;
     let started = Instant::now();
@@ -200,9 +201,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let _ = fs::remove_dir_all(&ctx.work);
     // A report of some sections only never replaces the whole one in docs/.
     let out = if ctx.smoke || !args.only.is_empty() {
-        build::workspace_root().join("target/bench/PERFORMANCE.md")
+        workspace::workspace_root().join("target/bench/PERFORMANCE.md")
     } else {
-        build::workspace_root().join("docs/PERFORMANCE.md")
+        workspace::workspace_root().join("docs/PERFORMANCE.md")
     };
     let text = report::render(&ctx, &sections, started.elapsed())?;
     if let Some(dir) = out.parent() {
@@ -313,8 +314,8 @@ fn unit<T>(r: &Section<T>) -> Section<()> {
 }
 
 fn plan(args: &BenchArgs) -> Result<Ctx> {
-    let root = build::workspace_root();
-    let agent = build::binary();
+    let root = workspace::workspace_root();
+    let agent = workspace::binary();
     let help = sh::output(Command::new(&agent).args(["monitor", "--help"]))
         .context("lockd-trace monitor --help failed")?;
     let smoke = args.smoke;
@@ -365,7 +366,7 @@ fn tmpfs() -> Result<PathBuf> {
     if is_tmpfs(&shm) {
         return Ok(shm);
     }
-    let own = build::workspace_root().join("target/bench/tmpfs");
+    let own = workspace::workspace_root().join("target/bench/tmpfs");
     if !is_tmpfs(&own) {
         fs::create_dir_all(&own)?;
         sh::run(

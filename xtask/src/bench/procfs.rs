@@ -28,12 +28,30 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
             .parse()
             .context("non-numeric CPU time in /proc/PID/stat")
     };
+    Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks()?)
+}
+
+/// The machine's steal time so far (the hypervisor ran someone else on our CPUs), in
+/// seconds summed over CPUs: the "steal" column of /proc/stat's first line.
+pub fn steal_seconds() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8))
+        .context("no steal column in /proc/stat")?
+        .parse()
+        .context("non-numeric steal time in /proc/stat")?;
+    Ok(ticks as f64 / clock_ticks()?)
+}
+
+fn clock_ticks() -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz <= 0 {
         bail!("sysconf(_SC_CLK_TCK) failed");
     }
-    Ok((ticks(11)? + ticks(12)?) as f64 / hz as f64)
+    Ok(hz as f64)
 }
 
 /// A `VmRSS:`-style line of /proc/PID/status, in KiB.

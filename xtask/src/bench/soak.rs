@@ -25,7 +25,7 @@ use super::{
     report::{heading, met, mib, table},
     tracer::{self, Outcome},
 };
-use crate::build;
+use crate::workspace;
 
 /// How often the monitor's process is read.
 const EVERY: Duration = Duration::from_secs(5);
@@ -60,6 +60,9 @@ pub struct Sample {
     /// lockd_trace_events_lost_total so far (None: that scrape failed), so that a loss is
     /// placed in time (a stall of the host, or a steady shortfall).
     pub lost: Option<u64>,
+    /// The host's steal time so far (procfs::steal_seconds): a loss beside a jump in it is
+    /// the hypervisor's stall, not the agent's.
+    pub steal_s: f64,
 }
 
 /// What the scraper saw.
@@ -91,7 +94,7 @@ pub struct Soak {
 }
 
 pub fn run(ctx: &Ctx) -> Result<Soak> {
-    let dir = build::workspace_root().join(format!("target/bench/soak-{}", std::process::id()));
+    let dir = workspace::workspace_root().join(format!("target/bench/soak-{}", std::process::id()));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let r = soak(ctx, &dir);
     let _ = fs::remove_dir_all(&dir);
@@ -187,6 +190,7 @@ fn sample(pid: u32, addr: SocketAddr, started: Instant) -> Result<Sample> {
         fds: procfs::open_fds(pid)?,
         cpu_s: procfs::cpu_seconds(pid)?,
         lost: scrape(addr).and_then(|m| lost_total(&m)).ok(),
+        steal_s: procfs::steal_seconds()?,
     })
 }
 
@@ -585,16 +589,20 @@ pub fn render(o: &mut String, s: &Section<Soak>) -> Result<()> {
             "open fds",
             "CPU since the row before",
             "lost so far",
+            "host steal since the row before",
         ],
     )?;
     for (i, x) in shown.iter().enumerate() {
         let cpu = i.checked_sub(1).map_or("—".into(), |p| {
             format!("{:.1} %", cpu_percent(shown[p], x))
         });
+        let steal = i.checked_sub(1).map_or("—".into(), |p| {
+            format!("{:.1} s", x.steal_s - shown[p].steal_s)
+        });
         let lost = x.lost.map_or("scrape failed".into(), |n| n.to_string());
         writeln!(
             o,
-            "| {:.0} | {} | {} | {cpu} | {lost} |",
+            "| {:.0} | {} | {} | {cpu} | {lost} | {steal} |",
             x.t,
             mib(x.rss_kib),
             x.fds
@@ -643,6 +651,7 @@ mod tests {
                     fds,
                     cpu_s,
                     lost: Some(0),
+                    steal_s: 0.0,
                 }
             })
             .collect();

@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use image::{KERNELS, Kernel};
 
-use crate::build;
+use crate::workspace;
 
 /// Scenarios that run and are checked; `all` means these.
 /// The order matters: vanished-client leaves a host unreachable and statd retrying, so last.
@@ -153,7 +153,7 @@ pub struct Plan<'a> {
 }
 
 fn share_dir(k: &Kernel) -> PathBuf {
-    build::workspace_root().join(format!("target/lab/{}", k.name))
+    workspace::workspace_root().join(format!("target/lab/{}", k.name))
 }
 
 /// A fresh share directory: the guest scripts, lockd-trace and the locker, a results dir.
@@ -183,7 +183,7 @@ fn prepare_share(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
         args = "--btf-dir /share/btf".into();
     }
     fs::write(share.join("tracer-args.txt"), args)?;
-    let release = build::binary();
+    let release = workspace::binary();
     for (src, name) in [
         (release.clone(), "lockd-trace"),
         (release.with_file_name("locker"), "locker"),
@@ -244,7 +244,7 @@ fn check_scenarios(k: &Kernel, share: &Path, scenarios: &[&str]) -> Vec<String> 
         let checked = if faults::SCENARIOS.contains(s) {
             faults::check(s, &dir)
         } else {
-            expect::check(s, &dir)
+            expect::check(s, &dir).and_then(|r| explained::check(s, &dir, &r))
         };
         let verdict = match &checked {
             Ok(()) => "ok".to_string(),
@@ -318,7 +318,7 @@ fn layout_check(k: &Kernel, boot: &Path) -> Result<()> {
 /// load, unload and reload); the share directory holds the results.
 pub fn boot(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
     image::build(std::slice::from_ref(k))?;
-    build::release_with_tests()?;
+    workspace::release_with_tests()?;
     let share = prepare_share(k, plan)?;
     // TCG: ~2 min to boot 6.12, ~1 min per scenario; generous so a slow CI host passes.
     let timeout =
@@ -347,7 +347,7 @@ fn show(k: &Kernel, scenario: &str, dir: &Path) {
 
 fn shell(k: &Kernel) -> Result<()> {
     image::build(std::slice::from_ref(k))?;
-    build::release_with_tests()?;
+    workspace::release_with_tests()?;
     let share = prepare_share(
         k,
         &Plan {

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::{SCENARIOS, image::Kernel, share_dir};
-use crate::build;
+use crate::workspace;
 
 const BEGIN: &str = "<!-- lab-kernels:begin (cargo xtask lab table writes this) -->";
 const END: &str = "<!-- lab-kernels:end -->";
@@ -80,7 +80,7 @@ pub fn write(kernels: &[Kernel]) -> Result<()> {
             .collect();
         t.push_str(&format!("| {s} | {} |\n", cells.join(" | ")));
     }
-    let readme = build::workspace_root().join("README.md");
+    let readme = workspace::workspace_root().join("README.md");
     let text = fs::read_to_string(&readme)?;
     let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
         bail!("README.md lacks the lab-kernels markers");
@@ -124,7 +124,7 @@ fn cell(r: &Value) -> String {
 
 /// `lockd-trace probes --json` on this host (root), if it can run.
 fn host_probes() -> Option<Vec<Value>> {
-    let out = Command::new(build::binary())
+    let out = Command::new(workspace::binary())
         .args(["probes", "--json"])
         .output()
         .ok()?;

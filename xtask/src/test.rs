@@ -1,71 +1,13 @@
-//! Building, running and testing the workspace.
+//! `cargo xtask test`: every test, in the order CI runs them.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{lab, setup, sh};
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives inside the workspace")
-        .to_path_buf()
-}
-
-/// The release binary that `run`, the tests and the lab use.
-pub fn binary() -> PathBuf {
-    workspace_root().join("target/release/lockd-trace")
-}
-
-pub fn release() -> Result<()> {
-    sh::run(Command::new("cargo").current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "lockd-trace",
-    ]))
-}
-
-/// lockd-trace and the test programs (locker, lockstorm) that the lab and the benchmark run.
-pub fn release_with_tests() -> Result<()> {
-    sh::run(Command::new("cargo").current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "lockd-trace",
-        "--package",
-        "lockd-trace-tests",
-    ]))
-}
-
-pub fn run(args: Vec<String>) -> Result<()> {
-    setup::toolchain()?;
-    release()?;
-    let args = if args.is_empty() {
-        vec!["live".to_string()]
-    } else {
-        args
-    };
-    let mut cmd = if setup::is_root() {
-        Command::new(binary())
-    } else {
-        eprintln!("xtask: tracing needs root; running through sudo");
-        let mut c = Command::new("sudo");
-        c.arg(binary());
-        c
-    };
-    cmd.args(args);
-    eprintln!("xtask: $ {}", sh::show(&cmd));
-    let status = cmd.status()?;
-    if !status.success() {
-        bail!("lockd-trace exited with {status}");
-    }
-    Ok(())
-}
+use crate::{
+    bench, fuzz, lab, setup, sh,
+    workspace::{binary, release, workspace_root},
+};
 
 /// The rules the code is kept to, checked before anything runs: rustfmt's layout
 /// (rustfmt.toml) and no clippy warning (the lints are in the workspace's Cargo.toml). The eBPF
@@ -108,12 +50,12 @@ pub fn test(with_lab: bool) -> Result<()> {
             .args(["test", "--release"])
             .env("LOCKD_TRACE_BIN", binary()),
     )?;
-    crate::fuzz::run(FUZZ_SECONDS)?;
+    fuzz::run(FUZZ_SECONDS)?;
     if with_lab {
         lab::test()?;
     }
     // The benchmark's smoke form: fails only if the machinery does, never on speed.
-    crate::bench::run(&crate::bench::BenchArgs {
+    bench::run(&bench::BenchArgs {
         smoke: true,
         no_lab: !with_lab,
         ..Default::default()

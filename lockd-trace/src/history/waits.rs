@@ -1,0 +1,98 @@
+//! Local waits: a request posix_lock_inode queued behind a conflicting lock (FILE_LOCK_DEFERRED),
+//! with the lock in its way as the file's table knew it, reported once it has waited longer
+//! than the limit.
+
+use super::{FileKey, Histories, table};
+use crate::{
+    event::{Event, LockRecord},
+    finding::{Finding, Kind, Range},
+};
+
+pub(super) struct Wait {
+    file: FileKey,
+    pid: u32,
+    comm: String,
+    since_ns: u64,
+    range: Range,
+    blocker: Option<table::Held>,
+    reported: bool,
+}
+
+/// `ev` (the request `r` on `key` for `range`) waits: its blocker is the table's entry for
+/// the conflicting lock (with the time it was taken), else the kernel's description of it.
+pub(super) fn queued(h: &mut Histories, ev: &Event, r: &LockRecord, key: FileKey, range: Range) {
+    let f = h.files.get(&key).expect("just recorded");
+    let blocker = r.blocker.map(|b| {
+        let since = f
+            .local
+            .held
+            .iter()
+            .find(|h| h.holder.is(b.owner, b.pid) && h.overlaps(b.start, b.end))
+            .cloned();
+        since.unwrap_or_else(|| table::Held::described(&b, ev.ts_ns))
+    });
+    h.waits.insert(
+        r.fl,
+        Wait {
+            file: key,
+            pid: ev.pid,
+            comm: ev.comm.clone(),
+            since_ns: ev.ts_ns,
+            range,
+            blocker,
+            reported: false,
+        },
+    );
+}
+
+/// The request behind lock `fl` got its lock or gave up.
+pub(super) fn ended(h: &mut Histories, fl: u64) {
+    h.waits.remove(&fl);
+}
+
+/// Requests waiting longer than the limit at `now_ns`, each reported once.
+pub(super) fn advance(h: &mut Histories, now_ns: u64, out: &mut Vec<Finding>) {
+    let limit = h.limits.blocked_after_ns;
+    let clock = h.clock;
+    for w in h.waits.values_mut() {
+        if w.reported || now_ns.saturating_sub(w.since_ns) < limit {
+            continue;
+        }
+        w.reported = true;
+        let path = h.files.get(&w.file).and_then(|f| f.path.clone());
+        let mut evidence = vec![format!(
+            "{} (pid {}) asked for {} at {} and is still waiting after {:.1} s",
+            w.comm,
+            w.pid,
+            w.range.text(),
+            crate::clock::hms_micros(clock.wall_ns(w.since_ns)),
+            (now_ns - w.since_ns) as f64 / 1e9
+        )];
+        if let Some(b) = &w.blocker {
+            evidence.push(format!(
+                "in the way locally: {}",
+                crate::finding::held_text(b, &clock)
+            ));
+        }
+        let mut f = Finding::new(
+            Kind::BlockedLong,
+            now_ns,
+            w.file,
+            path,
+            w.pid as i32,
+            &w.comm,
+        );
+        f.headline = format!(
+            "{}: {} (pid {}) blocked on a local lock for {:.1} s (over {} s)",
+            f.file_text(),
+            w.comm,
+            w.pid,
+            (now_ns - w.since_ns) as f64 / 1e9,
+            limit / 1_000_000_000
+        );
+        f.range = Some(w.range);
+        f.blocker = w.blocker.clone();
+        f.evidence = evidence;
+        out.push(f);
+    }
+}
