@@ -18,13 +18,14 @@ use aya_ebpf::{
         TracePointContext,
     },
 };
+use kread::{Btf, Probe};
 use lockd_trace_common::{hook, nlm_op::*};
 
 // filelock:posix_lock_inode(struct inode *, struct file_lock *, int ret): every POSIX/OFD
 // request that reached the inode's lock list, with its result.
 #[btf_tracepoint(function = "posix_lock_inode")]
 pub fn posix_lock_inode_btf(ctx: BtfTracePointContext) -> i32 {
-    vfs::lock_result(
+    vfs::lock_result::<_, Btf>(
         &ctx,
         ctx.arg(0),
         ctx.arg(1),
@@ -36,7 +37,7 @@ pub fn posix_lock_inode_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "posix_lock_inode")]
 pub fn posix_lock_inode_raw(ctx: RawTracePointContext) -> i32 {
-    vfs::lock_result(
+    vfs::lock_result::<_, Probe>(
         &ctx,
         ctx.arg(0),
         ctx.arg(1),
@@ -49,7 +50,7 @@ pub fn posix_lock_inode_raw(ctx: RawTracePointContext) -> i32 {
 // filelock:flock_lock_inode(struct inode *, struct file_lock *, int ret): flock(2) requests.
 #[btf_tracepoint(function = "flock_lock_inode")]
 pub fn flock_lock_inode_btf(ctx: BtfTracePointContext) -> i32 {
-    vfs::lock_result(
+    vfs::lock_result::<_, Btf>(
         &ctx,
         ctx.arg(0),
         ctx.arg(1),
@@ -61,7 +62,7 @@ pub fn flock_lock_inode_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "flock_lock_inode")]
 pub fn flock_lock_inode_raw(ctx: RawTracePointContext) -> i32 {
-    vfs::lock_result(
+    vfs::lock_result::<_, Probe>(
         &ctx,
         ctx.arg(0),
         ctx.arg(1),

@@ -16,7 +16,7 @@ use lockd_trace_common::{
 
 use crate::{
     emit::{count, header, send},
-    kread::{filter_bits, inode_id, offsets, on_nfs, read},
+    kread::{Probe, filter_bits, inode_id, offsets, on_nfs, read},
     vfs::WAITING,
 };
 
@@ -116,7 +116,7 @@ fn getlk_answer(p: &PendingGetlk, ret: i32) {
     // SAFETY: bpf_probe_read_user checks the address.
     let answer = unsafe { bpf_probe_read_user(p.arg as *const UserFlock) }.unwrap_or_default();
     let inode = fd_inode(p.fd);
-    if filter_bits() & filter::NFS_ONLY != 0 && ret >= 0 && !on_nfs(inode, &o) {
+    if filter_bits() & filter::NFS_ONLY != 0 && ret >= 0 && !on_nfs::<Probe>(inode, &o) {
         count(counter::FILTERED_GETLK);
         return;
     }

@@ -15,7 +15,7 @@ use lockd_trace_common::{
 use crate::{
     emit::{count, header, send},
     exits,
-    kread::{filter_bits, inode_id, lock_info, offsets, on_nfs, read},
+    kread::{Mem, filter_bits, inode_id, lock_info, offsets, on_nfs, read},
     names,
 };
 
@@ -25,7 +25,7 @@ use crate::{
 pub static WAITING: LruHashMap<u32, VfsLockEvent> = LruHashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
-pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_id: u16) {
+pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_id: u16) {
     let o = offsets();
     // tp_btf hands typed pointers the verifier wants null-checked before any arithmetic.
     if o.valid == 0 || inode == 0 || fl == 0 {
@@ -35,7 +35,7 @@ pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_
     // Only granted requests are filtered: waits and failures always go out, and the filter's
     // branches never reach the blocker search (6.1's verifier walks it once per branch and
     // gave up at a million instructions when they did).
-    if ret == 0 && filtered_out(inode, fl, hook_id, &o) {
+    if ret == 0 && filtered_out::<M>(inode, fl, hook_id, &o) {
         return;
     }
     let (dev, ino) = inode_id(inode, &o);
@@ -73,19 +73,19 @@ pub fn lock_result<C: EbpfContext>(ctx: &C, inode: u64, fl: u64, ret: i64, hook_
 /// clients' locks) and unlocks of someone else's lock (unlock_filesystem releasing lockd's);
 /// the others are counted per hook, at the cost of these reads.
 #[inline(always)]
-fn filtered_out(inode: u64, fl: u64, hook_id: u16, o: &Offsets) -> bool {
-    if filter_bits() & filter::NFS_ONLY == 0 || on_nfs(inode, o) {
+fn filtered_out<M: Mem>(inode: u64, fl: u64, hook_id: u16, o: &Offsets) -> bool {
+    if filter_bits() & filter::NFS_ONLY == 0 || on_nfs::<M>(inode, o) {
         return false;
     }
     let comm = bpf_get_current_comm().unwrap_or_default();
     if comm[..6] == *b"lockd\0" {
         return false;
     }
-    if u32::from(read::<u8>(fl, o.fl_type)) == F_UNLCK {
+    if u32::from(M::read::<u8>(fl, o.fl_type)) == F_UNLCK {
         // SAFETY: plain helper call.
         let files: u64 = read(unsafe { bpf_get_current_task() }, o.task_files);
         // No files: an exiting task closing its own (exit_files clears them first).
-        if files != 0 && read::<u64>(fl, o.fl_owner) != files {
+        if files != 0 && M::read::<u64>(fl, o.fl_owner) != files {
             return false;
         }
     }
