@@ -443,7 +443,7 @@ fn history_text(f: &FileHistory, clock: &Clock) -> String {
 }
 
 fn history_json(f: &FileHistory, clock: &Clock) -> serde_json::Value {
-    let held = |h: &crate::history::table::Held| {
+    let held = |h: &crate::held::Held| {
         serde_json::json!({
             "pid": h.holder.pid,
             "comm": h.holder.comm,

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::{
     clock::{self, Clock},
-    history::table::Held,
+    held::Held,
     names,
 };
 

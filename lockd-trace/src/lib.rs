@@ -1,6 +1,6 @@
 //! lockd-trace: kernel programs → ring buffer → decoder → (histories → explanations) → sinks.
 //! Module per stage: probes/ (load, plan, attach), ringbuf + kmsg (sources), decode, event,
-//! history/ (per-file state and detectors), finding, correlate (kernel lines ↔ findings),
+//! history/ (per-file state and detectors), held (a held lock), finding, correlate (kernel lines ↔ findings),
 //! engine, pipeline, sinks/, tracefile/ (record/read); live, analyze, merge, export, locks
 //! (commands). A library so the fuzz target (fuzz/) reaches the trace-file reader.
 
@@ -33,6 +33,7 @@ pub mod event;
 pub mod explain;
 pub mod export;
 pub mod finding;
+pub mod held;
 pub mod history;
 pub mod kmsg;
 pub mod live;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::{
     cli::LocksArgs,
-    history::table::Held,
+    held::Held,
     names,
     proclocks::{self, ProcLock},
 };

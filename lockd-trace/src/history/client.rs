@@ -10,14 +10,12 @@ use lockd_trace_common::{
     nlm_op::*,
 };
 
-use super::{
-    FileKey, Histories,
-    table::{Held, Holder},
-};
+use super::{FileKey, Histories};
 use crate::{
     clock::hms_micros,
     event::{Event, Lock, NlmRecord},
     finding::{Finding, Kind, Range, errno_text, held_text, status_text},
+    held::{Held, Holder},
     names,
 };
 

@@ -6,7 +6,8 @@
 
 use lockd_trace_common::{kernel::F_UNLCK, nlm_op::CLNT_PROC_ENTER};
 
-use super::{FileHistory, FileKey, Histories, server, table::Held};
+use super::{FileHistory, FileKey, Histories, server};
+use crate::held::Held;
 use crate::{
     clock::hms_micros,
     event::{Body, Event, Lock},

@@ -16,12 +16,13 @@ use lockd_trace_common::{
     kernel::{F_UNLCK, FILE_LOCK_DEFERRED, FL_ACCESS, FL_CLOSE},
     nlm_op,
 };
-use table::{Holder, LockTable};
+use table::LockTable;
 
 use crate::{
     clock::Clock,
     event::{Body, Event, LockRecord},
     finding::{Finding, Range},
+    held::{BEFORE_TRACING, Held, Holder},
 };
 
 pub type FileKey = (u32, u64);
@@ -78,8 +79,8 @@ impl FileHistory {
     }
 
     /// Local locks the NLM peer was not told of, and NLM locks the local VFS lacks.
-    pub fn differences(&self) -> (Vec<&table::Held>, Vec<&table::Held>) {
-        let covered = |h: &table::Held, t: &LockTable| {
+    pub fn differences(&self) -> (Vec<&Held>, Vec<&Held>) {
+        let covered = |h: &Held, t: &LockTable| {
             t.held
                 .iter()
                 .any(|o| o.holder.pid == h.holder.pid && o.start <= h.start && o.end >= h.end)
@@ -263,7 +264,7 @@ impl Histories {
             0 if r.hook == hook::PROC_LOCKS => {
                 let f = self.files.get_mut(&key).expect("just recorded");
                 f.local
-                    .apply(&holder, lock_type, start, end, table::BEFORE_TRACING);
+                    .apply(&holder, lock_type, start, end, BEFORE_TRACING);
             }
             0 => {
                 waits::ended(self, r.fl);

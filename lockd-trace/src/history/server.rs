@@ -6,14 +6,12 @@ use std::collections::HashMap;
 
 use lockd_trace_common::{kernel::F_UNLCK, nlm::status, nlm_op::*};
 
-use super::{
-    FileHistory, FileKey, Histories,
-    table::{Held, Holder},
-};
+use super::{FileHistory, FileKey, Histories};
 use crate::{
     clock::hms_micros,
     event::{Event, NlmRecord},
     finding::{Finding, Forgotten, Kind, Range, held_text},
+    held::{Held, Holder},
 };
 
 const MAX_REMEMBERED: usize = 65_536;

@@ -2,10 +2,11 @@
 //! with the lock in its way as the file's table knew it, reported once it has waited longer
 //! than the limit.
 
-use super::{FileKey, Histories, table};
+use super::{FileKey, Histories};
 use crate::{
     event::{Event, LockRecord},
     finding::{Finding, Kind, Range},
+    held::Held,
 };
 
 pub(super) struct Wait {
@@ -14,7 +15,7 @@ pub(super) struct Wait {
     comm: String,
     since_ns: u64,
     range: Range,
-    blocker: Option<table::Held>,
+    blocker: Option<Held>,
     reported: bool,
 }
 
@@ -29,7 +30,7 @@ pub(super) fn queued(h: &mut Histories, ev: &Event, r: &LockRecord, key: FileKey
             .iter()
             .find(|h| h.holder.is(b.owner, b.pid) && h.overlaps(b.start, b.end))
             .cloned();
-        since.unwrap_or_else(|| table::Held::described(&b, ev.ts_ns))
+        since.unwrap_or_else(|| Held::described(&b, ev.ts_ns))
     });
     h.waits.insert(
         r.fl,
