@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::map, maps::LruH
 use lockd_trace_common::{FileNameEvent, NAME_DEPTH, Offsets, kind};
 
 use crate::{
-    emit::{EVENTS, count_lost, header},
+    emit::{EVENTS, count_lost, header, submit_flags},
     kread::read,
 };
 
@@ -60,6 +60,6 @@ pub fn name_once(fl: u64, dev: u32, ino: u64, o: &Offsets) {
         }
         dentry = parent;
     }
-    entry.submit(0);
+    entry.submit(submit_flags::<FileNameEvent>());
     let _ = NAMED.insert(&key, &1, 0);
 }

@@ -21,7 +21,7 @@ use lockd_trace_common::{
 };
 
 use crate::{
-    emit::{EVENTS, count, count_lost, header},
+    emit::{EVENTS, count, count_lost, header, submit_flags},
     exits,
     kread::{fl_inode_id, lock_info, nlm_offsets, offsets, read},
     names,
@@ -200,7 +200,7 @@ pub fn clnt_proc_enter(ctx: &ProbeContext, op: u16) {
     set_host(e, ctx.arg(0).unwrap_or(0), &n);
     e.cmd = ctx.arg::<u64>(1).unwrap_or(0) as u32;
     set_fl(e, ctx.arg(2).unwrap_or(0), &o);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nlmclnt_proc return: the result NFS hands the application.
@@ -220,7 +220,7 @@ pub fn clnt_proc_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     if e.ret == 0 && e.lock.lock_type != F_UNLCK {
         exits::took_lock();
     }
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nlmclnt_call(cred, req, proc) return: one NLM RPC and the server's status.
@@ -235,7 +235,7 @@ pub fn clnt_call_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     e.ret = ctx.ret::<i64>() as i32;
     e.cmd = proc_ as u32;
     set_rqst(e, req, &o, &n);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nlmclnt_unlock_callback(task, req) entry: the async UNLOCK's RPC status and NLM status.
@@ -248,7 +248,7 @@ pub fn clnt_unlock_cb(ctx: &ProbeContext, op: u16) {
     e.ret = read(task, n.task_status);
     e.cmd = proc_num::UNLOCK;
     set_rqst(e, ctx.arg(1).unwrap_or(0), &o, &n);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nlmclnt_reclaim(host, fl, req) return: the reclaim of one lock (fl names its owner pid).
@@ -266,7 +266,7 @@ pub fn clnt_reclaim_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     e.flags |= nlm_flag::RECLAIM;
     set_host(e, host, &n);
     set_fl(e, fl, &o);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nlmclnt_grant(addr, lock) return: did the client find the blocked request the server
@@ -282,7 +282,7 @@ pub fn clnt_grant_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
     e.cmd = proc_num::GRANTED;
     set_nlm_lock(e, lock, &o, &n);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// locks_lock_inode_wait(inode, fl) return, only on threads inside nlmclnt_proc: the local
@@ -304,7 +304,7 @@ pub fn clnt_vfs_exit<C: EbpfContext>(ctx: &C, ret: i64, enter: u16, op: u16) {
             e.has_blocker = 1;
         }
     }
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// locks_lock_inode_wait entry: remembered only inside nlmclnt_proc.
@@ -331,7 +331,7 @@ pub fn svc_test_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     e.cmd = proc_num::TEST;
     set_host(e, host, &n);
     set_nlm_lock(e, lock, &o, &n);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nlmsvc_lock's wait and reclaim flags are arguments 4 and 6, kept in a second slot. The
@@ -367,7 +367,7 @@ pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16
     }
     set_host(e, host, &n);
     set_nlm_lock(e, lock, &o, &n);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nlmsvc_unlock(net, file, lock) and nlmsvc_cancel_blocked(net, file, lock) return.
@@ -382,7 +382,7 @@ pub fn svc_no_host_exit(ctx: &RetProbeContext, enter: u16, op: u16, proc_: u32) 
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
     e.cmd = proc_;
     set_nlm_lock(e, lock, &o, &n);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nlmsvc_grant_blocked(block) entry: the server now grants a waiting client's lock.
@@ -398,7 +398,7 @@ pub fn svc_grant(ctx: &ProbeContext, op: u16) {
     if call != 0 {
         set_nlm_lock(e, call + u64::from(n.rqst_lock), &o, &n);
     }
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 // --- NSM ------------------------------------------------------------------------------
@@ -414,7 +414,7 @@ pub fn nsm_monitor_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let e = ev(&mut r);
     e.ret = ctx.ret::<i64>() as i32;
     set_host(e, host, &n);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nsm_unmonitor(host) entry.
@@ -423,7 +423,7 @@ pub fn nsm_unmonitor(ctx: &ProbeContext, op: u16) {
     let Some((_, n)) = ready(op) else { return };
     let Some(mut r) = reserve(op) else { return };
     set_host(ev(&mut r), ctx.arg(0).unwrap_or(0), &n);
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }
 
 /// nlm_host_rebooted(net, info) entry: a reboot notification for info->mon, new state.
@@ -440,5 +440,5 @@ pub fn host_rebooted(ctx: &ProbeContext, op: u16) {
     // SAFETY: bounded read (len <= 63) into the record; mon is not NUL-terminated.
     let _ =
         unsafe { bpf_probe_read_kernel_buf(mon as *const u8, &mut e.host[..(len as usize & 63)]) };
-    r.submit(0);
+    r.submit(submit_flags::<NlmEvent>());
 }

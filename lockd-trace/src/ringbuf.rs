@@ -1,11 +1,25 @@
-//! The ring buffer, read as the kernel wakes us (epoll through tokio's AsyncFd).
+//! The ring buffer, read as the kernel wakes us (epoll through tokio's AsyncFd) and on a short
+//! timer: the programs wake us only when the bytes waiting cross a quarter of the ring (emit.rs),
+//! so a trickle below that mark is read on the timer.
+
+use std::time::Duration;
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::{self, Interval, MissedTickBehavior},
+};
+
+/// How long a record sent without a wakeup can wait for the agent: the most the batching adds
+/// to live output's delay.
+const POLL: Duration = Duration::from_millis(50);
 
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
+    poll: Interval,
+    /// The last timer-driven batch was full: read on without waiting.
+    more: bool,
 }
 
 impl EventStream {
@@ -13,20 +27,41 @@ impl EventStream {
         // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns it.
         let fd = unsafe { AsyncFd::register_with_interest(rb, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
-        Ok(EventStream { fd })
+        let mut poll = time::interval(POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(EventStream {
+            fd,
+            poll,
+            more: false,
+        })
     }
 
-    /// Waits until records are available, then hands up to BATCH of them to `f`; returns how
-    /// many. A storm never empties the buffer: bounded batches let the rest of the agent (the
-    /// kernel log, signals, ticks, metrics clients) have their turn between them.
+    /// Waits until records are available (woken, or the poll timer), then hands up to BATCH
+    /// of them to `f`; returns how many. A storm never empties the buffer: bounded batches
+    /// let the rest of the agent (the kernel log, signals, ticks, metrics clients) have their
+    /// turn between them.
     pub async fn next_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize> {
-        let mut guard = self.fd.readable_mut().await?;
-        let n = drain_into(guard.get_inner_mut(), &mut f, BATCH);
-        if n < BATCH {
-            // Emptied: wait for the kernel's next wakeup. Else ready again at once.
-            guard.clear_ready();
+        if self.more {
+            let n = drain_into(self.fd.get_mut(), &mut f, BATCH);
+            self.more = n == BATCH;
+            return Ok(n);
         }
-        Ok(n)
+        tokio::select! {
+            guard = self.fd.readable_mut() => {
+                let mut guard = guard?;
+                let n = drain_into(guard.get_inner_mut(), &mut f, BATCH);
+                if n < BATCH {
+                    // Emptied: wait for the kernel's next wakeup. Else ready again at once.
+                    guard.clear_ready();
+                }
+                Ok(n)
+            }
+            _ = self.poll.tick() => {
+                let n = drain_into(self.fd.get_mut(), &mut f, BATCH);
+                self.more = n == BATCH;
+                Ok(n)
+            }
+        }
     }
 
     /// Hands every record already in the buffer to `f` without waiting (at shutdown).

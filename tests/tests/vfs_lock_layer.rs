@@ -4,6 +4,11 @@ mod harness;
 
 use harness::{Locker, Scratch, Tracer, assert_nothing_dropped, events_for};
 use serde_json::Value;
+use std::{
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
 
 fn by_pid<'a>(evs: &[&'a Value], pid: u32) -> Vec<&'a Value> {
     evs.iter().copied().filter(|e| e["pid"] == pid).collect()
@@ -91,7 +96,7 @@ fn blocked_waiter_is_woken_by_unlock() {
     let mut b = Locker::spawn(&f);
     assert_eq!(a.cmd("setlk r 0 10"), "ok");
     b.send("setlkw w 5 10");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(300));
     assert_eq!(a.cmd("setlk u 0 10"), "ok");
     assert_eq!(b.read_line(), "ok");
     let (apid, bpid) = (a.pid, b.pid);
@@ -129,7 +134,7 @@ fn interrupted_wait_reports_erestartsys() {
     let mut b = Locker::spawn(&f);
     assert_eq!(a.cmd("setlk w 0 1"), "ok");
     b.send("setlkw w 0 1");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(300));
     b.signal(libc::SIGUSR1);
     assert_eq!(b.read_line(), "err EINTR");
     let (apid, bpid) = (a.pid, b.pid);
@@ -162,7 +167,7 @@ fn deadlock_is_edeadlk_with_blocker() {
     assert_eq!(a.cmd("setlk w 0 10"), "ok");
     assert_eq!(b.cmd("setlk w 20 10"), "ok");
     a.send("setlkw w 20 10");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(300));
     assert_eq!(b.cmd("setlkw w 0 10"), "err EDEADLK");
     let (apid, bpid) = (a.pid, b.pid);
     b.exit();
@@ -253,7 +258,7 @@ fn lock_held_after_its_setter_exited() {
     );
     // The agent judges an exit a second after it (its closes come first); then someone runs
     // into the lock.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    thread::sleep(Duration::from_millis(2500));
     let mut c = Locker::spawn(&f);
     assert_eq!(c.cmd("setlk w 50 1"), "err EAGAIN");
     assert_eq!(c.cmd("setlk w 200 10"), "ok", "b's lock went with b");
@@ -369,4 +374,46 @@ fn filters_pid_and_errors_only() {
     assert_eq!(evs.len(), 1, "only b's failure: {evs:?}");
     assert_eq!(evs[0]["pid"], bpid);
     assert_eq!(evs[0]["result"], "EAGAIN");
+}
+
+/// Records below the ring's wake-up mark reach the agent on its drain timer: one lock call is
+/// shown while tracing goes on, not only when the agent drains at exit.
+#[test]
+fn a_lone_event_is_shown_while_tracing() {
+    let dir = Scratch::new("vfs");
+    let f = dir.file("lone");
+    let mut t = Tracer::start(&[]);
+    let stdout = t.take_stdout();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut a = Locker::spawn(&f);
+    // The file's first lock also sends its name; the second is a lone record.
+    assert_eq!(a.cmd("setlk w 0 1"), "ok");
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(a.cmd("setlk w 10 5"), "ok");
+    let apid = a.pid;
+    // Generous for a busy machine; the timer's period is 50 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let shown = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the lock call was not shown within 5 s while tracing");
+        let e: Value = serde_json::from_str(&line).unwrap();
+        if e["file"] == f.as_str() && e["lock"]["start"] == 10 {
+            break e;
+        }
+    };
+    assert!(t.running(), "shown while the tracer runs, not at its exit");
+    assert_eq!(shown["pid"], apid);
+    assert_lock(&shown, "F_SETLK", "WRLCK", 10, 14, "ok");
+    a.exit();
+    let (_, stderr) = t.stop();
+    assert_nothing_dropped(&[], &stderr);
 }

@@ -65,6 +65,13 @@ impl Tracer {
         if opts.ring_bytes > 0 {
             loader.map_max_entries("EVENTS", opts.ring_bytes);
         }
+        let ring = if opts.ring_bytes > 0 {
+            opts.ring_bytes
+        } else {
+            lockd_trace_common::RING_BYTES
+        };
+        let wakeup = u64::from(ring / 4);
+        loader.override_global("WAKEUP_BYTES", &wakeup, true);
         let ebpf = loader.load(OBJECT).map_err(|e| {
             anyhow!(
                 "the kernel refused lockd-trace's eBPF object: {}",
