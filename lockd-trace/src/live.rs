@@ -332,7 +332,8 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
             _ = hangup.recv() => io_result = reopen(s.log.as_ref(), &mut p),
             client = accept(&mut metrics) => if let Ok(client) = client {
                 let refused = metrics.as_ref().map_or(0, |m| m.refused);
-                let body = scrape(&p, &counters, &lost, &probes, refused);
+                let missed = tracer.missed_returns();
+                let body = scrape(&p, &counters, &lost, &probes, refused, missed);
                 tokio::spawn(client.answer(body));
             },
             () = &mut deadline => break,
@@ -373,7 +374,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         r => r.context("writing events")?,
     }
-    summary(&p, &lost, undecodable, &counters);
+    summary(&p, &lost, undecodable, &counters, &tracer.missed_returns());
     Ok(p)
 }
 
@@ -441,6 +442,7 @@ fn scrape(
     lost: &[u64],
     probes: &[(&'static str, Option<String>)],
     refused: u64,
+    missed_returns: Vec<(&'static str, u64)>,
 ) -> String {
     let snapshot = crate::metrics::Snapshot {
         counter: &|i| counters.get(i),
@@ -469,6 +471,7 @@ fn scrape(
         })
         .collect(),
         refused,
+        missed_returns,
     };
     p.metrics.render(&snapshot)
 }
@@ -599,7 +602,13 @@ fn status_line(p: &Pipeline<'_>, lost: &[u64]) {
     let _ = io::stderr().flush();
 }
 
-fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters) {
+fn summary(
+    p: &Pipeline<'_>,
+    lost: &[u64],
+    undecodable: u64,
+    counters: &Counters,
+    missed_returns: &[(&str, u64)],
+) {
     use lockd_trace_common::counter;
     let lost: u64 = lost.iter().sum();
     let t = &p.tally;
@@ -631,6 +640,18 @@ fn summary(p: &Pipeline<'_>, lost: &[u64], undecodable: u64, counters: &Counters
         crate::say!(
             "lockd-trace: NLM probes fired without lockd's layout and recorded nothing: {}",
             per_op.join(", ")
+        );
+    }
+    let missed: Vec<String> = missed_returns
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(probe, n)| format!("{probe} {n}"))
+        .collect();
+    if !missed.is_empty() {
+        crate::say!(
+            "lockd-trace: returns the kernel did not record (more calls in flight than a \
+             kretprobe has room for): {}",
+            missed.join(", ")
         );
     }
     let unwritten = p.writer.as_ref().map_or(0, |w| w.unwritten);

@@ -20,6 +20,12 @@ pub fn run(args: &ProbesArgs) -> Result<()> {
             .iter()
             .map(|x| format!("{} refused: {}", x.method, x.reason))
             .chain(r.layout.iter().map(|l| format!("layout from {l}")))
+            .chain(
+                r.attached
+                    .iter()
+                    .filter_map(|a| a.maxactive)
+                    .map(|n| format!("room for {n} calls in flight")),
+            )
             .collect::<Vec<_>>()
             .join("; ");
         println!("{:<26} {:<11} {:<28} {}", r.probe, how, target, notes);

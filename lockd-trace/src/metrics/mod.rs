@@ -42,6 +42,8 @@ pub struct Snapshot<'a> {
     pub outputs: Vec<OutputState>,
     /// Metrics clients closed unanswered because too many were being served.
     pub refused: u64,
+    /// Returns each kretprobe could not record (no room for another call in flight).
+    pub missed_returns: Vec<(&'static str, u64)>,
 }
 
 /// One output of the agent and its failures (sinks/health.rs).
@@ -265,6 +267,16 @@ impl Metrics {
             "Connections to this endpoint closed unanswered because too many were open.",
             "counter",
             vec![(String::new(), s.refused)],
+        );
+        family(
+            "probe_missed_returns_total",
+            "Returns a kretprobe could not record: more calls were in flight (sleeping) than it \
+             has room for.",
+            "counter",
+            s.missed_returns
+                .iter()
+                .map(|(p, n)| (l(&[("probe", p)]), *n))
+                .collect(),
         );
         family(
             "probe_attached",

@@ -3,6 +3,7 @@
 
 pub mod btf;
 mod kallsyms;
+mod kretprobe;
 pub mod lockd_layout;
 mod modules;
 pub mod plan;
@@ -16,6 +17,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, KProbe, Program, ProgramError, kprobe::KProbeLinkId},
 };
+use kretprobe::RetProbe;
 use lockd_trace_common::{NlmOffsets, counter};
 use plan::{Method, PROBES, ProbeReport, Way};
 
@@ -49,6 +51,8 @@ pub struct Tracer {
     lockd: Option<modules::Instance>,
     /// Their kprobe links, detached when lockd unloads.
     lockd_links: Vec<(&'static str, KProbeLinkId)>,
+    /// Every kretprobe, by probe name (lockd's are dropped when it unloads).
+    ret_probes: Vec<(&'static str, RetProbe)>,
     /// lockd's struct layout while it is loaded, or why there is none.
     pub layout: Result<lockd_layout::Layout, String>,
 }
@@ -84,12 +88,14 @@ impl Tracer {
             opts: opts.clone(),
             lockd: modules::Reading::lockd().instance(),
             lockd_links: Vec::new(),
+            ret_probes: Vec::new(),
             layout: Err(kallsyms::not_loaded(modules::LOCKD)),
         };
         if t.lockd.is_some() {
             t.set_layout(&kbtf)?;
         }
         let aya_btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
+        kretprobe::remove_stale();
         let symbols = kallsyms::Symbols::read();
         for p in PROBES {
             let r = t.attach_probe(p, &symbols, &aya_btf);
@@ -143,7 +149,7 @@ impl Tracer {
             (Ok(l), modules::LOCKD) => Some(l.source.clone()),
             _ => None,
         };
-        let (ebpf, links) = (&mut self.ebpf, &mut self.lockd_links);
+        let (ebpf, links, rets) = (&mut self.ebpf, &mut self.lockd_links, &mut self.ret_probes);
         let mut report = plan::choose(p, forced, |w| {
             if matches!(w.method, Method::Kprobe | Method::Kretprobe) {
                 symbols.can_kprobe(w.target, p.module)?;
@@ -151,14 +157,18 @@ impl Tracer {
                     return Err(why.clone());
                 }
             }
-            let link = attach(ebpf, w, btf)?;
-            if let Some(link) = link.filter(|_| p.module == modules::LOCKD) {
-                links.push((w.program, link));
+            match attach(ebpf, w, btf)? {
+                Link::Kprobe(link) if p.module == modules::LOCKD => links.push((w.program, link)),
+                Link::Return(r) => rets.push((p.name, r)),
+                _ => {}
             }
             Ok(())
         });
-        if report.attached.is_some() {
+        if let Some(a) = &mut report.attached {
             report.layout = layout;
+            if self.ret_probes.iter().any(|(name, _)| *name == p.name) {
+                a.maxactive = Some(kretprobe::MAXACTIVE);
+            }
         }
         report
     }
@@ -196,6 +206,11 @@ impl Tracer {
             ),
             Err(why) => format!("lockd's layout: none ({why})"),
         }
+    }
+
+    /// Returns each kretprobe could not record (more callers in flight than it has room for).
+    pub fn missed_returns(&self) -> Vec<(&'static str, u64)> {
+        kretprobe::missed(&self.ret_probes)
     }
 
     pub fn attached(&self) -> usize {
@@ -252,25 +267,35 @@ impl Counters {
     }
 }
 
-/// Attaches one way; a kprobe's link is returned so that it can be detached on its own.
-fn attach(ebpf: &mut Ebpf, way: &Way, btf: &Btf) -> Result<Option<KProbeLinkId>, String> {
+/// What attaching left to be detached on its own: a kprobe's link (aya keeps it), a kretprobe
+/// (ours), or nothing (the program holds its link for good).
+enum Link {
+    Kept,
+    Kprobe(KProbeLinkId),
+    Return(RetProbe),
+}
+
+/// Attaches one way.
+fn attach(ebpf: &mut Ebpf, way: &Way, btf: &Btf) -> Result<Link, String> {
     let prog = ebpf
         .program_mut(way.program)
         .ok_or_else(|| format!("program {} missing from the object", way.program))?;
     let r = match (way.method, prog) {
         (Method::BtfTracepoint, Program::BtfTracePoint(p)) => {
-            load_attach_btf(p, way, btf).map(|()| None)
+            load_attach_btf(p, way, btf).map(|()| Link::Kept)
         }
-        (Method::RawTracepoint, Program::RawTracePoint(p)) => {
-            p.load().and_then(|()| p.attach(way.target)).map(|_| None)
-        }
+        (Method::RawTracepoint, Program::RawTracePoint(p)) => p
+            .load()
+            .and_then(|()| p.attach(way.target))
+            .map(|_| Link::Kept),
         (Method::Tracepoint, Program::TracePoint(p)) => {
             let (cat, name) = way.target.split_once(':').unwrap_or(("", way.target));
-            p.load().and_then(|()| p.attach(cat, name)).map(|_| None)
+            p.load()
+                .and_then(|()| p.attach(cat, name))
+                .map(|_| Link::Kept)
         }
-        (Method::Kprobe | Method::Kretprobe, Program::KProbe(p)) => {
-            load_attach_kprobe(p, way).map(Some)
-        }
+        (Method::Kretprobe, Program::KProbe(p)) => return load_attach_kretprobe(p, way),
+        (Method::Kprobe, Program::KProbe(p)) => load_attach_kprobe(p, way).map(Link::Kprobe),
         _ => return Err(format!("program {} is not a {}", way.program, way.method)),
     };
     r.map_err(|e| reason(&e))
@@ -287,6 +312,23 @@ fn load_attach_kprobe(p: &mut KProbe, way: &Way) -> Result<KProbeLinkId, Program
         p.load()?;
     }
     p.attach(way.target, 0)
+}
+
+/// A kretprobe with room for MAXACTIVE sleeping callers (kretprobe.rs); where tracefs is not
+/// mounted, aya's, with the kernel's default room.
+fn load_attach_kretprobe(p: &mut KProbe, way: &Way) -> Result<Link, String> {
+    if p.fd().is_err() {
+        p.load().map_err(|e| reason(&e))?;
+    }
+    let fd = p.fd().map_err(|e| reason(&e))?;
+    match RetProbe::attach(fd, way.program, way.target) {
+        Ok(r) => Ok(Link::Return(r)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !kretprobe::has_tracefs() => p
+            .attach(way.target, 0)
+            .map(Link::Kprobe)
+            .map_err(|e| reason(&e)),
+        Err(e) => Err(format!("kprobe_events refused it: {e}")),
+    }
 }
 
 /// The kernel's answer in a few words: the errno when there is one, else aya's message.

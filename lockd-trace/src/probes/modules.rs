@@ -113,6 +113,7 @@ impl Tracer {
                 let _ = p.detach(link);
             }
         }
+        self.ret_probes.retain(|(probe, _)| !is_lockd(probe));
         let _ = self.set_nlm_offsets(None);
         self.layout = Err(super::kallsyms::not_loaded(LOCKD));
         let mut n = 0;

@@ -431,6 +431,9 @@ pub struct ProbeReport {
 pub struct Attached {
     pub method: Method,
     pub target: &'static str,
+    /// A kretprobe's room: calls in flight it can follow (None: the kernel's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxactive: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -479,6 +482,7 @@ pub fn choose(
                 report.attached = Some(Attached {
                     method: way.method,
                     target: way.target,
+                    maxactive: None,
                 });
                 break;
             }
