@@ -33,11 +33,13 @@ for i in $(seq $(cat /share/reloads.txt)); do
         { echo "LAB: lockd reload $i not followed"; break; }
 done
 modprobe -a nfsd nfs nfsv3 || { echo "LAB: modprobe failed"; exit 1; }
+# The rootfs is shared by guests running at once: NFS's state and exports live in this boot's
+# tmpfs, and statd's records (sm/, sm.bak/) start clean.
+mkdir -p /run/nfs-state && cp -a /var/lib/nfs/. /run/nfs-state/ && rm -rf /run/nfs-state/sm*/*
+mount --bind /run/nfs-state /var/lib/nfs && touch /run/exports && mount --bind /run/exports /etc/exports
 mount -t rpc_pipefs sunrpc /var/lib/nfs/rpc_pipefs
 mount -t nfsd nfsd /proc/fs/nfsd
 echo 10 > /proc/fs/nfsd/nfsv4leasetime; echo 10 > /proc/fs/nfsd/nfsv4gracetime
-# statd's records persist in the cached rootfs across boots: start each boot clean.
-rm -rf /var/lib/nfs/sm/* /var/lib/nfs/sm.bak/*
 rpcbind -w
 rpc.statd --no-notify
 mount -t tmpfs -o size=64m tmpfs /export
@@ -82,4 +84,6 @@ for s in $(cat /share/scenarios.txt); do
     dmesg > $d/dmesg.txt
     echo "LAB: scenario $s exit $(cat $d/exit)"
 done
+# Every tracer has exited: none may have left a kprobe event behind.
+cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-left.txt
 echo "LAB: done"
