@@ -47,12 +47,27 @@ pub fn toolchain() -> Result<()> {
 
 /// clippy and rustfmt for the test command's lint step (rustup's minimal profile has neither).
 pub fn lint_tools() -> Result<()> {
-    let have = |tool: &str| sh::output(Command::new("cargo").args([tool, "--version"])).is_some();
-    if have("clippy") && have("fmt") {
-        return Ok(());
+    // `toolchain`: "" for the default one, else "+NAME".
+    let have = |toolchain: &str, tool: &str| {
+        let args = [toolchain, tool, "--version"];
+        sh::output(Command::new("cargo").args(args.iter().filter(|a| !a.is_empty()))).is_some()
+    };
+    if !(have("", "clippy") && have("", "fmt")) {
+        eprintln!("xtask: installing clippy and rustfmt");
+        sh::run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))?;
     }
-    eprintln!("xtask: installing clippy and rustfmt");
-    sh::run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))
+    // The eBPF crate is linted with the nightly it builds with.
+    if !have(&format!("+{NIGHTLY}"), "clippy") {
+        eprintln!("xtask: installing clippy for {NIGHTLY}");
+        sh::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "--toolchain",
+            NIGHTLY,
+            "clippy",
+        ]))?;
+    }
+    Ok(())
 }
 
 fn nightly_rust_src() -> Result<()> {

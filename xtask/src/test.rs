@@ -10,8 +10,8 @@ use crate::{
 };
 
 /// The rules the code is kept to, checked before anything runs: rustfmt's layout
-/// (rustfmt.toml) and no clippy warning (the lints are in the workspace's Cargo.toml). The eBPF
-/// crate builds only for bpfel through lockd-trace's build.rs, so clippy sees the host crates.
+/// (rustfmt.toml) and no clippy warning (the lints are in the workspace's Cargo.toml), for the
+/// host crates and, with its nightly for bpfel, the eBPF crate.
 fn lint() -> Result<()> {
     setup::lint_tools()?;
     let cargo = || {
@@ -24,6 +24,23 @@ fn lint() -> Result<()> {
         "clippy",
         "--release",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let nightly = format!("+{}", setup::NIGHTLY);
+    sh::run(cargo().args([
+        nightly.as_str(),
+        "clippy",
+        "--release",
+        "--package",
+        "lockd-trace-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+        "target/ebpf-clippy",
         "--",
         "-D",
         "warnings",

@@ -598,11 +598,12 @@ fn capacity_section(o: &mut String, c: &Section<Capacity>) -> Result<()> {
     )?;
     writeln!(
         o,
-        "Batching (lockd-trace/src/ringbuf.rs, unchanged): the kernel programs submit each \
-         record with adaptive wake-up (flags 0: the agent is woken when it has caught up), and \
-         the agent, woken through epoll, drains every record in the ring in one pass. There is \
-         no fixed batch size: a batch is whatever accumulated since the last wake-up, up to the \
-         ring's size. The trace writer buffers 256 KiB (BufWriter) and flushes every second.\n"
+        "Batching (lockd-trace-ebpf/src/emit.rs, lockd-trace/src/ringbuf.rs): the kernel \
+         programs submit each record without a wake-up (BPF_RB_NO_WAKEUP) except the one that \
+         takes the bytes waiting across a quarter of the ring, and the agent also drains on a \
+         50 ms timer, so a record waits at most 50 ms for it; woken, it reads up to 4096 \
+         records per turn of its loop. The trace writer buffers 256 KiB (BufWriter) and \
+         flushes every second.\n"
     )?;
     table(
         o,
