@@ -307,26 +307,30 @@ fn load_attach_btf(p: &mut BtfTracePoint, way: &Way, btf: &Btf) -> Result<(), Pr
 }
 
 /// A kprobe program stays loaded when its module goes away: only the first attach loads it.
-fn load_attach_kprobe(p: &mut KProbe, way: &Way) -> Result<KProbeLinkId, ProgramError> {
+fn load_once(p: &mut KProbe) -> Result<(), ProgramError> {
     if p.fd().is_err() {
         p.load()?;
     }
+    Ok(())
+}
+
+fn load_attach_kprobe(p: &mut KProbe, way: &Way) -> Result<KProbeLinkId, ProgramError> {
+    load_once(p)?;
     p.attach(way.target, 0)
 }
 
 /// A kretprobe with room for MAXACTIVE sleeping callers (kretprobe.rs); where tracefs is not
 /// mounted, aya's, with the kernel's default room.
 fn load_attach_kretprobe(p: &mut KProbe, way: &Way) -> Result<Link, String> {
-    if p.fd().is_err() {
-        p.load().map_err(|e| reason(&e))?;
-    }
+    load_once(p).map_err(|e| reason(&e))?;
     let fd = p.fd().map_err(|e| reason(&e))?;
     match RetProbe::attach(fd, way.program, way.target) {
         Ok(r) => Ok(Link::Return(r)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !kretprobe::has_tracefs() => p
-            .attach(way.target, 0)
-            .map(Link::Kprobe)
-            .map_err(|e| reason(&e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !kretprobe::has_tracefs() => {
+            load_attach_kprobe(p, way)
+                .map(Link::Kprobe)
+                .map_err(|e| reason(&e))
+        }
         Err(e) => Err(format!("kprobe_events refused it: {e}")),
     }
 }
