@@ -22,7 +22,8 @@ Examples:
   lockd-trace history c.ldt --file /mnt/nfs/db   # one file's timeline and lock tables
   lockd-trace export c.ldt --format perfetto -o c.json   # open in ui.perfetto.dev
   lockd-trace locks -d 5s            # traced lock tables checked against /proc/locks
-  lockd-trace explain 'lockd: unexpected unlock status: 7'";
+  lockd-trace explain 'lockd: unexpected unlock status: 7'
+  man 8 lockd-trace-monitor          # every subcommand has its man page";
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +66,25 @@ pub enum Command {
     Locks(LocksArgs),
     /// Explain lockd/statd kernel messages (no root, no tracing).
     Explain(crate::explain::ExplainArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write the man pages (section 8, one per subcommand) into a directory.
+    ManPages(ManPagesArgs),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  lockd-trace completions bash > /etc/bash_completion.d/lockd-trace"
+)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args)]
+pub struct ManPagesArgs {
+    /// Where the pages go (created if missing).
+    pub dir: PathBuf,
 }
 
 #[derive(Args)]

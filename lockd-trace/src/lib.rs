@@ -33,6 +33,7 @@ pub mod event;
 pub mod explain;
 pub mod export;
 pub mod finding;
+pub mod generate;
 pub mod held;
 pub mod history;
 pub mod kmsg;

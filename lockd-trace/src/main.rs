@@ -6,7 +6,7 @@ use clap::Parser as _;
 use lockd_trace::{
     analyze,
     cli::{Cli, Command},
-    explain, export, live, locks, merge, probes_cmd,
+    explain, export, generate, live, locks, merge, probes_cmd,
 };
 
 fn main() -> ExitCode {
@@ -32,6 +32,8 @@ fn main() -> ExitCode {
             Command::Locks(args) => locks::run(args).await,
             Command::Probes(args) => probes_cmd::run(&args),
             Command::Explain(args) => explain::run(&args),
+            Command::Completions(args) => generate::completions(args.shell),
+            Command::ManPages(args) => generate::man_pages(&args.dir),
         }
     });
     match result {

@@ -102,3 +102,117 @@ fn duration_stops_live() {
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
     assert!(err.contains("events received"), "{err}");
 }
+
+/// What bash's completion offers for the words typed so far (the last one being completed),
+/// through the script `lockd-trace completions bash` prints, run the way bash runs it.
+fn bash_completes(words: &[&str]) -> Vec<String> {
+    let script = format!(
+        r#"source <("$BIN" completions bash) || exit 1
+fn=$(complete -p lockd-trace | sed -n 's/.*-F \([^ ]*\).*/\1/p')
+[ -n "$fn" ] || {{ echo "no completion function for lockd-trace" >&2; exit 1; }}
+COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+COMP_LINE="${{COMP_WORDS[*]}}"; COMP_POINT=${{#COMP_LINE}}
+"$fn" lockd-trace "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
+printf '%s\n' "${{COMPREPLY[@]}}""#,
+        words = words.join(" ")
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env("BIN", tracer_bin())
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bash_completes_subcommands_and_their_flags() {
+    assert_eq!(bash_completes(&["lockd-trace", "mon"]), ["monitor"]);
+    assert_eq!(
+        bash_completes(&["lockd-trace", "monitor", "--metr"]),
+        ["--metrics"]
+    );
+    // A flag of another subcommand is not offered.
+    assert!(bash_completes(&["lockd-trace", "analyze", "--metr"]).is_empty());
+}
+
+#[test]
+fn zsh_and_fish_completions_name_the_subcommands() {
+    for (shell, head) in [
+        ("zsh", "#compdef lockd-trace"),
+        ("fish", "complete -c lockd-trace"),
+    ] {
+        let out = Command::new(tracer_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(head),
+            "{shell}: {text}"
+        );
+        assert!(
+            text.contains("monitor") && text.contains("metrics"),
+            "{shell}: {text}"
+        );
+    }
+}
+
+#[test]
+fn man_pages_cover_every_subcommand_and_its_options() {
+    let dir = Scratch::new("man");
+    let pages = dir.path().join("man8");
+    let out = Command::new(tracer_bin())
+        .arg("man-pages")
+        .arg(&pages)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = Command::new(tracer_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    // Every subcommand --help lists has its page.
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(subcommands.contains(&"monitor"), "{help}");
+    for sub in &subcommands {
+        let page = pages.join(format!("lockd-trace-{sub}.8"));
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{page:?}: {e}"));
+        assert!(text.contains(".TH lockd-trace-"), "{page:?}");
+    }
+    let monitor = std::fs::read_to_string(pages.join("lockd-trace-monitor.8")).unwrap();
+    assert!(monitor.contains("\\-\\-metrics"), "{monitor}");
+    // man itself renders it.
+    let man = Command::new("man")
+        .arg("-l")
+        .arg(pages.join("lockd-trace.8"))
+        .env("MANPAGER", "cat")
+        // ASCII hyphens in the rendered names.
+        .env("LC_ALL", "C")
+        .output()
+        .expect("run man");
+    let shown = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        man.status.success() && shown.contains("lockd-trace-monitor(8)"),
+        "{:?} {}{shown}",
+        man.status,
+        String::from_utf8_lossy(&man.stderr)
+    );
+}

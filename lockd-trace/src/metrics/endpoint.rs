@@ -1,10 +1,11 @@
-//! The metrics endpoint: one HTTP/1.0 answer per connection, whatever the path. A client can
+//! The metrics endpoint: one HTTP answer per connection (hyper), GET /metrics. A client can
 //! neither stall the agent nor make it hold memory: at most MAX_CLIENTS are served at once
 //! (more are closed at once and counted), each has a few seconds to send its request (of
 //! which at most 8 KiB are read) and to take the answer, and the answer is rendered once per
 //! connection inside the event loop while the slow part runs beside it.
 
 use std::{
+    convert::Infallible,
     io,
     net::SocketAddr,
     sync::{
@@ -14,15 +15,24 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     time::timeout,
 };
 
 /// Connections served at once; Prometheus needs one.
 const MAX_CLIENTS: usize = 8;
-/// How much of a request is read (the path is not looked at).
+/// The most of a request head that is buffered (hyper's smallest allowed buffer).
 const MAX_REQUEST: usize = 8 * 1024;
 /// Time a client has to send its request, and then to read the answer.
 const CLIENT_TIME: Duration = Duration::from_secs(3);
@@ -59,7 +69,7 @@ impl Endpoint {
             self.busy.fetch_add(1, Ordering::Relaxed);
             return Ok(Client {
                 stream,
-                busy: Arc::clone(&self.busy),
+                _busy: Busy(Arc::clone(&self.busy)),
             });
         }
     }
@@ -68,41 +78,54 @@ impl Endpoint {
 /// An accepted connection, counted as busy until it is dropped.
 pub struct Client {
     stream: TcpStream,
-    busy: Arc<AtomicUsize>,
+    _busy: Busy,
 }
 
-impl Drop for Client {
+/// One place among MAX_CLIENTS, given back when the connection is done.
+struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Client {
-    /// Reads the request (until its blank line, 8 KiB or the deadline) and sends `body`.
-    pub async fn answer(mut self, body: String) {
-        let mut request = Vec::with_capacity(1024);
-        let read = async {
-            let mut buf = [0u8; 1024];
-            while request.len() < MAX_REQUEST && !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match self.stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-        };
-        if timeout(CLIENT_TIME, read).await.is_err() {
-            return;
-        }
-        let head = format!(
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let write = async {
-            self.stream.write_all(head.as_bytes()).await?;
-            self.stream.write_all(body.as_bytes()).await?;
-            self.stream.shutdown().await
-        };
-        let _ = timeout(CLIENT_TIME, write).await;
+    /// Serves one request on this connection with hyper: `body` for GET /metrics, 404
+    /// elsewhere. The request head must arrive within CLIENT_TIME and fit MAX_REQUEST; the
+    /// whole exchange is cut off after twice that.
+    pub async fn answer(self, body: String) {
+        let Client { stream, _busy } = self;
+        let body = Bytes::from(body);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let body = body.clone();
+            async move { Ok::<_, Infallible>(respond(&req, body)) }
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(false)
+            .timer(TokioTimer::new())
+            .header_read_timeout(CLIENT_TIME)
+            .max_buf_size(MAX_REQUEST)
+            .serve_connection(TokioIo::new(stream), service);
+        let _ = timeout(2 * CLIENT_TIME, conn).await;
     }
+}
+
+/// OpenMetrics' content type (Prometheus asks for it and parses `# EOF`).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn respond(req: &Request<Incoming>, body: Bytes) -> Response<Full<Bytes>> {
+    let (status, kind, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, OPENMETRICS, body),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"lockd-trace serves GET /metrics only\n"),
+        ),
+    };
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
 }

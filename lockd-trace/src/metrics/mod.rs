@@ -1,12 +1,17 @@
-//! Prometheus text-format metrics (`monitor --metrics`): what the agent saw (lock requests by
+//! OpenMetrics metrics (prometheus-client) (`monitor --metrics`): what the agent saw (lock requests by
 //! operation and result, errors by errno, NLM replies by status, findings, kernel messages),
 //! what the kernel filtered out or lost (its per-CPU counters), evictions and probe state.
 
 pub mod endpoint;
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
 use lockd_trace_common::{counter, nlm_op::CLNT_RECLAIM};
+use prometheus_client::{
+    encoding::text,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
 
 use crate::{
     correlate::Output,
@@ -105,200 +110,193 @@ impl Metrics {
         }
     }
 
+    /// The OpenMetrics text exposition of everything counted so far and of `s`.
     pub fn render(&self, s: &Snapshot<'_>) -> String {
-        let mut out = String::new();
-        let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP lockd_trace_{name} {help}");
-            let _ = writeln!(out, "# TYPE lockd_trace_{name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "lockd_trace_{name}{labels} {v}");
-            }
-        };
-        let l = |pairs: &[(&str, &str)]| {
-            let inner: Vec<String> = pairs
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            format!("{{{}}}", inner.join(","))
-        };
-        family(
-            "events_total",
-            "Events received from the kernel.",
-            "counter",
-            vec![(String::new(), self.events)],
+        let mut x = Exposition(Registry::with_prefix("lockd_trace"));
+        x.0.register(
+            "build",
+            "The lockd-trace version that serves these metrics",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        family(
-            "lock_requests_total",
-            "Lock requests seen by the VFS lock layer, by operation and result.",
-            "counter",
-            self.requests
-                .iter()
-                .map(|((op, r), v)| (l(&[("op", op), ("result", &names::result_name(*r))]), *v))
-                .collect(),
+        x.total("events", "Events received from the kernel", self.events);
+        x.counter(
+            "lock_requests",
+            "Lock requests seen by the VFS lock layer, by operation and result",
+            self.requests.iter().map(|((op, r), v)| {
+                (
+                    labels(&[("op", op), ("result", &names::result_name(*r))]),
+                    *v,
+                )
+            }),
         );
-        family(
-            "errors_total",
-            "Failed lock calls and NLM steps, by errno.",
-            "counter",
+        x.counter(
+            "errors",
+            "Failed lock calls and NLM steps, by errno",
             self.errors
                 .iter()
-                .map(|(e, v)| (l(&[("errno", &names::errno_name(*e))]), *v))
-                .collect(),
+                .map(|(e, v)| (labels(&[("errno", &names::errno_name(*e))]), *v)),
         );
-        family(
-            "nlm_replies_total",
-            "NLM steps with a status, by hook and NLM status.",
-            "counter",
-            self.nlm
-                .iter()
-                .map(|((op, st), v)| {
-                    (
-                        l(&[("op", op), ("status", &names::nlm_status_name(*st))]),
-                        *v,
-                    )
-                })
-                .collect(),
+        x.counter(
+            "nlm_replies",
+            "NLM steps with a status, by hook and NLM status",
+            self.nlm.iter().map(|((op, st), v)| {
+                let status = names::nlm_status_name(*st);
+                (labels(&[("op", op), ("status", &status)]), *v)
+            }),
         );
-        family(
-            "reclaims_total",
-            "Locks reclaimed after a server reboot, by result.",
-            "counter",
+        x.counter(
+            "reclaims",
+            "Locks reclaimed after a server reboot, by result",
             self.reclaims
                 .iter()
-                .map(|(r, v)| (l(&[("result", &names::result_name(*r))]), *v))
-                .collect(),
+                .map(|(r, v)| (labels(&[("result", &names::result_name(*r))]), *v)),
         );
-        family(
-            "findings_total",
-            "Explained conditions, by kind (vfs_out_of_sync, failed_reclaim, ...).",
-            "counter",
+        x.counter(
+            "findings",
+            "Explained conditions, by kind (vfs_out_of_sync, failed_reclaim, ...)",
             self.findings
                 .iter()
-                .map(|(k, v)| (l(&[("kind", k)]), *v))
-                .collect(),
+                .map(|(k, v)| (labels(&[("kind", k)]), *v)),
         );
-        family(
-            "kernel_messages_total",
-            "lockd/statd kernel log lines seen, by message kind.",
-            "counter",
+        x.counter(
+            "kernel_messages",
+            "lockd/statd kernel log lines seen, by message kind",
             self.kernel
                 .iter()
-                .map(|(k, v)| (l(&[("kind", k)]), *v))
-                .collect(),
+                .map(|(k, v)| (labels(&[("kind", k)]), *v)),
         );
-        family(
-            "events_lost_total",
+        x.counter(
+            "events_lost",
             "Records the kernel could not deliver (ring buffer full), and kernel log records \
-             overwritten before they were read (kind kernel_log), by kind.",
-            "counter",
+             overwritten before they were read (kind kernel_log), by kind",
             s.lost
                 .iter()
                 .chain(&[(names::KERNEL_LOG, self.kernel_log_lost)])
-                .map(|(k, v)| (l(&[("kind", k)]), *v))
-                .collect(),
+                .map(|(k, v)| (labels(&[("kind", k)]), *v)),
         );
         let filtered = [
-            ("posix", "ok", counter::FILTERED_POSIX),
-            ("flock", "ok", counter::FILTERED_FLOCK),
-            ("getlk", "ok", counter::FILTERED_GETLK),
+            ("posix", counter::FILTERED_POSIX),
+            ("flock", counter::FILTERED_FLOCK),
+            ("getlk", counter::FILTERED_GETLK),
         ];
-        family(
-            "filtered_total",
-            "Requests on non-NFS filesystems counted in the kernel and not sent, by hook and result.",
-            "counter",
+        x.counter(
+            "filtered",
+            "Requests on non-NFS filesystems counted in the kernel and not sent, by hook and result",
             filtered
                 .iter()
-                .map(|(h, r, i)| (l(&[("hook", h), ("result", r)]), (s.counter)(*i)))
-                .collect(),
+                .map(|(h, i)| (labels(&[("hook", h), ("result", "ok")]), (s.counter)(*i))),
         );
-        family(
-            "probe_no_layout_total",
-            "NLM probe runs that recorded nothing for want of lockd's struct layout, by hook.",
-            "counter",
-            (1..counter::COUNT - counter::NO_LAYOUT)
-                .map(|op| {
-                    let name = names::nlm_op_name(op as u16);
-                    (l(&[("op", name)]), (s.counter)(counter::NO_LAYOUT + op))
-                })
-                .collect(),
+        x.counter(
+            "probe_no_layout",
+            "NLM probe runs that recorded nothing for want of lockd's struct layout, by hook",
+            (1..counter::COUNT - counter::NO_LAYOUT).map(|op| {
+                let name = names::nlm_op_name(op as u16);
+                (
+                    labels(&[("op", name)]),
+                    (s.counter)(counter::NO_LAYOUT + op),
+                )
+            }),
         );
-        family(
-            "kernel_read_failures_total",
-            "Kernel memory reads that failed in the programs.",
-            "counter",
-            vec![(String::new(), (s.counter)(counter::READ_FAILED))],
+        x.total(
+            "kernel_read_failures",
+            "Kernel memory reads that failed in the programs",
+            (s.counter)(counter::READ_FAILED),
         );
-        family(
-            "history_evictions_total",
-            "Per-file histories evicted (least recently used) to stay within limits.",
-            "counter",
-            vec![(String::new(), s.evicted)],
+        x.total(
+            "history_evictions",
+            "Per-file histories evicted (least recently used) to stay within limits",
+            s.evicted,
         );
-        family(
-            "histories",
-            "Per-file histories held.",
-            "gauge",
-            vec![(String::new(), s.histories as u64)],
+        x.level("histories", "Per-file histories held", s.histories as u64);
+        let sink = |o: &OutputState| labels(&[("sink", o.name)]);
+        x.counter(
+            "sink_errors",
+            "Times an output failed (disk full, read-only, deleted, reader gone), by output",
+            s.outputs.iter().map(|o| (sink(o), o.failures)),
         );
-        let sink = |o: &OutputState| l(&[("sink", o.name)]);
-        family(
-            "sink_errors_total",
-            "Times an output failed (disk full, read-only, deleted, reader gone), by output.",
-            "counter",
-            s.outputs.iter().map(|o| (sink(o), o.failures)).collect(),
+        x.counter(
+            "sink_unwritten",
+            "Events, findings and lines an output did not get while it was failing",
+            s.outputs.iter().map(|o| (sink(o), o.missed)),
         );
-        family(
-            "sink_unwritten_total",
-            "Events, findings and lines an output did not get while it was failing.",
-            "counter",
-            s.outputs.iter().map(|o| (sink(o), o.missed)).collect(),
-        );
-        family(
+        x.gauge(
             "sink_up",
-            "1 while the output is written, 0 while it is failing.",
-            "gauge",
-            s.outputs
-                .iter()
-                .map(|o| (sink(o), u64::from(o.up)))
-                .collect(),
+            "1 while the output is written, 0 while it is failing",
+            s.outputs.iter().map(|o| (sink(o), u64::from(o.up))),
         );
-        family(
-            "metrics_refused_total",
-            "Connections to this endpoint closed unanswered because too many were open.",
-            "counter",
-            vec![(String::new(), s.refused)],
+        x.total(
+            "metrics_refused",
+            "Connections to this endpoint closed unanswered because too many were open",
+            s.refused,
         );
-        family(
-            "probe_missed_returns_total",
+        x.counter(
+            "probe_missed_returns",
             "Returns a kretprobe could not record: more calls were in flight (sleeping) than it \
-             has room for.",
-            "counter",
+             has room for",
             s.missed_returns
                 .iter()
-                .map(|(p, n)| (l(&[("probe", p)]), *n))
-                .collect(),
+                .map(|(p, n)| (labels(&[("probe", p)]), *n)),
         );
-        family(
+        x.gauge(
             "probe_attached",
-            "1 when the probe is attached (method label), 0 when not.",
-            "gauge",
-            s.probes
-                .iter()
-                .map(|(p, m)| {
-                    let method = m.as_deref().unwrap_or("");
-                    (
-                        l(&[("probe", p), ("method", method)]),
-                        u64::from(m.is_some()),
-                    )
-                })
-                .collect(),
+            "1 when the probe is attached (method label), 0 when not",
+            s.probes.iter().map(|(p, m)| {
+                let method = m.as_deref().unwrap_or("");
+                (
+                    labels(&[("probe", p), ("method", method)]),
+                    u64::from(m.is_some()),
+                )
+            }),
         );
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = text::encode(&mut out, &x.0);
         out
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A series' labels, in the order given.
+type Labels = Vec<(&'static str, String)>;
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+}
+
+/// One scrape's registry: every family is made from the values at hand, so nothing is kept
+/// between scrapes but the counts above. prometheus-client adds the `_total` suffix to
+/// counters and the full stop to help texts.
+struct Exposition(Registry);
+
+impl Exposition {
+    fn counter(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
+        let family = Family::<Labels, Counter>::default();
+        for (l, v) in rows {
+            family.get_or_create(&l).inc_by(v);
+        }
+        self.0.register(name, help, family);
+    }
+
+    /// An unlabelled counter.
+    fn total(&mut self, name: &str, help: &str, v: u64) {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        self.0.register(name, help, c);
+    }
+
+    /// An unlabelled gauge.
+    fn level(&mut self, name: &str, help: &str, v: u64) {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        self.0.register(name, help, g);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
+        let family = Family::<Labels, Gauge>::default();
+        for (l, v) in rows {
+            family
+                .get_or_create(&l)
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+        self.0.register(name, help, family);
+    }
 }
