@@ -3,6 +3,7 @@
 mod bench;
 mod fuzz;
 mod lab;
+mod package;
 mod run;
 mod setup;
 mod sh;
@@ -45,6 +46,9 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Build the Debian package (target/debian/): binary, systemd unit, man pages,
+    /// completions, alert rules, docs.
+    Package,
     /// The NFS lab: Debian kernels with lockd, nfsd and statd in qemu.
     Lab(lab::LabArgs),
     /// Measure lockd-trace's overhead and capacity; writes docs/PERFORMANCE.md (--smoke:
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run::run(args),
         Cmd::Test { no_lab } => test::test(!no_lab),
         Cmd::Fuzz { seconds } => fuzz::run(seconds),
+        Cmd::Package => package::package().map(drop),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Bench(args) => bench::run(&args),
     };

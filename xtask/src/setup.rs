@@ -33,6 +33,10 @@ pub const LAB_PACKAGES: &[&str] = &[
     "xz-utils",
 ];
 
+/// Debian packages the host tests use: a real Prometheus and promtool, man (renders the man
+/// pages), systemd-analyze (reads the unit's hardening).
+pub const TEST_PACKAGES: &[&str] = &["prometheus", "man-db", "systemd"];
+
 /// Debian packages for `cargo xtask bench`: stress-ng's lock stressors and bpftrace (the
 /// reference tracer; bookworm's 0.17 attaches and prints on the 6.18 host kernel), taskset,
 /// bpftool (the kernel's per-program statistics).
@@ -145,6 +149,25 @@ fn bpf_linker() -> Result<()> {
             ])
             .env("PATH", path),
     )
+}
+
+/// cargo-deb release the package is built with.
+const CARGO_DEB: &str = "3.8.0";
+
+/// cargo-deb, for `cargo xtask package` (about two minutes to build).
+pub fn cargo_deb() -> Result<()> {
+    let version = sh::output(Command::new("cargo").args(["deb", "--version"]));
+    if version.is_some_and(|v| v.contains(CARGO_DEB)) {
+        return Ok(());
+    }
+    eprintln!("xtask: building cargo-deb {CARGO_DEB} (about two minutes)");
+    sh::run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB,
+    ]))
 }
 
 pub fn is_root() -> bool {

@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 use crate::{
-    bench, fuzz, lab, setup, sh,
+    bench, fuzz, lab, package, setup, sh,
     workspace::{binary, release, workspace_root},
 };
 
@@ -50,8 +50,9 @@ fn lint() -> Result<()> {
 /// How long `test` fuzzes the trace reader (docs/trace-format.md has longer runs).
 const FUZZ_SECONDS: u64 = 60;
 
-/// Every test: the lint step, the workspace's unit and host-kernel tests, the trace reader's fuzz target for a
-/// minute, then (unless skipped) the lab, then the benchmark's smoke form
+/// Every test: the lint step, the Debian package, the workspace's unit and host-kernel tests
+/// (the package installed and purged, a real Prometheus among them), the trace reader's fuzz
+/// target for a minute, then (unless skipped) the lab, then the benchmark's smoke form
 /// (target/bench/PERFORMANCE.md).
 pub fn test(with_lab: bool) -> Result<()> {
     setup::toolchain()?;
@@ -60,12 +61,15 @@ pub fn test(with_lab: bool) -> Result<()> {
     if !setup::is_root() {
         bail!("the tests load eBPF programs into the running kernel: run them as root");
     }
+    setup::apt(setup::TEST_PACKAGES)?;
+    let deb = package::package()?;
     sh::run(
         Command::new("cargo")
             .current_dir(workspace_root())
             // Default members: the eBPF crate only builds for bpfel (through build.rs).
             .args(["test", "--release"])
-            .env("LOCKD_TRACE_BIN", binary()),
+            .env("LOCKD_TRACE_BIN", binary())
+            .env("LOCKD_TRACE_DEB", deb),
     )?;
     fuzz::run(FUZZ_SECONDS)?;
     if with_lab {
