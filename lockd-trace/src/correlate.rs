@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use crate::{
     explain::message::{self, KernelMessage},
-    finding::{Finding, Kind},
+    finding::{Finding, Kind, Output},
     kmsg::KernelLine,
 };
 
@@ -14,15 +14,6 @@ use crate::{
 const WINDOW_NS: u64 = 2_000_000_000;
 /// Findings kept for repeated lines (the kernel may log one failure twice).
 const RECENT: usize = 64;
-
-pub enum Output {
-    Finding(Finding),
-    Kernel {
-        line: KernelLine,
-        message: Option<KernelMessage>,
-        finding: Option<Finding>,
-    },
-}
 
 #[derive(Default)]
 pub struct Correlator {

@@ -1,5 +1,7 @@
-//! Ring-buffer records → events. The layouts are lockd-trace-common's; fields are read in
-//! order with `bytes`, so a short or unknown record is an error, never undefined behaviour.
+//! The decode stage: ring-buffer records → events, each with its file's path. The layouts are
+//! lockd-trace-common's; fields are read in order with `bytes`, so a short or unknown record is
+//! an error, never undefined behaviour. File-name records stop here: they teach [`Paths`],
+//! which names the files of the events after them.
 
 use std::{fmt, net::IpAddr};
 
@@ -11,7 +13,48 @@ use lockd_trace_common::{
     kind,
 };
 
-use crate::event::{Body, Event, FileName, Flock, GetlkRecord, Lock, LockRecord, NlmRecord};
+use crate::{
+    event::{Body, Event, FileName, Flock, GetlkRecord, Lock, LockRecord, NlmRecord},
+    paths::Paths,
+};
+
+/// The stage's state: the paths learnt so far, and what could not be decoded.
+#[derive(Default)]
+pub struct Decoder {
+    pub paths: Paths,
+    /// Records that were short or of an unknown kind (counted in the exit summary).
+    pub undecodable: u64,
+}
+
+impl Decoder {
+    /// The event in `raw` and its file's path, if it is an event (not a name, not garbage).
+    pub fn event(&mut self, raw: &[u8]) -> Option<(Event, Option<&str>)> {
+        match decode(raw) {
+            Ok(Record::Event(ev)) => {
+                let (dev, ino) = ev.file_id();
+                let path = self.paths.resolve(dev, ino, ev.pid);
+                Some((ev, path))
+            }
+            Ok(Record::Name(f)) => {
+                self.paths.learn(&f);
+                None
+            }
+            Err(e) => {
+                self.undecodable += 1;
+                log::warn!("undecodable record: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// What one ring-buffer record holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record {
+    Event(Event),
+    /// A file's name, sent once per file ahead of its events.
+    Name(FileName),
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -32,7 +75,7 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let got = buf.len();
     let short = |kind, need| DecodeError::Short { kind, need, got };
     if got < size_of::<Header>() {
@@ -54,7 +97,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     let body = match kind {
         kind::GETLK => Body::Getlk(getlk(&mut buf)),
         kind::NLM => Body::Nlm(nlm(hdr.hook, &mut buf)),
-        kind::FILE_NAME => Body::FileName(file_name(&mut buf)),
+        kind::FILE_NAME => return Ok(Record::Name(file_name(&mut buf))),
         kind::PROC_EXIT => Body::Exit,
         k => {
             let r = lock_record(hdr.hook, &mut buf);
@@ -65,13 +108,13 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
             }
         }
     };
-    Ok(Event {
+    Ok(Record::Event(Event {
         ts_ns: hdr.ts_ns,
         tid: hdr.pid,
         pid: hdr.tgid,
         comm: comm(&hdr.comm),
         body,
-    })
+    }))
 }
 
 fn header(b: &mut &[u8]) -> Header {
@@ -252,6 +295,14 @@ mod tests {
 
     use super::*;
 
+    /// The event a record must hold.
+    fn event(raw: &[u8]) -> Event {
+        match decode(raw).unwrap() {
+            Record::Event(ev) => ev,
+            r => panic!("not an event: {r:?}"),
+        }
+    }
+
     /// The bytes the kernel writes: the struct's own memory.
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: T is a repr(C) contract struct with explicit padding.
@@ -301,7 +352,7 @@ mod tests {
             has_blocker: 1,
             _pad: 0,
         };
-        let ev = decode(&bytes_of(&raw)).unwrap();
+        let ev = event(&bytes_of(&raw));
         assert_eq!(
             (ev.ts_ns, ev.tid, ev.pid, ev.comm.as_str()),
             (123_456_789, 42, 41, "locker")
@@ -331,7 +382,7 @@ mod tests {
             ret: -4,
             ..Default::default()
         };
-        let ev = decode(&bytes_of(&raw)).unwrap();
+        let ev = event(&bytes_of(&raw));
         assert!(matches!(
             ev.body,
             Body::WaitEnd(LockRecord {
@@ -365,7 +416,7 @@ mod tests {
                 ..Default::default()
             },
         };
-        let Body::Getlk(g) = decode(&bytes_of(&raw)).unwrap().body else {
+        let Body::Getlk(g) = event(&bytes_of(&raw)).body else {
             panic!("not getlk")
         };
         assert_eq!(
@@ -406,7 +457,7 @@ mod tests {
             fh,
             host,
         };
-        let Body::Nlm(n) = decode(&bytes_of(&raw)).unwrap().body else {
+        let Body::Nlm(n) = event(&bytes_of(&raw)).body else {
             panic!("not nlm")
         };
         assert_eq!((n.nlm_status, n.cmd, n.svid, n.state), (Some(7), 4, 99, 3));
@@ -421,7 +472,7 @@ mod tests {
             nlm_status: NO_STATUS,
             ..raw
         };
-        let Body::Nlm(n) = decode(&bytes_of(&none)).unwrap().body else {
+        let Body::Nlm(n) = event(&bytes_of(&none)).body else {
             panic!("not nlm")
         };
         assert_eq!(n.nlm_status, None);
@@ -442,7 +493,7 @@ mod tests {
             _pad: 0,
             names,
         };
-        let Body::FileName(f) = decode(&bytes_of(&raw)).unwrap().body else {
+        let Record::Name(f) = decode(&bytes_of(&raw)).unwrap() else {
             panic!("not a file name")
         };
         assert_eq!((f.dev, f.ino, f.complete), (7, 99, true));

@@ -3,9 +3,10 @@
 
 use crate::{
     clock::Clock,
-    correlate::{Correlator, Output},
+    correlate::Correlator,
     event::Event,
     explain::message::{self, KernelMessage},
+    finding::Output,
     history::{Histories, Limits},
     kmsg::KernelLine,
 };

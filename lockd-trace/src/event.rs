@@ -138,8 +138,6 @@ pub enum Body {
     WaitEnd(LockRecord),
     Getlk(GetlkRecord),
     Nlm(NlmRecord),
-    /// Metadata, not shown: teaches the agent a path.
-    FileName(FileName),
     /// A process that had taken a lock exited (pid, comm and time are the event's).
     Exit,
     Statd(StatdRecord),
@@ -163,7 +161,6 @@ impl Event {
             Body::Lock(r) | Body::WaitEnd(r) => (r.dev, r.ino),
             Body::Getlk(g) => (g.dev, g.ino),
             Body::Nlm(n) => (n.dev, n.ino),
-            Body::FileName(f) => (f.dev, f.ino),
             Body::Exit | Body::Statd(_) => (0, 0),
         }
     }
@@ -174,7 +171,7 @@ impl Event {
             Body::Lock(r) | Body::WaitEnd(r) => r.ret,
             Body::Getlk(g) => g.ret,
             Body::Nlm(n) => n.ret,
-            Body::FileName(_) | Body::Exit | Body::Statd(_) => 0,
+            Body::Exit | Body::Statd(_) => 0,
         }
     }
 }

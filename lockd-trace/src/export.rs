@@ -12,13 +12,13 @@ use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use crate::{
-    analyze::{Merged, kernel_json},
     cli::{ExportArgs, ExportFormat},
     clock::Clock,
     event::{Body, Event},
+    kmsg::KernelLine,
     names,
     sinks::{Context, json::event_json},
-    tracefile::Item,
+    tracefile::{Item, Merged},
 };
 
 pub fn export(args: &ExportArgs) -> Result<()> {
@@ -261,7 +261,7 @@ impl<W: Write> Perfetto<'_, W> {
                 );
                 self.emit(v)?;
             }
-            Body::Getlk(_) | Body::FileName(_) => {}
+            Body::Getlk(_) => {}
         }
         Ok(())
     }
@@ -316,4 +316,14 @@ fn perfetto(m: &mut Merged, out: &mut impl Write) -> io::Result<()> {
         )?;
     }
     p.out.write_all(b"\n]}\n")
+}
+
+/// A kernel line as a JSON object, stamped like events.
+fn kernel_json(k: &KernelLine, clock: &Clock) -> Value {
+    json!({
+        "event": "kernel_message",
+        "time": crate::clock::rfc3339(clock.wall_ns(k.ts_ns)),
+        "ts_ns": k.ts_ns,
+        "text": k.text,
+    })
 }

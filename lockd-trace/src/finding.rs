@@ -5,9 +5,22 @@ use serde_json::{Value, json};
 
 use crate::{
     clock::{self, Clock},
+    explain::message::KernelMessage,
     held::Held,
+    kmsg::KernelLine,
     names,
 };
+
+/// What the engine hands the sinks: a finding, or a kernel log line with its decoded message
+/// and the finding that explains it (correlate.rs pairs them).
+pub enum Output {
+    Finding(Finding),
+    Kernel {
+        line: KernelLine,
+        message: Option<KernelMessage>,
+        finding: Option<Finding>,
+    },
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

@@ -17,7 +17,7 @@ use tokio::{
 use crate::{
     cli::{LiveArgs, MonitorArgs, RecordArgs, SourceArgs},
     clock::Clock,
-    decode::decode,
+    decode::Decoder,
     engine::Engine,
     event::{Body, Event},
     history::Limits,
@@ -256,31 +256,17 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     };
     // Read with the probes attached and before "tracing" is said: a lock taken meanwhile is
     // seen twice (harmless: the same holder), never missed.
-    let mut paths = Paths::default();
-    seed_held_locks(&mut p, &mut paths, s.tracing.filter)?;
+    let mut decoder = Decoder::default();
+    seed_held_locks(&mut p, &mut decoder.paths, s.tracing.filter)?;
     announce(&tracer);
     // Loading parsed the kernel's BTF (tens of MiB, freed by now): give the heap back rather
     // than carry it as resident memory for the months a monitor runs.
     // SAFETY: no arguments beyond the pad size; glibc-only, as is this build.
     unsafe { libc::malloc_trim(0) };
 
-    let mut undecodable = 0u64;
-    let mut on_record = |raw: &[u8], p: &mut Pipeline<'_>| -> io::Result<()> {
-        let ev = match decode(raw) {
-            Ok(ev) => ev,
-            Err(e) => {
-                undecodable += 1;
-                log::warn!("undecodable record: {e}");
-                return Ok(());
-            }
-        };
-        if let Body::FileName(f) = &ev.body {
-            paths.learn(f);
-            return Ok(());
-        }
-        let (dev, ino) = ev.file_id();
-        let file = paths.resolve(dev, ino, ev.pid);
-        p.event(&ev, file)
+    let mut on_record = |raw: &[u8], p: &mut Pipeline<'_>| match decoder.event(raw) {
+        Some((ev, path)) => p.event(&ev, path),
+        None => Ok(()),
     };
 
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -374,7 +360,13 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         r => r.context("writing events")?,
     }
-    summary(&p, &lost, undecodable, &counters, &tracer.missed_returns());
+    summary(
+        &p,
+        &lost,
+        decoder.undecodable,
+        &counters,
+        &tracer.missed_returns(),
+    );
     Ok(p)
 }
 

@@ -1,6 +1,6 @@
 //! `lockd-trace merge`: several trace files (a client's and its server's) into one, in time
 //! order on the first file's clock, with each host's paths prefixed and devices kept apart
-//! (see analyze::Merged). Analysing the result equals analysing the inputs together: the NLM
+//! (see tracefile::Merged). Analysing the result equals analysing the inputs together: the NLM
 //! client's and server's records of one lock meet there by file handle and owner (svid).
 
 use std::collections::BTreeSet;
@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use anyhow::{Context as _, Result};
 
 use crate::{
-    analyze::Merged,
     cli::MergeArgs,
+    tracefile::Merged,
     tracefile::{Item, Rotation, Writer},
 };
 
@@ -56,8 +56,8 @@ mod tests {
     use std::path::PathBuf;
 
     use crate::{
-        analyze::Merged,
         event::{Body, Event, Lock, LockRecord},
+        tracefile::Merged,
         tracefile::{Header, Item, Rotation, Writer},
     };
 

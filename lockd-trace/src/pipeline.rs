@@ -6,9 +6,9 @@ use std::io;
 
 use crate::{
     clock::Clock,
-    correlate::Output,
     engine::Engine,
     event::Event,
+    finding::Output,
     kmsg::KernelLine,
     metrics::Metrics,
     names::UNWRITTEN,

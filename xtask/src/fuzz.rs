@@ -11,18 +11,7 @@ use crate::{setup, sh, workspace::workspace_root};
 const CARGO_FUZZ: &str = "0.13.2";
 
 fn cargo_fuzz() -> Result<()> {
-    let installed = sh::output(Command::new("cargo").args(["fuzz", "--version"]));
-    if installed.is_some() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ} (about two minutes)");
-    sh::run(Command::new("cargo").args([
-        "install",
-        "--locked",
-        "cargo-fuzz",
-        "--version",
-        CARGO_FUZZ,
-    ]))
+    setup::cargo_tool("fuzz", CARGO_FUZZ, &[])
 }
 
 /// Fuzzes for `seconds`; fails on a crash (libFuzzer leaves the input in fuzz/artifacts).

@@ -153,21 +153,34 @@ fn bpf_linker() -> Result<()> {
 
 /// cargo-deb release the package is built with.
 const CARGO_DEB: &str = "3.8.0";
+/// cargo-deny release the dependency check runs with.
+const CARGO_DENY: &str = "0.20.2";
 
-/// cargo-deb, for `cargo xtask package` (about two minutes to build).
+/// cargo-deb, for `cargo xtask package`.
 pub fn cargo_deb() -> Result<()> {
-    let version = sh::output(Command::new("cargo").args(["deb", "--version"]));
-    if version.is_some_and(|v| v.contains(CARGO_DEB)) {
+    cargo_tool("deb", CARGO_DEB, &[])
+}
+
+/// cargo-deny, for the test command's dependency check. Built without optimisation: it
+/// checks one lock file in seconds either way, and the build takes half the time.
+pub fn cargo_deny() -> Result<()> {
+    cargo_tool("deny", CARGO_DENY, &["--debug"])
+}
+
+/// `cargo SUBCOMMAND` at `version` from crates.io (crate cargo-SUBCOMMAND), built unless
+/// `cargo SUBCOMMAND --version` already says that version.
+pub fn cargo_tool(subcommand: &str, version: &str, build_args: &[&str]) -> Result<()> {
+    let installed = sh::output(Command::new("cargo").args([subcommand, "--version"]));
+    if installed.is_some_and(|v| v.contains(version)) {
         return Ok(());
     }
-    eprintln!("xtask: building cargo-deb {CARGO_DEB} (about two minutes)");
-    sh::run(Command::new("cargo").args([
-        "install",
-        "--locked",
-        "cargo-deb",
-        "--version",
-        CARGO_DEB,
-    ]))
+    let krate = format!("cargo-{subcommand}");
+    eprintln!("xtask: building {krate} {version} (a few minutes)");
+    sh::run(
+        Command::new("cargo")
+            .args(["install", "--locked", &krate, "--version", version])
+            .args(build_args),
+    )
 }
 
 pub fn is_root() -> bool {

@@ -10,8 +10,8 @@ use crate::{
 };
 
 /// The rules the code is kept to, checked before anything runs: rustfmt's layout
-/// (rustfmt.toml) and no clippy warning (the lints are in the workspace's Cargo.toml), for the
-/// host crates and, with its nightly for bpfel, the eBPF crate.
+/// (rustfmt.toml), no clippy warning (the lints are in the workspace's Cargo.toml) for the
+/// host crates and, with its nightly for bpfel, the eBPF crate, and cargo deny's checks.
 fn lint() -> Result<()> {
     setup::lint_tools()?;
     let cargo = || {
@@ -28,6 +28,10 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Licenses, sources and duplicate or wildcard dependencies (deny.toml). Not advisories:
+    // their database is on github.com, which this machine cannot reach (README).
+    setup::cargo_deny()?;
+    sh::run(cargo().args(["deny", "check", "bans", "licenses", "sources"]))?;
     let nightly = format!("+{}", setup::NIGHTLY);
     sh::run(cargo().args([
         nightly.as_str(),

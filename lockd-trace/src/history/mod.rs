@@ -238,7 +238,6 @@ impl Histories {
             }
             Body::Exit => exits::exited(self, ev),
             Body::Statd(s) => nsm::observe(self, ev, s, out),
-            Body::FileName(_) => {}
         }
     }
 

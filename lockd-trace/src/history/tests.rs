@@ -12,8 +12,9 @@ use lockd_trace_common::{
 use super::{Histories, Limits};
 use crate::{
     clock::Clock,
-    correlate::{Correlator, Output},
+    correlate::Correlator,
     event::{Body, Event, Lock, LockRecord, NlmRecord, StatdChange, StatdRecord},
+    finding::Output,
     finding::{Finding, Kind},
     kmsg::KernelLine,
 };

@@ -14,8 +14,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    correlate::Output,
     event::{Body, Event},
+    finding::Output,
     names,
 };
 

@@ -145,11 +145,6 @@ pub fn event_json(ev: &Event, cx: &Context<'_>) -> Value {
                 clock::rfc3339(cx.clock.wall_ns(st.since_ns)).into(),
             );
         }
-        Body::FileName(f) => {
-            m.insert("event".into(), "file_name".into());
-            m.insert("components".into(), f.components.clone().into());
-            m.insert("complete".into(), f.complete.into());
-        }
     }
     v
 }

@@ -8,10 +8,10 @@ pub mod terminal;
 
 use crate::{
     clock::Clock,
-    correlate::Output,
     event::Event,
     explain::{message, text},
     finding::Finding,
+    finding::Output,
     kmsg::KernelLine,
 };
 

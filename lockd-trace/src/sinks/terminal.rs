@@ -121,7 +121,6 @@ pub fn line(ev: &Event, cx: &Context<'_>) -> String {
             )
         }
         Body::Nlm(n) => nlm_columns(n),
-        Body::FileName(f) => ("name".into(), f.components.join(" < "), None),
         Body::Exit => ("exit".into(), String::new(), None),
         Body::Statd(st) => (
             format!("statd {}", st.change.name()),

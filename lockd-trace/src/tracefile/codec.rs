@@ -112,7 +112,6 @@ impl Enc<'_> {
             Body::Nlm(_) => rec::NLM,
             Body::Exit => rec::EXIT,
             Body::Statd(_) => rec::STATD,
-            Body::FileName(_) => unreachable!("file names are written as PATH records"),
         };
         self.out.push(kind);
         self.ts(ev.ts_ns);
@@ -164,7 +163,7 @@ impl Enc<'_> {
                 self.u(u64::from(host));
                 self.i(s.since_ns.wrapping_sub(ev.ts_ns) as i64);
             }
-            Body::Exit | Body::FileName(_) => {}
+            Body::Exit => {}
         }
     }
 }

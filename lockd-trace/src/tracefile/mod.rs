@@ -3,9 +3,11 @@
 //! records (varint length, CRC-32, payload) with interned strings and delta-coded times.
 
 mod codec;
+mod merged;
 mod reader;
 mod writer;
 
+pub use merged::{Merged, replay};
 pub use reader::{Damage, Item, Reader};
 pub use writer::{Rotation, Writer};
 

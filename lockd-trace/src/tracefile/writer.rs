@@ -188,9 +188,6 @@ impl Writer {
     }
 
     pub fn event(&mut self, ev: &Event, path: Option<&str>) -> io::Result<()> {
-        if matches!(ev.body, Body::FileName(_)) {
-            return Ok(());
-        }
         let file = ev.file_id();
         if let Some(p) = path
             && file != (0, 0)

@@ -7,6 +7,7 @@ mod expect;
 mod explained;
 mod faults;
 mod image;
+mod killed;
 mod late_attach;
 mod offline;
 mod table;
@@ -329,6 +330,7 @@ fn check_boot(k: &Kernel, share: &Path) -> Result<()> {
     if !left.trim().is_empty() {
         bail!("the tracers left kprobe events behind after exiting:\n{left}");
     }
+    killed::check(&share.join("results/boot"))?;
     eprintln!(
         "xtask lab: {}: the monitor followed lockd's load and {reloads} unload/reload cycles \
          exactly",

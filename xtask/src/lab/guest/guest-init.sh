@@ -53,6 +53,13 @@ echo "LAB: grace period over"
 /share/lockd-trace probes --json $TA > $B/probes.json 2> $B/probes.err
 [ -n "$TA" ] && /share/lockd-trace probes --json > $B/probes-bare.json 2>> $B/probes.err
 metrics > $B/metrics.txt; kill -INT $M; wait $M; echo $? > $B/monitor.exit
+# A killed agent cannot remove its kretprobe events: the next one to start must.
+/share/lockd-trace monitor $TA --no-metrics > /dev/null 2> $B/killed.log & K=$!
+wait_for $B/killed.log tracing; echo $K > $B/killed.pid; kill -9 $K; wait $K 2> /dev/null
+cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-killed.txt
+/share/lockd-trace monitor $TA --no-metrics > /dev/null 2> $B/next.log & K=$!
+wait_for $B/next.log tracing; echo $K > $B/next.pid
+cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-next.txt; kill -INT $K; wait $K
 for s in $(cat /share/scenarios.txt); do
     d=/share/results/$s; mkdir -p $d; dmesg -C
     if [ $s = bench ]; then
