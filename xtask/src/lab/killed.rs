@@ -1,5 +1,6 @@
 //! A monitor killed with SIGKILL leaves its kretprobe events in tracefs (nothing of it runs to
-//! remove them); the next lockd-trace to start must remove them and make its own.
+//! remove them); the next lockd-trace to start (the first scenario's tracer) must remove them
+//! and make its own.
 
 use std::{fs, path::Path};
 
@@ -22,15 +23,15 @@ pub fn check(boot: &Path) -> Result<()> {
     }
     if owned_by(&while_next, &killed) != 0 {
         bail!(
-            "the next monitor (pid {next}) left the killed one's (pid {killed}) events:\n\
+            "the next tracer (pid {next}) left the killed monitor's (pid {killed}) events:\n\
              {while_next}"
         );
     }
     if owned_by(&while_next, &next) != left {
-        bail!("the next monitor (pid {next}) has not made its own {left} events:\n{while_next}");
+        bail!("the next tracer (pid {next}) has not made its own {left} events:\n{while_next}");
     }
     eprintln!(
-        "xtask lab: a SIGKILLed monitor's {left} kretprobe events were removed by the next one"
+        "xtask lab: a SIGKILLed monitor's {left} kretprobe events were removed by the next tracer"
     );
     Ok(())
 }

@@ -394,7 +394,7 @@ pub fn boot(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
     let share = prepare_share(k, plan)?;
     // TCG: ~2 min to boot 6.12, ~1 min per scenario; generous so a slow CI host passes.
     let timeout =
-        Duration::from_secs(300 + 10 * plan.reloads as u64 + 180 * plan.scenarios.len() as u64);
+        Duration::from_secs(360 + 10 * plan.reloads as u64 + 180 * plan.scenarios.len() as u64);
     vm::boot(k, &share, timeout, false)?;
     check_boot(k, &share)?;
     Ok(share)

@@ -53,13 +53,11 @@ echo "LAB: grace period over"
 /share/lockd-trace probes --json $TA > $B/probes.json 2> $B/probes.err
 [ -n "$TA" ] && /share/lockd-trace probes --json > $B/probes-bare.json 2>> $B/probes.err
 metrics > $B/metrics.txt; kill -INT $M; wait $M; echo $? > $B/monitor.exit
-# A killed agent cannot remove its kretprobe events: the next one to start must.
+# A killed agent cannot remove its kretprobe events: the next one to start (the first
+# scenario's tracer) must.
 /share/lockd-trace monitor $TA --no-metrics > /dev/null 2> $B/killed.log & K=$!
 wait_for $B/killed.log tracing; echo $K > $B/killed.pid; kill -9 $K; wait $K 2> /dev/null
-cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-killed.txt
-/share/lockd-trace monitor $TA --no-metrics > /dev/null 2> $B/next.log & K=$!
-wait_for $B/next.log tracing; echo $K > $B/next.pid
-cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-next.txt; kill -INT $K; wait $K
+cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-killed.txt; NEXT=1
 for s in $(cat /share/scenarios.txt); do
     d=/share/results/$s; mkdir -p $d; dmesg -C
     if [ $s = bench ]; then
@@ -85,6 +83,10 @@ for s in $(cat /share/scenarios.txt); do
     for l in $logs; do
         wait_for $l tracing || echo "tracer did not start ($l)" >> $d/tracer.failed
     done
+    if [ -n "$NEXT" ]; then
+        echo $T > $B/next.pid; cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-next.txt
+        NEXT=
+    fi
     python3 /share/scenarios.py $s $d > $d/scenario.log 2>&1; echo $? > $d/exit
     sleep 2; [ -e $d/monitor ] && metrics > $d/metrics.txt
     kill -INT $T $P; wait $T; echo $? > $d/tracer.exit; wait
