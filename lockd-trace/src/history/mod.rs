@@ -3,6 +3,7 @@
 //! NLM client, server.rs for lockd's server side and NSM) read and update them.
 
 mod client;
+mod client_text;
 mod exits;
 mod nsm;
 mod server;
