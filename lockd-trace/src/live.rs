@@ -226,6 +226,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     let clock = Clock::from_pair(mono, wall);
     let mut p = Pipeline::new(clock, Engine::new(clock, s.limits), s.filter, s.sink);
     p.filter_writes = s.recording;
+    p.analyse = !s.recording;
     p.scope = std::mem::take(&mut s.scope);
     p.on_write_error = s.on_write_error;
     if s.log.is_some() {
@@ -607,13 +608,17 @@ fn summary(
     let written = p.writer.as_ref().map_or(String::new(), |w| {
         format!(", {} written ({} bytes)", w.events, w.total_bytes)
     });
+    let findings = if p.analyse {
+        format!("{} findings", t.findings)
+    } else {
+        "findings left to `lockd-trace analyze`".into()
+    };
     crate::say!(
-        "lockd-trace: {} events received, {} shown{written}, {} findings, {} kernel lines, \
+        "lockd-trace: {} events received, {} shown{written}, {findings}, {} kernel lines, \
          {lost} lost, {undecodable} undecodable, {} kernel reads failed, {} blockers not \
          found, {} histories evicted, {} filtered in the kernel, {} outside the scope",
         t.events,
         t.shown,
-        t.findings,
         t.kernel_lines,
         counters.get(counter::READ_FAILED),
         counters.get(counter::BLOCKER_NOT_FOUND),

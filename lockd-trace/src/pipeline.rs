@@ -60,6 +60,9 @@ pub struct Pipeline<'a> {
     pub filter_writes: bool,
     /// Events outside it are dropped before anything else (monitor's narrowing).
     pub scope: Scope,
+    /// Histories and findings are made (off for `record`, which shows none: `analyze` makes
+    /// them from the file, and the recorder keeps up with more events without them).
+    pub analyse: bool,
     pub tally: Tally,
     pub metrics: Metrics,
     /// What a failed write to the sink or the trace file does.
@@ -79,6 +82,7 @@ impl<'a> Pipeline<'a> {
             writer: None,
             filter_writes: false,
             scope: Scope::default(),
+            analyse: true,
             tally: Tally::default(),
             metrics: Metrics::default(),
             on_write_error: OnWriteError::Exit,
@@ -153,6 +157,9 @@ impl<'a> Pipeline<'a> {
             self.tally.shown += 1;
             self.write_sink(|s, clock| s.event(ev, &Context { clock, file: path }))?;
         }
+        if !self.analyse {
+            return Ok(());
+        }
         let mut out = std::mem::take(&mut self.outputs);
         self.engine.event(ev, path, &mut out);
         self.show(out)
@@ -161,6 +168,9 @@ impl<'a> Pipeline<'a> {
     pub fn kernel(&mut self, line: KernelLine) -> io::Result<()> {
         self.tally.kernel_lines += 1;
         self.write_trace(|w| w.kernel(&line))?;
+        if !self.analyse {
+            return Ok(());
+        }
         let mut out = std::mem::take(&mut self.outputs);
         self.engine.kernel(line, &mut out);
         self.show(out)
@@ -173,15 +183,20 @@ impl<'a> Pipeline<'a> {
     }
 
     pub fn advance(&mut self, now_ns: u64) -> io::Result<()> {
+        if !self.analyse {
+            return Ok(());
+        }
         let mut out = std::mem::take(&mut self.outputs);
         self.engine.advance(now_ns, &mut out);
         self.show(out)
     }
 
     pub fn finish(&mut self) -> io::Result<()> {
-        let mut out = std::mem::take(&mut self.outputs);
-        self.engine.finish(&mut out);
-        self.show(out)?;
+        if self.analyse {
+            let mut out = std::mem::take(&mut self.outputs);
+            self.engine.finish(&mut out);
+            self.show(out)?;
+        }
         self.write_trace(Writer::flush)
     }
 

@@ -64,6 +64,13 @@ fn recorded_blocking_is_explained_without_root() {
     waiter.exit();
     let (_, stderr) = t.stop();
     assert!(stderr.iter().any(|l| l.contains(" 0 lost")), "{stderr:?}");
+    // The recorder builds no histories: the findings below come from analyze alone.
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("findings left to `lockd-trace analyze`")),
+        "{stderr:?}"
+    );
     let mode = std::fs::metadata(&trace).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "trace files name files and processes");
 
