@@ -54,7 +54,7 @@ echo "LAB: grace period over"
 [ -n "$TA" ] && /share/lockd-trace probes --json > $B/probes-bare.json 2>> $B/probes.err
 metrics > $B/metrics.txt; kill -INT $M; wait $M; echo $? > $B/monitor.exit
 # A killed agent cannot remove its kretprobe events: the next one to start (the first
-# scenario's tracer) must.
+# scenario's tracer, or the one started after the scenarios if none had one) must.
 /share/lockd-trace monitor $TA --no-metrics > /dev/null 2> $B/killed.log & K=$!
 wait_for $B/killed.log tracing; echo $K > $B/killed.pid; kill -9 $K; wait $K 2> /dev/null
 cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-killed.txt; NEXT=1
@@ -93,6 +93,13 @@ for s in $(cat /share/scenarios.txt); do
     dmesg > $d/dmesg.txt
     echo "LAB: scenario $s exit $(cat $d/exit)"
 done
+# No scenario started a tracer (the benchmark's boot): one starts here to remove the killed
+# monitor's events.
+if [ -n "$NEXT" ]; then
+    /share/lockd-trace monitor $TA --no-metrics > /dev/null 2> $B/next.log & K=$!
+    wait_for $B/next.log tracing; echo $K > $B/next.pid
+    cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-next.txt; kill -INT $K; wait $K
+fi
 # Every tracer has exited: none may have left a kprobe event behind.
 cat /sys/kernel/tracing/kprobe_events > $B/kprobe-events-left.txt
 echo "LAB: done"
