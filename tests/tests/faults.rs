@@ -17,7 +17,7 @@ use std::{
 
 use harness::{
     Locker, Tracer,
-    host::{PrivateFs, port, sample, scrape, scrape_until},
+    host::{PrivateFs, monitor, port, sample, scrape, scrape_until},
     tracer_bin,
 };
 
@@ -59,23 +59,6 @@ fn churn(file: &str, pairs: usize) {
         assert_eq!(a.cmd("setlk u 0 10"), "ok");
     }
     a.exit();
-}
-
-fn monitor(data: &PrivateFs, addr: &str, outputs: &[&str]) -> Tracer {
-    let mut args = vec![
-        "monitor",
-        "--all-fs",
-        "--mount",
-        data.path(),
-        "--blocked-after",
-        "1s",
-        "--metrics",
-        addr,
-    ];
-    args.extend_from_slice(outputs);
-    let mut t = Tracer::command(&args);
-    t.wait_stderr("metrics on");
-    t
 }
 
 /// A monitor writing a trace file and a log of findings.

@@ -14,8 +14,8 @@ use std::{
 };
 
 use harness::{
-    Locker, Scratch, Tracer,
-    host::{PrivateFs, port},
+    Locker, Scratch,
+    host::{PrivateFs, monitor, port},
 };
 use serde_json::Value;
 
@@ -150,18 +150,7 @@ fn prometheus_scrapes_what_real_lock_failures_and_waits_caused() {
     let data = PrivateFs::mount("prom");
     let file = data.file("f");
     let (metrics, api) = (port(20), port(21));
-    let mut monitor = Tracer::command(&[
-        "monitor",
-        "--json",
-        "--all-fs",
-        "--mount",
-        data.path(),
-        "--blocked-after",
-        "1s",
-        "--metrics",
-        &metrics,
-    ]);
-    monitor.wait_stderr("metrics on");
+    let monitor = monitor(&data, &metrics, &["--json"]);
     let dir = Scratch::new("prom");
     let prom = Prometheus::start(dir.path(), &metrics, api);
     assert_eq!(

@@ -56,6 +56,15 @@ impl Request {
         }
     }
 
+    /// A finding about this request: its file, process, range, server and owner id.
+    pub(super) fn finding(&self, kind: Kind, ts: u64, path: Option<String>) -> Finding {
+        let mut f = Finding::new(kind, ts, self.file, path, self.pid as i32, &self.comm);
+        f.range = Some(self.range());
+        f.host = Some(self.host.clone());
+        f.svid = self.svid;
+        f
+    }
+
     pub(super) fn range(&self) -> Range {
         Range {
             lock_type: self.lock.lock_type,
@@ -432,17 +441,7 @@ pub(super) fn advance(h: &mut Histories, now_ns: u64, out: &mut Vec<Finding>) {
         }
         r.blocked_reported = true;
         let path = h.files.get(&r.file).and_then(|f| f.path.clone());
-        let mut f = Finding::new(
-            Kind::BlockedLong,
-            now_ns,
-            r.file,
-            path,
-            r.pid as i32,
-            &r.comm,
-        );
-        f.range = Some(r.range());
-        f.host = Some(r.host.clone());
-        f.svid = r.svid;
+        let mut f = r.finding(Kind::BlockedLong, now_ns, path);
         f.nlm_status = Some(status::BLOCKED);
         f.headline = format!(
             "{}: {} (pid {}) blocked at server {} for {:.1} s (over {} s)",

@@ -26,10 +26,7 @@ pub(super) fn out_of_sync(
     let t = |ns| hms_micros(clock.wall_ns(ns));
     let file = h.files.get(&r.file);
     let path = file.and_then(|f| f.path.clone());
-    let mut f = Finding::new(Kind::OutOfSync, ts, r.file, path, r.pid as i32, &r.comm);
-    f.range = Some(r.range());
-    f.host = Some(r.host.clone());
-    f.svid = r.svid;
+    let mut f = r.finding(Kind::OutOfSync, ts, path);
     f.nlm_status = Some(status::GRANTED);
     f.errno = Some(vfs_ret);
     f.app_result = Some(app);
@@ -170,17 +167,7 @@ pub(super) fn unexpected_unlock(
     let t = |ns| hms_micros(clock.wall_ns(ns));
     let file = h.files.get(&r.file);
     let path = file.and_then(|f| f.path.clone());
-    let mut f = Finding::new(
-        Kind::UnexpectedUnlock,
-        ts,
-        r.file,
-        path,
-        r.pid as i32,
-        &r.comm,
-    );
-    f.range = Some(r.range());
-    f.host = Some(r.host.clone());
-    f.svid = r.svid;
+    let mut f = r.finding(Kind::UnexpectedUnlock, ts, path);
     f.nlm_status = Some(status);
     f.app_result = app;
     f.headline = format!(

@@ -1,5 +1,6 @@
 //! Host fixtures for monitor tests: private tmpfs mounts (a device no other test sees, of a
-//! chosen size, made read-only or writable again) and the metrics endpoint scraped.
+//! chosen size, made read-only or writable again), a monitor on one, and the metrics endpoint
+//! scraped.
 
 use std::{
     ffi::CString,
@@ -7,6 +8,8 @@ use std::{
     net::TcpStream,
     path::PathBuf,
 };
+
+use super::Tracer;
 
 /// A tmpfs of one test's own, unmounted (lazily) when dropped.
 pub struct PrivateFs(PathBuf);
@@ -141,4 +144,23 @@ pub fn scrape_until(addr: &str, series: &str, ok: impl Fn(Option<u64>) -> bool) 
         );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
+}
+
+/// `monitor --all-fs` on `data`'s filesystem, a wait reported after 1 s, metrics on `addr`,
+/// plus `outputs`; returned once its metrics endpoint is up.
+pub fn monitor(data: &PrivateFs, addr: &str, outputs: &[&str]) -> Tracer {
+    let mut args = vec![
+        "monitor",
+        "--all-fs",
+        "--mount",
+        data.path(),
+        "--blocked-after",
+        "1s",
+        "--metrics",
+        addr,
+    ];
+    args.extend_from_slice(outputs);
+    let mut t = Tracer::command(&args);
+    t.wait_stderr("metrics on");
+    t
 }
