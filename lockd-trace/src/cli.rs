@@ -223,6 +223,11 @@ pub struct MonitorArgs {
     /// the rest is counted in the kernel).
     #[arg(long)]
     pub all_fs: bool,
+    /// Keep the lock hooks attached while no NFS module (nfs, nfsd, lockd) is loaded: local
+    /// lock waits and failures are then reported too, at a cost on every lock call (default:
+    /// they attach when an NFS module loads; --all-fs implies this).
+    #[arg(long)]
+    pub always_hook: bool,
     /// Only this process (tgid).
     #[arg(short, long)]
     pub pid: Option<u32>,
@@ -352,6 +357,7 @@ impl TracingArgs {
             forced: self.probe_method.iter().cloned().collect::<HashMap<_, _>>(),
             skipped: self.skip_probe.clone(),
             lean: false,
+            hooks_follow_nfs: false,
             btf_dir: self.btf_dir.clone(),
         }
     }

@@ -170,6 +170,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<()> {
     if !args.all_fs {
         s.tracing.filter = lockd_trace_common::filter::NFS_ONLY;
         s.tracing.lean = true;
+        s.tracing.hooks_follow_nfs = !args.always_hook;
     }
     run(Session {
         write: args.write.map(|p| {
@@ -265,7 +266,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     // SAFETY: no arguments beyond the pad size; glibc-only, as is this build.
     unsafe { libc::malloc_trim(0) };
 
-    let mut on_record = |raw: &[u8], p: &mut Pipeline<'_>| match decoder.event(raw) {
+    let on_record = |d: &mut Decoder, raw: &[u8], p: &mut Pipeline<'_>| match d.event(raw) {
         Some((ev, path)) => p.event(&ev, path),
         None => Ok(()),
     };
@@ -296,7 +297,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
         tokio::select! {
             r = stream.next_batch(|raw| {
                 if io_result.is_ok() {
-                    io_result = on_record(raw, &mut p);
+                    io_result = on_record(&mut decoder, raw, &mut p);
                 }
             }) => {
                 r?;
@@ -320,15 +321,22 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
             client = accept(&mut metrics) => if let Ok(client) = client {
                 let refused = metrics.as_ref().map_or(0, |m| m.refused);
                 let missed = tracer.missed_returns();
-                let body = scrape(&p, &counters, &lost, &probes, refused, missed);
+                let body = scrape(&p, &counters, &lost, &probes, refused, missed, tracer.hooks_idle());
                 tokio::spawn(client.answer(body));
             },
             () = &mut deadline => break,
             _ = tick.tick() => {
                 ticks += 1;
-                if let Some(change) = tracer.watch_modules() {
+                let (was_idle, changes) = (tracer.hooks_idle(), tracer.watch_modules());
+                for change in &changes {
                     crate::say!("lockd-trace: {change}");
+                }
+                if !changes.is_empty() {
                     probes = attach_state(&tracer);
+                }
+                if was_idle && !tracer.hooks_idle() && io_result.is_ok() {
+                    // Locks taken on NFS between the module's load and this tick.
+                    io_result = seed_held_locks(&mut p, &mut decoder.paths, s.tracing.filter);
                 }
                 if ticks % STATD_POLL_TICKS == 1 && let Some(w) = &mut s.statd {
                     io_result = statd_changes(w, &mut p);
@@ -348,7 +356,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     }
     stream.drain(|raw| {
         if io_result.is_ok() {
-            io_result = on_record(raw, &mut p);
+            io_result = on_record(&mut decoder, raw, &mut p);
         }
     });
     if io_result.is_ok() {
@@ -436,6 +444,7 @@ fn scrape(
     probes: &[(&'static str, Option<String>)],
     refused: u64,
     missed_returns: Vec<(&'static str, u64)>,
+    hooks_idle: bool,
 ) -> String {
     let snapshot = crate::metrics::Snapshot {
         counter: &|i| counters.get(i),
@@ -446,6 +455,7 @@ fn scrape(
             .collect(),
         evicted: p.engine.histories.evicted,
         histories: p.engine.histories.len(),
+        hooks_idle,
         probes: probes.to_vec(),
         outputs: [
             (&p.sink_health, p.sink_health.missed),
@@ -513,8 +523,13 @@ async fn next_kmsg(k: &mut Option<Kmsg>) -> io::Result<Vec<kmsg::Read>> {
 /// Unattached probes, grouped by reason (24 NLM probes on a kernel without kprobes is one
 /// line, not 24).
 fn announce(tracer: &Tracer) {
+    if let Some(hooks) = tracer.hooks_said() {
+        crate::say!("lockd-trace: {hooks}");
+    }
     let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
-    for r in tracer.report.iter().filter(|r| r.attached.is_none()) {
+    let said =
+        |r: &&crate::probes::plan::ProbeReport| r.attached.is_some() || crate::probes::idle(r);
+    for r in tracer.report.iter().filter(|r| !said(r)) {
         let why = r.refused.last().map_or("", |x| x.reason.as_str());
         match by_reason.iter_mut().find(|(w, _)| *w == why) {
             Some((_, probes)) => probes.push(r.probe),

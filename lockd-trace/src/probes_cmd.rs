@@ -37,6 +37,7 @@ pub fn run(args: &ProbesArgs) -> Result<()> {
         kernel_release()
     );
     println!("{}", tracer.layout_said());
+    println!("{}", crate::probes::monitor_hooks_said());
     Ok(())
 }
 

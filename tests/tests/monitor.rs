@@ -24,8 +24,10 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
     let addr = port(1);
     let dir = Scratch::new("mon");
     let trace = dir.path().join("mon.ldt");
+    // This host has no NFS module: without --always-hook the hooks would stay detached.
     let t = Tracer::command(&[
         "monitor",
+        "--always-hook",
         "--json",
         "--metrics",
         &addr,
@@ -134,6 +136,70 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
             (Some("wait_end"), Some("ok"))
         ],
         "b's refusal, wait and its end; no granted retry"
+    );
+}
+
+#[test]
+fn without_an_nfs_module_no_lock_hook_runs() {
+    let loaded: Vec<&str> = ["nfs", "nfsd", "lockd"]
+        .into_iter()
+        .filter(|m| std::path::Path::new(&format!("/sys/module/{m}")).exists())
+        .collect();
+    assert!(
+        loaded.is_empty(),
+        "cannot run here: this test needs a kernel without NFS modules, and {loaded:?} loaded"
+    );
+    let fs = PrivateFs::mount("idle");
+    let f = fs.file("idle");
+    let addr = port(4);
+    let mut t = Tracer::command(&["monitor", "--metrics", &addr, "--mount", fs.path()]);
+    let said = t.wait_stderr("lock hooks");
+    assert!(
+        said.contains("no NFS module is loaded (nfs, nfsd, lockd)")
+            && said.contains(
+                "(posix_lock_inode, flock_lock_inode, fcntl_setlk, flock_exit, process_exit)"
+            ),
+        "{said}"
+    );
+    // What --always-hook's monitor counts (the test above): a granted lock filtered in the
+    // kernel, a refusal and a wait sent. Here no program runs, so nothing is counted anywhere.
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("setlk w 0 10"), "ok");
+    assert_eq!(b.cmd("setlk w 5 1"), "err EAGAIN");
+    b.send("setlkw w 5 1");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.cmd("setlk u 0 10"), "ok");
+    assert_eq!(b.read_line(), "ok");
+    thread::sleep(Duration::from_millis(1500));
+    let m = scrape(&addr);
+    assert_eq!(sample(&m, "lockd_trace_lock_hooks_idle"), Some(1), "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            r#"lockd_trace_probe_attached{probe="posix_lock_inode",method=""}"#
+        ),
+        Some(0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "lockd_trace_events_total"), Some(0), "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            r#"lockd_trace_filtered_total{hook="posix",result="ok"}"#
+        ),
+        Some(0),
+        "{m}"
+    );
+    assert!(
+        !m.contains("lockd_trace_lock_requests_total{"),
+        "a lock hook ran: {m}"
+    );
+    let (_, stderr) = t.stop_with(libc::SIGTERM);
+    let summary = stderr.last().expect("a summary line");
+    assert!(
+        summary.contains("0 events received") && summary.contains("0 filtered in the kernel"),
+        "{summary}"
     );
 }
 

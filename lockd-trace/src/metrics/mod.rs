@@ -41,6 +41,8 @@ pub struct Snapshot<'a> {
     pub lost: Vec<(&'static str, u64)>,
     pub evicted: u64,
     pub histories: usize,
+    /// The lock hooks are detached while no NFS module is loaded (monitor).
+    pub hooks_idle: bool,
     /// Each probe and the method it attached with, if it did.
     pub probes: Vec<(&'static str, Option<String>)>,
     /// The outputs (stdout or log, trace file) and how they fare.
@@ -208,6 +210,12 @@ impl Metrics {
             s.evicted,
         );
         x.level("histories", "Per-file histories held", s.histories as u64);
+        x.level(
+            "lock_hooks_idle",
+            "1 while the lock hooks are detached because no NFS module (nfs, nfsd, lockd) is \
+             loaded",
+            u64::from(s.hooks_idle),
+        );
         let sink = |o: &OutputState| labels(&[("sink", o.name)]);
         x.counter(
             "sink_errors",

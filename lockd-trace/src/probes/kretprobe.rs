@@ -64,13 +64,14 @@ impl Drop for RetProbe {
 
 /// Returns each probe's kretprobe could not record for want of an instance (kprobe_profile's
 /// last column), where the kernel says.
-pub fn missed(probes: &[(&'static str, RetProbe)]) -> Vec<(&'static str, u64)> {
+pub fn missed<'a>(
+    probes: impl Iterator<Item = (&'static str, &'a RetProbe)>,
+) -> Vec<(&'static str, u64)> {
     let profile = tracefs()
         .and_then(|t| fs::read_to_string(t.join("kprobe_profile")))
         .unwrap_or_default();
     probes
-        .iter()
-        .filter_map(|(name, p)| Some((*name, missed_in(&profile, &p.event)?)))
+        .filter_map(|(name, p)| Some((name, missed_in(&profile, &p.event)?)))
         .collect()
 }
 

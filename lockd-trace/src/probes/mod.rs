@@ -2,6 +2,8 @@
 //! logical probe the first way the kernel accepts (plan.rs).
 
 pub mod btf;
+mod hooks;
+pub use hooks::{idle, monitor_hooks_said};
 mod kallsyms;
 mod kretprobe;
 pub mod lockd_layout;
@@ -15,7 +17,11 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, KProbe, Program, ProgramError, kprobe::KProbeLinkId},
+    programs::{
+        BtfTracePoint, KProbe, Program, ProgramError, RawTracePoint, TracePoint,
+        kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
 };
 use kretprobe::RetProbe;
 use lockd_trace_common::{NlmOffsets, counter};
@@ -38,6 +44,9 @@ pub struct Options {
     pub lean: bool,
     /// Where to find BTF for modules whose own is missing (DIR/lockd).
     pub btf_dir: Option<PathBuf>,
+    /// Keep the lock hooks (the vmlinux probes) detached while no NFS module is loaded
+    /// (monitor): they would run on every lock call for nothing it reports.
+    pub hooks_follow_nfs: bool,
 }
 
 /// Syscall hooks monitor leaves out once fcntl_setlk reports how waits end.
@@ -49,10 +58,11 @@ pub struct Tracer {
     opts: Options,
     /// The lockd module the lockd probes are attached to (None: not loaded).
     lockd: Option<modules::Instance>,
-    /// Their kprobe links, detached when lockd unloads.
-    lockd_links: Vec<(&'static str, KProbeLinkId)>,
-    /// Every kretprobe, by probe name (lockd's are dropped when it unloads).
-    ret_probes: Vec<(&'static str, RetProbe)>,
+    /// Every attached probe's link: lockd's are detached when it unloads, the lock hooks while
+    /// no NFS module is loaded (hooks.rs).
+    links: Vec<Attachment>,
+    /// The lock hooks are detached until an NFS module loads (which ones are loaded if not).
+    pub hooks: hooks::State,
     /// lockd's struct layout while it is loaded, or why there is none.
     pub layout: Result<lockd_layout::Layout, String>,
 }
@@ -87,8 +97,8 @@ impl Tracer {
             report: Vec::new(),
             opts: opts.clone(),
             lockd: modules::Reading::lockd().instance(),
-            lockd_links: Vec::new(),
-            ret_probes: Vec::new(),
+            links: Vec::new(),
+            hooks: hooks::State::Running,
             layout: Err(kallsyms::not_loaded(modules::LOCKD)),
         };
         if t.lockd.is_some() {
@@ -113,6 +123,9 @@ impl Tracer {
                 .collect::<Vec<_>>()
                 .join("; ");
             return Err(anyhow!("no probe could be attached ({why})"));
+        }
+        if opts.hooks_follow_nfs {
+            t.follow_nfs(modules::nfs_loaded());
         }
         Ok(t)
     }
@@ -149,7 +162,7 @@ impl Tracer {
             (Ok(l), modules::LOCKD) => Some(l.source.clone()),
             _ => None,
         };
-        let (ebpf, links, rets) = (&mut self.ebpf, &mut self.lockd_links, &mut self.ret_probes);
+        let (ebpf, links) = (&mut self.ebpf, &mut self.links);
         let mut report = plan::choose(p, forced, |w| {
             if matches!(w.method, Method::Kprobe | Method::Kretprobe) {
                 symbols.can_kprobe(w.target, p.module)?;
@@ -157,16 +170,21 @@ impl Tracer {
                     return Err(why.clone());
                 }
             }
-            match attach(ebpf, w, btf)? {
-                Link::Kprobe(link) if p.module == modules::LOCKD => links.push((w.program, link)),
-                Link::Return(r) => rets.push((p.name, r)),
-                _ => {}
-            }
+            let link = attach(ebpf, w, btf)?;
+            links.push(Attachment {
+                probe: p,
+                program: w.program,
+                link,
+            });
             Ok(())
         });
         if let Some(a) = &mut report.attached {
             report.layout = layout;
-            if self.ret_probes.iter().any(|(name, _)| *name == p.name) {
+            if self
+                .links
+                .iter()
+                .any(|l| l.probe.name == p.name && l.is_return())
+            {
                 a.maxactive = Some(kretprobe::MAXACTIVE);
             }
         }
@@ -210,7 +228,24 @@ impl Tracer {
 
     /// Returns each kretprobe could not record (more callers in flight than it has room for).
     pub fn missed_returns(&self) -> Vec<(&'static str, u64)> {
-        kretprobe::missed(&self.ret_probes)
+        let returns = self.links.iter().filter_map(|l| match &l.link {
+            Link::Return(r) => Some((l.probe.name, r)),
+            _ => None,
+        });
+        kretprobe::missed(returns)
+    }
+
+    /// Detaches every probe `which` picks; returns how many were attached.
+    fn detach_where(&mut self, which: impl Fn(&plan::Probe) -> bool) -> usize {
+        let (gone, kept) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition::<Vec<_>, _>(|l| which(l.probe));
+        self.links = kept;
+        let n = gone.len();
+        for l in gone {
+            l.detach(&mut self.ebpf);
+        }
+        n
     }
 
     pub fn attached(&self) -> usize {
@@ -267,12 +302,41 @@ impl Counters {
     }
 }
 
-/// What attaching left to be detached on its own: a kprobe's link (aya keeps it), a kretprobe
-/// (ours), or nothing (the program holds its link for good).
+/// One attached way of one probe.
+struct Attachment {
+    probe: &'static plan::Probe,
+    program: &'static str,
+    link: Link,
+}
+
+/// How an attachment is undone: aya's link ids (aya holds the links), or our kretprobe.
 enum Link {
-    Kept,
+    Btf(BtfTracePointLinkId),
+    Raw(RawTracePointLinkId),
+    Tracepoint(TracePointLinkId),
     Kprobe(KProbeLinkId),
     Return(RetProbe),
+}
+
+impl Attachment {
+    fn is_return(&self) -> bool {
+        matches!(self.link, Link::Return(_))
+    }
+
+    /// Detaches it; a module's probe already gone with its module only frees its perf event.
+    fn detach(self, ebpf: &mut Ebpf) {
+        let Some(prog) = ebpf.program_mut(self.program) else {
+            return;
+        };
+        let _ = match (prog, self.link) {
+            (Program::BtfTracePoint(p), Link::Btf(l)) => p.detach(l),
+            (Program::RawTracePoint(p), Link::Raw(l)) => p.detach(l),
+            (Program::TracePoint(p), Link::Tracepoint(l)) => p.detach(l),
+            (Program::KProbe(p), Link::Kprobe(l)) => p.detach(l),
+            // Dropping a kretprobe detaches it.
+            _ => Ok(()),
+        };
+    }
 }
 
 /// Attaches one way.
@@ -281,19 +345,9 @@ fn attach(ebpf: &mut Ebpf, way: &Way, btf: &Btf) -> Result<Link, String> {
         .program_mut(way.program)
         .ok_or_else(|| format!("program {} missing from the object", way.program))?;
     let r = match (way.method, prog) {
-        (Method::BtfTracepoint, Program::BtfTracePoint(p)) => {
-            load_attach_btf(p, way, btf).map(|()| Link::Kept)
-        }
-        (Method::RawTracepoint, Program::RawTracePoint(p)) => p
-            .load()
-            .and_then(|()| p.attach(way.target))
-            .map(|_| Link::Kept),
-        (Method::Tracepoint, Program::TracePoint(p)) => {
-            let (cat, name) = way.target.split_once(':').unwrap_or(("", way.target));
-            p.load()
-                .and_then(|()| p.attach(cat, name))
-                .map(|_| Link::Kept)
-        }
+        (Method::BtfTracepoint, Program::BtfTracePoint(p)) => load_attach_btf(p, way, btf),
+        (Method::RawTracepoint, Program::RawTracePoint(p)) => load_attach_raw(p, way),
+        (Method::Tracepoint, Program::TracePoint(p)) => load_attach_tracepoint(p, way),
         (Method::Kretprobe, Program::KProbe(p)) => return load_attach_kretprobe(p, way),
         (Method::Kprobe, Program::KProbe(p)) => load_attach_kprobe(p, way).map(Link::Kprobe),
         _ => return Err(format!("program {} is not a {}", way.program, way.method)),
@@ -301,12 +355,31 @@ fn attach(ebpf: &mut Ebpf, way: &Way, btf: &Btf) -> Result<Link, String> {
     r.map_err(|e| reason(&e))
 }
 
-fn load_attach_btf(p: &mut BtfTracePoint, way: &Way, btf: &Btf) -> Result<(), ProgramError> {
-    p.load(way.target, btf)?;
-    p.attach().map(drop)
+// A program stays loaded when it is detached (its module went, or the lock hooks idle): only
+// the first attach loads it.
+
+fn load_attach_btf(p: &mut BtfTracePoint, way: &Way, btf: &Btf) -> Result<Link, ProgramError> {
+    if p.fd().is_err() {
+        p.load(way.target, btf)?;
+    }
+    p.attach().map(Link::Btf)
 }
 
-/// A kprobe program stays loaded when its module goes away: only the first attach loads it.
+fn load_attach_raw(p: &mut RawTracePoint, way: &Way) -> Result<Link, ProgramError> {
+    if p.fd().is_err() {
+        p.load()?;
+    }
+    p.attach(way.target).map(Link::Raw)
+}
+
+fn load_attach_tracepoint(p: &mut TracePoint, way: &Way) -> Result<Link, ProgramError> {
+    if p.fd().is_err() {
+        p.load()?;
+    }
+    let (cat, name) = way.target.split_once(':').unwrap_or(("", way.target));
+    p.attach(cat, name).map(Link::Tracepoint)
+}
+
 fn load_once(p: &mut KProbe) -> Result<(), ProgramError> {
     if p.fd().is_err() {
         p.load()?;

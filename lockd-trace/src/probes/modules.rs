@@ -7,11 +7,15 @@
 
 use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
-use aya::{Btf, programs::KProbe};
+use aya::Btf;
 
 use super::{PROBES, Tracer, btf, kallsyms::Symbols, plan::Refusal};
 
 pub const LOCKD: &str = "lockd";
+
+/// Any of these loaded (or built in) means NFS is in use here: the client, the server, or
+/// lockd for either.
+pub const NFS_MODULES: &[&str] = &["nfs", "nfsd", LOCKD];
 
 /// One loaded instance of a module: the inode of its /sys/module directory, which sysfs never
 /// gives to two loads in a row (a reload can reuse the same text address).
@@ -66,6 +70,19 @@ impl Reading {
     }
 }
 
+/// The NFS modules loaded now (None: one is coming or going).
+pub fn nfs_loaded() -> Option<Vec<&'static str>> {
+    let mut loaded = Vec::new();
+    for m in NFS_MODULES {
+        match Reading::of(m) {
+            Reading::Settling => return None,
+            Reading::Live(_) => loaded.push(*m),
+            Reading::Absent => {}
+        }
+    }
+    Some(loaded)
+}
+
 /// Whether /proc/modules lists `module` (loadable modules only, in any state).
 fn listed(module: &str) -> bool {
     fs::read_to_string("/proc/modules")
@@ -73,9 +90,17 @@ fn listed(module: &str) -> bool {
 }
 
 impl Tracer {
-    /// Follows lockd's loads and unloads; returns what changed, in a sentence, if anything.
-    pub fn watch_modules(&mut self) -> Option<String> {
-        self.follow_lockd(Reading::lockd(), Reading::lockd)
+    /// Follows lockd's loads and unloads, and NFS's for the lock hooks (monitor); returns
+    /// what changed, a sentence each.
+    pub fn watch_modules(&mut self) -> Vec<String> {
+        let mut said: Vec<String> = self
+            .follow_lockd(Reading::lockd(), Reading::lockd)
+            .into_iter()
+            .collect();
+        if self.opts.hooks_follow_nfs {
+            said.extend(self.follow_nfs(nfs_loaded()));
+        }
+        said
     }
 
     /// One step of following lockd: `now` is a fresh reading, `again` reads it after attaching.
@@ -103,17 +128,7 @@ impl Tracer {
     }
 
     fn drop_lockd_probes(&mut self) -> String {
-        for (program, link) in std::mem::take(&mut self.lockd_links) {
-            let p: Option<&mut KProbe> = self
-                .ebpf
-                .program_mut(program)
-                .and_then(|p| p.try_into().ok());
-            if let Some(p) = p {
-                // The kprobe is already gone with the module; this frees the perf event.
-                let _ = p.detach(link);
-            }
-        }
-        self.ret_probes.retain(|(probe, _)| !is_lockd(probe));
+        self.detach_where(|p| p.module == LOCKD);
         let _ = self.set_nlm_offsets(None);
         self.layout = Err(super::kallsyms::not_loaded(LOCKD));
         let mut n = 0;

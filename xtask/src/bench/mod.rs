@@ -125,8 +125,15 @@ impl Ctx {
         }
     }
 
+    /// The monitor as it runs where NFS is loaded: this host has no NFS module, and without
+    /// --always-hook its lock hooks would stay detached (costing nothing).
     pub fn monitor(&self, name: &str, what: &str, extra: &[&str]) -> Config {
-        let mut args = vec!["monitor".to_string(), "--metrics".into(), METRICS.into()];
+        let mut args = vec![
+            "monitor".to_string(),
+            "--always-hook".into(),
+            "--metrics".into(),
+            METRICS.into(),
+        ];
         args.extend(extra.iter().map(ToString::to_string));
         Config {
             name: name.into(),

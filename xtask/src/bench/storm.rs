@@ -119,7 +119,9 @@ pub fn configs(ctx: &Ctx) -> Vec<Config> {
         },
         ctx.monitor(
             "monitor",
-            "the monitor as deployed: kernel filter, findings, metrics endpoint, kernel log",
+            "the monitor as deployed where NFS is loaded (this host has none, so --always-hook \
+             keeps the lock hooks attached): kernel filter, findings, metrics endpoint, kernel \
+             log",
             &[],
         ),
         ctx.record("storm.ldt", None),

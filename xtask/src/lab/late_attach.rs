@@ -1,6 +1,7 @@
 //! Every boot starts a `monitor` before lockd is loaded, then loads, unloads and reloads lockd
 //! and waits out the grace period with NLM lock calls: the monitor must say each change, and
-//! the reattached probes must trace those calls with lockd's structs read right.
+//! the reattached probes must trace those calls with lockd's structs read right. With no NFS
+//! module loaded its lock hooks must be detached, and attached again with each load of lockd.
 
 use std::{fs, path::Path};
 
@@ -20,6 +21,7 @@ pub fn check(dir: &Path, reloads: usize) -> Result<()> {
         bail!("the monitor exited with {}:\n{log}", read("monitor.exit")?);
     }
     exact(&changes(&log)?, reloads).map_err(|e| anyhow!("{e}:\n{log}"))?;
+    hooks_follow(&log, reloads).map_err(|e| anyhow!("{e}:\n{log}"))?;
     let metrics = read("metrics.txt")?;
     let attached = "lockd_trace_probe_attached{probe=\"nlmclnt_call:ret\",method=\"kretprobe\"} 1";
     if !metrics.lines().any(|l| l == attached) {
@@ -35,6 +37,10 @@ pub fn check(dir: &Path, reloads: usize) -> Result<()> {
     };
     found("lock request on /mnt/nfs/.grace", &|e| {
         e["op"] == "nlmclnt_request" && e["file"] == "/mnt/nfs/.grace" && e["host"] == "127.0.0.1"
+    })?;
+    // The lock hooks, detached and attached again each reload, saw the client's local lock.
+    found("granted local lock on /mnt/nfs/.grace", &|e| {
+        e["event"] == "lock" && e["file"] == "/mnt/nfs/.grace" && e["result"] == "ok"
     })?;
     found("NLM LOCK granted by 127.0.0.1", &|e| {
         e["op"] == "nlmclnt_call"
@@ -61,6 +67,36 @@ fn exact(changes: &[(bool, usize, usize)], reloads: usize) -> Result<()> {
     let (_, loaded, total) = changes[0];
     if loaded + 1 < total || changes.iter().any(|c| c.1 != loaded) {
         bail!("probes attached {loaded} of {total} at first, then {changes:?}");
+    }
+    Ok(())
+}
+
+/// The lock hooks: detached at the start (no NFS module), attached with each load of lockd,
+/// detached with each unload (nfs and nfsd are loaded only after the reloads), all of them
+/// every time.
+fn hooks_follow(log: &str, reloads: usize) -> Result<()> {
+    let mut said = Vec::new();
+    for l in log.lines() {
+        if l.contains("lock hooks (") && l.contains("stay detached") {
+            said.push("idle at start".to_string());
+        } else if let Some(rest) = l.split("lock hooks attached: ").nth(1) {
+            let mut w = rest.split(' ');
+            let (a, t) = (w.next(), w.nth(1));
+            if a != t || a.is_none_or(|a| a.parse::<usize>().is_err()) {
+                bail!("not every lock hook attached again: {l}");
+            }
+            said.push("attached".to_string());
+        } else if l.contains("lock hooks detached: ") {
+            said.push("detached".to_string());
+        }
+    }
+    let expected: Vec<String> = ["idle at start", "attached"]
+        .into_iter()
+        .chain((0..reloads).flat_map(|_| ["detached", "attached"]))
+        .map(String::from)
+        .collect();
+    if said != expected {
+        bail!("expected the lock hooks {expected:?}; the monitor said {said:?}");
     }
     Ok(())
 }
@@ -104,6 +140,20 @@ mod tests {
                    lockd-trace: lockd loaded: 21 of its 22 probes attached\n\
                    lockd-trace: lockd unloaded: its 21 probes are gone, the others keep running\n";
         assert_eq!(changes(log).unwrap(), [(true, 21, 22), (false, 21, 0)]);
+    }
+
+    #[test]
+    fn the_lock_hooks_must_follow_lockd() {
+        let start = "lockd-trace: no NFS module is loaded (nfs, nfsd, lockd): the 7 lock hooks \
+                     (posix_lock_inode, ...) stay detached, and no lock is seen, until one loads\n";
+        let on = "lockd-trace: lock hooks attached: 7 of 7 (NFS modules now: lockd)\n";
+        let off = "lockd-trace: lock hooks detached: 7, until an NFS module (nfs, nfsd, lockd) \
+                   is loaded again\n";
+        hooks_follow(&format!("{start}{on}{off}{on}"), 1).unwrap();
+        assert!(hooks_follow(&format!("{start}{on}{on}"), 1).is_err());
+        assert!(hooks_follow(&format!("{on}{off}{on}"), 1).is_err());
+        let partly = "lockd-trace: lock hooks attached: 6 of 7 (NFS modules now: lockd)\n";
+        assert!(hooks_follow(&format!("{start}{on}{off}{partly}"), 1).is_err());
     }
 
     #[test]
