@@ -62,6 +62,7 @@ pub fn history(args: &HistoryArgs) -> Result<()> {
     let mut m = Merged::open(&args.files)?;
     let limits = Limits {
         max_steps: usize::MAX,
+        keep_idle_steps: true,
         ..Limits::default()
     };
     let mut p = Pipeline::new(

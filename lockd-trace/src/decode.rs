@@ -96,7 +96,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     let hdr = header(&mut buf);
     let body = match kind {
         kind::GETLK => Body::Getlk(getlk(&mut buf)),
-        kind::NLM => Body::Nlm(nlm(hdr.hook, &mut buf)),
+        kind::NLM => Body::Nlm(Box::new(nlm(hdr.hook, &mut buf))),
         kind::FILE_NAME => return Ok(Record::Name(file_name(&mut buf))),
         kind::PROC_EXIT => Body::Exit,
         k => {

@@ -137,7 +137,8 @@ pub enum Body {
     Lock(LockRecord),
     WaitEnd(LockRecord),
     Getlk(GetlkRecord),
-    Nlm(NlmRecord),
+    // Boxed: the largest record by far, and the rarest; the others move at half the size.
+    Nlm(Box<NlmRecord>),
     /// A process that had taken a lock exited (pid, comm and time are the event's).
     Exit,
     Statd(StatdRecord),

@@ -96,7 +96,7 @@ mod tests {
         let mut out = Vec::new();
         for (item, path) in m.by_ref() {
             if let Item::Event(e) = item {
-                out.push((e.ts_ns, e.file_id(), path));
+                out.push((e.ts_ns, e.file_id(), path.map(|p| p.to_string())));
             }
         }
         out

@@ -2,11 +2,12 @@
 //! the request; remembered per file. Names are made printable: no raw control characters.
 
 use std::{
-    collections::HashMap,
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
+
+use foldhash::{HashMap, HashMapExt as _};
 
 /// Paths remembered per generation: twice the kernel's once-per-file name cache (16384), so a
 /// name the kernel will not send again is still here while it is in use.
@@ -146,7 +147,7 @@ mod tests {
     #[test]
     fn learned_names_join_mount_point_and_dentries() {
         let mut p = Paths {
-            mounts: Some([(45, "/mnt/nfs".to_string())].into()),
+            mounts: Some([(45, "/mnt/nfs".to_string())].into_iter().collect()),
             ..Default::default()
         };
         let f = |complete, components: &[&str]| crate::event::FileName {
@@ -164,7 +165,7 @@ mod tests {
     #[test]
     fn memory_is_bounded_and_paths_in_use_survive() {
         let mut p = Paths {
-            mounts: Some(HashMap::from([(1, "/m".to_string())])),
+            mounts: Some([(1, "/m".to_string())].into_iter().collect()),
             ..Paths::default()
         };
         let name = |ino: u64| crate::event::FileName {

@@ -61,11 +61,11 @@ mod tests {
     }
 
     fn nlm(host: &str) -> Body {
-        Body::Nlm(NlmRecord {
+        Body::Nlm(Box::new(NlmRecord {
             host: host.into(),
             addr: Some("10.0.0.9".parse().unwrap()),
             ..NlmRecord::default()
-        })
+        }))
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! calls, the grant, do_vfs_lock, what the application got); asynchronous replies and the
 //! reclaimer are tied back to it by server, owner id (svid) and file handle.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use lockd_trace_common::{
     kernel::{F_SETLK, F_SETLKW, F_UNLCK, FL_ACCESS, FL_FLOCK},

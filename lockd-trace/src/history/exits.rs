@@ -43,7 +43,7 @@ pub(super) fn advance(h: &mut Histories, now_ns: u64, all: bool, out: &mut Vec<F
         .partition(|e| all || now_ns >= e.ts_ns.saturating_add(SETTLE_NS));
     h.exits = waiting;
     for e in due {
-        let mut files: Vec<&FileHistory> = h.files.values().collect();
+        let mut files: Vec<&FileHistory> = h.files().collect();
         files.sort_by_key(|f| (f.dev, f.ino));
         let mut orphans = Vec::new();
         for f in files {
@@ -155,10 +155,14 @@ fn at_server(h: &Histories, e: &Exit, f: &FileHistory, l: &Held) -> Finding {
          recorded, as after \"VFS is out of sync with lock manager\")"
             .into()
     });
-    let fh = f.steps.iter().find_map(|s| match &s.body {
-        Body::Nlm(n) if !n.fh.is_empty() => Some(n.fh.clone()),
-        _ => None,
-    });
+    let fh = f
+        .steps
+        .iter()
+        .find_map(|s| match &s.body {
+            Body::Nlm(n) if !n.fh.is_empty() => Some(n.fh.clone()),
+            _ => None,
+        })
+        .or_else(|| (!f.fh.is_empty()).then(|| f.fh.clone()));
     let released = fh
         .zip(l.holder.svid)
         .and_then(|(fh, svid)| server::forgotten(&h.server, &fh, svid));

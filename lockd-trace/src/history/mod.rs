@@ -10,7 +10,9 @@ mod server;
 pub mod table;
 mod waits;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use lockd_trace_common::{
     hook,
@@ -36,6 +38,10 @@ pub struct Limits {
     pub max_steps: usize,
     /// A request waiting longer than this is reported (nanoseconds).
     pub blocked_after_ns: u64,
+    /// Keep the steps of a file that holds no lock (`history` shows them). Otherwise they are
+    /// dropped (and counted) once its tables are empty: no finding reads an idle file's past,
+    /// and a million files locked once each would keep a million step lists.
+    pub keep_idle_steps: bool,
 }
 
 impl Default for Limits {
@@ -44,6 +50,7 @@ impl Default for Limits {
             max_files: 100_000,
             max_steps: 64,
             blocked_after_ns: 10_000_000_000,
+            keep_idle_steps: false,
         }
     }
 }
@@ -105,7 +112,9 @@ impl FileHistory {
 pub struct Histories {
     clock: Clock,
     limits: Limits,
-    files: HashMap<FileKey, FileHistory>,
+    /// Boxed: the table keeps up to twice its entries' room, which inline would be
+    /// 170 bytes a slot.
+    files: HashMap<FileKey, Box<FileHistory>>,
     lru: BTreeMap<u64, FileKey>,
     tick: u64,
     pub evicted: u64,
@@ -135,11 +144,11 @@ impl Histories {
     }
 
     pub fn file(&self, key: FileKey) -> Option<&FileHistory> {
-        self.files.get(&key)
+        self.files.get(&key).map(|f| &**f)
     }
 
     pub fn files(&self) -> impl Iterator<Item = &FileHistory> {
-        self.files.values()
+        self.files.values().map(|f| &**f)
     }
 
     pub fn len(&self) -> usize {
@@ -152,18 +161,23 @@ impl Histories {
 
     /// The file's history, created (and the LRU file evicted) as needed; touched as used.
     fn touch(&mut self, key: FileKey, path: Option<&str>) -> &mut FileHistory {
-        self.tick += 1;
-        let tick = self.tick;
-        if !self.files.contains_key(&key) {
-            while self.files.len() >= self.limits.max_files.max(1) && self.evict_one() {}
+        // Already the most recently used (a storm on one file): the LRU order stands.
+        let newest = self.lru.last_key_value().is_some_and(|(_, k)| *k == key);
+        if !newest {
+            self.tick += 1;
+            if !self.files.contains_key(&key) {
+                while self.files.len() >= self.limits.max_files.max(1) && self.evict_one() {}
+            }
         }
         let f = self
             .files
             .entry(key)
-            .or_insert_with(|| FileHistory::new(key.0, key.1));
-        self.lru.remove(&f.last_use);
-        f.last_use = tick;
-        self.lru.insert(tick, key);
+            .or_insert_with(|| Box::new(FileHistory::new(key.0, key.1)));
+        if !newest {
+            self.lru.remove(&f.last_use);
+            f.last_use = self.tick;
+            self.lru.insert(self.tick, key);
+        }
         if f.path.is_none() {
             f.path = path.map(str::to_string);
         }
@@ -211,6 +225,20 @@ impl Histories {
 
     /// Folds one event in; findings it completes are appended to `out`.
     pub fn observe(&mut self, ev: &Event, path: Option<&str>, out: &mut Vec<Finding>) {
+        self.fold(ev, path, out);
+        if !self.limits.keep_idle_steps
+            && let Some((_, key)) = self.lru.last_key_value()
+            && let Some(f) = self.files.get_mut(key)
+            && f.local.is_empty()
+            && f.nlm.is_empty()
+            && !f.steps.is_empty()
+        {
+            f.steps_dropped += f.steps.len() as u64;
+            f.steps = VecDeque::new();
+        }
+    }
+
+    fn fold(&mut self, ev: &Event, path: Option<&str>, out: &mut Vec<Finding>) {
         match &ev.body {
             Body::Lock(r) => self.lock(ev, r, path, out),
             Body::WaitEnd(r) => {

@@ -2,7 +2,7 @@
 //! outside NLM (unlock_ip, unlock_filesystem: the server "forgets" a client's lock), statd
 //! monitoring and reboot notifications.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use lockd_trace_common::{kernel::F_UNLCK, nlm::status, nlm_op::*};
 
@@ -306,7 +306,7 @@ pub(super) fn rebooted(s: &Server, host: &str) -> Option<(u64, u32)> {
 /// The server-side lock (traced on this host) in the way of `wanted` on the file with `fh`.
 pub(super) fn holder_for(
     s: &Server,
-    files: &HashMap<FileKey, FileHistory>,
+    files: &HashMap<FileKey, Box<FileHistory>>,
     fh: &[u8],
     wanted: (u32, i64, i64),
 ) -> Option<Held> {
@@ -332,7 +332,7 @@ impl Histories {
                     .held
                     .iter()
                     .filter(|x| x.holder.svid.is_some() && x.holder.host.is_some())
-                    .map(move |x| (f, x))
+                    .map(move |x| (&**f, x))
             })
             .collect();
         kept.sort_by_key(|(f, x)| (f.path.clone(), x.start));

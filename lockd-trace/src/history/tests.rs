@@ -147,7 +147,7 @@ impl Trace {
             host: host.into(),
             addr: None,
         };
-        self.ev(tid, comm, Body::Nlm(n));
+        self.ev(tid, comm, Body::Nlm(Box::new(n)));
     }
 
     /// A client owner's lock granted by the server straight away (nlmclnt_proc on its thread).

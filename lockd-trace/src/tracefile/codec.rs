@@ -323,7 +323,7 @@ impl Dec<'_> {
                         <[u8; 16]>::try_from(v).map_err(|_| "bad address length")?,
                     )),
                 };
-                Body::Nlm(NlmRecord { addr, ..n })
+                Body::Nlm(Box::new(NlmRecord { addr, ..n }))
             }
         };
         if !self.b.is_empty() {

@@ -3,7 +3,7 @@
 //! the pipeline, for analyze, history, export and merge. Files from different boots are
 //! different hosts: their paths get a "host:" prefix and their device numbers are kept apart.
 
-use std::{collections::HashMap, io, path::PathBuf};
+use std::{collections::HashMap, io, path::PathBuf, rc::Rc};
 
 use anyhow::{Result, bail};
 
@@ -40,6 +40,26 @@ struct Input {
     boot: usize,
     /// Device numbers of a host after the first, renumbered so hosts' files never collide.
     devs: HashMap<u32, u32>,
+    /// The last event's file and its path as handed out: the next event is most often on
+    /// the same file, and then costs no copy.
+    last_path: Option<((u32, u64), Option<Rc<str>>)>,
+}
+
+impl Input {
+    /// The path of file (dev, ino) in this input (host-prefixed when hosts are merged).
+    fn path(&mut self, dev: u32, ino: u64) -> Option<Rc<str>> {
+        match &self.last_path {
+            Some((key, p)) if *key == (dev, ino) => p.clone(),
+            _ => {
+                let p = self.reader.path(dev, ino).map(|p| match &self.host {
+                    Some((name, _)) => Rc::from(format!("{name}:{p}")),
+                    None => Rc::from(p),
+                });
+                self.last_path = Some(((dev, ino), p.clone()));
+                p
+            }
+        }
+    }
 }
 
 /// A device number for host `host` (1, 2, ...): major 4095-host, minors in order of appearance.
@@ -75,6 +95,7 @@ impl Merged {
                 host: None,
                 boot: 0,
                 devs: HashMap::new(),
+                last_path: None,
             });
         }
         let clock = inputs[0].reader.header.clock();
@@ -162,10 +183,10 @@ impl Merged {
 }
 
 impl Iterator for Merged {
-    type Item = (Item, Option<String>);
+    type Item = (Item, Option<Rc<str>>);
 
     /// The next item over all files, with its file's path table for the event's file.
-    fn next(&mut self) -> Option<(Item, Option<String>)> {
+    fn next(&mut self) -> Option<(Item, Option<Rc<str>>)> {
         let i = (0..self.inputs.len())
             .filter(|&i| self.inputs[i].next.is_some())
             .min_by_key(|&i| {
@@ -174,18 +195,18 @@ impl Iterator for Merged {
             })?;
         let input = &mut self.inputs[i];
         let mut item = input.next.take().expect("filtered");
-        let shift = |t: u64| (i128::from(t) + input.shift).max(0) as u64;
+        let by = input.shift;
+        let shift = |t: u64| (i128::from(t) + by).max(0) as u64;
         let path = match &mut item {
             Item::Event(e) => {
                 input.last_ts = e.ts_ns;
                 let (dev, ino) = e.file_id();
-                let mut p = input.reader.path(dev, ino).map(str::to_string);
+                let p = input.path(dev, ino);
                 e.ts_ns = shift(e.ts_ns);
                 if let Body::Statd(s) = &mut e.body {
                     s.since_ns = shift(s.since_ns);
                 }
-                if let Some((name, n)) = &input.host {
-                    p = p.map(|p| format!("{name}:{p}"));
+                if let Some((_, n)) = &input.host {
                     set_dev(e, host_dev(&mut input.devs, *n, dev));
                 }
                 p

@@ -1,7 +1,15 @@
-//! Reads a trace file record by record. A torn tail (the recorder was killed mid-write) and
-//! a damaged record are both reported with their offset; everything before them is usable.
+//! Reads a trace file record by record, through a window of the file (a trace of any size
+//! takes the same memory). A torn tail (the recorder was killed mid-write) and a damaged
+//! record are both reported with their offset; everything before them is usable.
 
-use std::{collections::HashMap, fmt, fs, path::Path};
+use std::{
+    fmt,
+    fs::File,
+    io::{self, Read},
+    path::Path,
+};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -43,8 +51,13 @@ impl fmt::Display for Damage {
 }
 
 pub struct Reader {
+    src: Box<dyn Read>,
+    /// The window: bytes from file offset `base` on, read up to `pos` (a record's start).
     data: Vec<u8>,
+    base: u64,
     pos: usize,
+    /// `src` has nothing more.
+    eof: bool,
     strings: Vec<Vec<u8>>,
     paths: HashMap<(u32, u64), u32>,
     deltas: Deltas,
@@ -55,16 +68,37 @@ pub struct Reader {
 
 const LEAD: usize = 12;
 
+/// Read from the file this much at a time.
+const CHUNK: usize = 1 << 20;
+
 /// (kind, (payload start after the kind byte, payload end)).
 type Frame = (u8, (usize, usize));
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
-        let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Reader::from_bytes(data).with_context(|| format!("{}", path.display()))
+        let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Reader::from_source(Box::new(file)).with_context(|| format!("{}", path.display()))
     }
 
     pub fn from_bytes(data: Vec<u8>) -> Result<Reader> {
+        Reader::from_source(Box::new(io::Cursor::new(data)))
+    }
+
+    pub(super) fn from_source(src: Box<dyn Read>) -> Result<Reader> {
+        let mut r = Reader {
+            src,
+            data: Vec::new(),
+            base: 0,
+            pos: 0,
+            eof: false,
+            strings: vec![Vec::new()],
+            paths: HashMap::new(),
+            deltas: Deltas::default(),
+            header: Header::default(),
+            skipped: 0,
+        };
+        r.fill(LEAD)?;
+        let data = &r.data;
         if data.len() < LEAD || &data[..8] != MAGIC {
             bail!("not a lockd-trace trace file (no LDTRACE magic at offset 0)");
         }
@@ -79,15 +113,7 @@ impl Reader {
                 "unknown flags in the trace file's lead (offset 10): damaged or from a newer lockd-trace"
             );
         }
-        let mut r = Reader {
-            data,
-            pos: LEAD,
-            strings: vec![Vec::new()],
-            paths: HashMap::new(),
-            deltas: Deltas::default(),
-            header: Header::default(),
-            skipped: 0,
-        };
+        r.pos = LEAD;
         let (kind, payload) = r
             .frame()
             .map_err(|d| anyhow::anyhow!("the header record is unreadable: {d}"))?
@@ -106,24 +132,53 @@ impl Reader {
         std::str::from_utf8(&self.strings[id as usize]).ok()
     }
 
+    /// Makes `want` bytes from `pos` on available in the window, or as many as the file has
+    /// left; the window's consumed part is dropped first.
+    fn fill(&mut self, want: usize) -> io::Result<()> {
+        if self.data.len() - self.pos >= want || self.eof {
+            return Ok(());
+        }
+        self.data.drain(..self.pos);
+        self.base += self.pos as u64;
+        self.pos = 0;
+        while self.data.len() < want && !self.eof {
+            let have = self.data.len();
+            self.data.resize(have + CHUNK, 0);
+            let n = loop {
+                match self.src.read(&mut self.data[have..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => break r,
+                }
+            };
+            let n = n.inspect_err(|_| self.data.truncate(have))?;
+            self.data.truncate(have + n);
+            self.eof = n == 0;
+        }
+        Ok(())
+    }
+
     /// The next framed record: its kind and the bounds of the rest of its payload, checked
     /// against its CRC.
     fn frame(&mut self) -> Result<Option<Frame>, Damage> {
+        let offset = self.base + self.pos as u64;
+        let torn = |what: &str| Damage {
+            offset,
+            torn: true,
+            what: what.into(),
+        };
+        let damaged = |what: String| Damage {
+            offset,
+            torn: false,
+            what,
+        };
+        let unreadable = |e: io::Error| damaged(format!("the file cannot be read here: {e}"));
+        // A length (at most 10 bytes) and its check byte.
+        self.fill(11).map_err(unreadable)?;
         let at = self.pos;
         let rest = &self.data[at..];
         if rest.is_empty() {
             return Ok(None);
         }
-        let torn = |what: &str| Damage {
-            offset: at as u64,
-            torn: true,
-            what: what.into(),
-        };
-        let damaged = |what: String| Damage {
-            offset: at as u64,
-            torn: false,
-            what,
-        };
         let (len, n) = match get_varint(rest) {
             Some(v) => v,
             None if rest.len() < 10 => return Err(torn("the record's length is cut off")),
@@ -144,6 +199,10 @@ impl Reader {
         }
         let n = n + 1;
         let need = n.checked_add(4).and_then(|x| x.checked_add(len));
+        if let Some(need) = need {
+            self.fill(need).map_err(unreadable)?;
+        }
+        let (at, rest) = (self.pos, &self.data[self.pos..]);
         let Some(need) = need.filter(|&x| x <= rest.len()) else {
             return Err(torn(&format!(
                 "a {len}-byte record is cut off after {} bytes",
@@ -162,7 +221,7 @@ impl Reader {
 
     pub fn read(&mut self) -> Result<Option<Item>, Damage> {
         loop {
-            let at = self.pos as u64;
+            let at = self.base + self.pos as u64;
             let Some((kind, (s, e))) = self.frame()? else {
                 return Ok(None);
             };

@@ -102,7 +102,7 @@ fn events() -> Vec<Event> {
             286,
             286,
             "127.0.0.1-recla",
-            Body::Nlm(NlmRecord {
+            Body::Nlm(Box::new(NlmRecord {
                 op: nlm_op::CLNT_RECLAIM,
                 ret: -37,
                 nlm_status: Some(7),
@@ -117,14 +117,14 @@ fn events() -> Vec<Event> {
                 fh: vec![1, 0, 1, 1, 0, 0, 0, 0, 0xff],
                 host: "127.0.0.1".into(),
                 addr: Some(std::net::IpAddr::from([127, 0, 0, 1])),
-            }),
+            })),
         ),
         ev(
             61_300_000_001,
             180,
             180,
             "lockd",
-            Body::Nlm(NlmRecord {
+            Body::Nlm(Box::new(NlmRecord {
                 op: nlm_op::NSM_MONITOR,
                 ret: 0,
                 nlm_status: None,
@@ -139,7 +139,7 @@ fn events() -> Vec<Event> {
                 fh: vec![],
                 host: "nfs1.example.com".into(),
                 addr: Some("fd00::2".parse().unwrap()),
-            }),
+            })),
         ),
         ev(61_400_000_000, 4242, 4242, "locker", Body::Exit),
         ev(
@@ -214,6 +214,45 @@ fn every_record_kind_round_trips() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// A source that hands out a few bytes per read, so that every record spans reads.
+struct Trickle(std::io::Cursor<Vec<u8>>, usize);
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.1 = self.1 % 3 + 1;
+        let n = buf.len().min(self.1);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+#[test]
+fn records_split_across_reads_read_the_same_with_the_same_damage() {
+    let path = tmp("trickle.ldt");
+    write_sample(&path);
+    let full = std::fs::read(&path).unwrap();
+    let mut damaged = full.clone();
+    let at = full.len() * 2 / 3;
+    damaged[at] ^= 0x40;
+    for (bytes, flipped) in [(full, false), (damaged, true)] {
+        let (whole, whole_damage) = read_all(&mut Reader::from_bytes(bytes.clone()).unwrap());
+        assert_eq!(whole_damage.is_some(), flipped);
+        let trickle = Trickle(std::io::Cursor::new(bytes), 0);
+        let mut r = Reader::from_source(Box::new(trickle)).unwrap();
+        let (split, split_damage) = read_all(&mut r);
+        assert_eq!(split_damage, whole_damage);
+        assert_eq!(split.len(), whole.len());
+        for (a, b) in split.iter().zip(&whole) {
+            match (a, b) {
+                (Item::Event(a), Item::Event(b)) => assert_eq!(a, b),
+                (Item::Kernel(a), Item::Kernel(b)) => assert_eq!(a.text, b.text),
+                (Item::Lost { total: a, .. }, Item::Lost { total: b, .. }) => assert_eq!(a, b),
+                _ => panic!("items differ"),
+            }
+        }
+        assert_eq!(r.path(31, 5), Some("/export/oos"));
+    }
 }
 
 #[test]
