@@ -42,8 +42,10 @@ struct Input {
     devs: HashMap<u32, u32>,
     /// The last event's file and its path as handed out: the next event is most often on
     /// the same file, and then costs no copy.
-    last_path: Option<((u32, u64), Option<Rc<str>>)>,
+    last_path: Option<(FileKey, Option<Rc<str>>)>,
 }
+
+type FileKey = (u32, u64);
 
 impl Input {
     /// The path of file (dev, ino) in this input (host-prefixed when hosts are merged).
