@@ -58,7 +58,7 @@ pub struct Reader {
     pos: usize,
     /// `src` has nothing more.
     eof: bool,
-    strings: Vec<Vec<u8>>,
+    strings: Strings,
     paths: HashMap<(u32, u64), u32>,
     deltas: Deltas,
     pub header: Header,
@@ -91,7 +91,7 @@ impl Reader {
             base: 0,
             pos: 0,
             eof: false,
-            strings: vec![Vec::new()],
+            strings: Strings::default(),
             paths: HashMap::new(),
             deltas: Deltas::default(),
             header: Header::default(),
@@ -129,7 +129,7 @@ impl Reader {
     /// The path recorded for a file, if any.
     pub fn path(&self, dev: u32, ino: u64) -> Option<&str> {
         let id = *self.paths.get(&(dev, ino))?;
-        std::str::from_utf8(&self.strings[id as usize]).ok()
+        std::str::from_utf8(self.strings.get(id)?).ok()
     }
 
     /// Makes `want` bytes from `pos` on available in the window, or as many as the file has
@@ -237,7 +237,7 @@ impl Reader {
             match kind {
                 rec::STRING => {
                     let id = d.u32().map_err(damaged)?;
-                    let bytes = d.bytes().map_err(damaged)?.to_vec();
+                    let bytes = d.bytes().map_err(damaged)?;
                     if id as usize != self.strings.len() {
                         return Err(damaged("string ids out of sequence"));
                     }
@@ -256,14 +256,14 @@ impl Reader {
                     let (mut ev, comm, fh, host) = d.event(kind).map_err(damaged)?;
                     let get = |id: u32| {
                         self.strings
-                            .get(id as usize)
+                            .get(id)
                             .ok_or_else(|| damaged("unknown string id"))
                     };
                     ev.comm = String::from_utf8_lossy(get(comm)?).into_owned();
                     let text = |id| get(id).map(|b| String::from_utf8_lossy(b).into_owned());
                     match &mut ev.body {
                         Body::Nlm(n) => {
-                            n.fh = get(fh)?.clone();
+                            n.fh = get(fh)?.to_vec();
                             n.host = text(host)?;
                         }
                         Body::Statd(s) => {
@@ -284,7 +284,7 @@ impl Reader {
                     let total = d.u().map_err(damaged)?;
                     let kind = self
                         .strings
-                        .get(id as usize)
+                        .get(id)
                         .ok_or_else(|| damaged("unknown string id"))?;
                     return Ok(Some(Item::Lost {
                         kind: String::from_utf8_lossy(kind).into_owned(),
@@ -295,5 +295,40 @@ impl Reader {
                 _ => self.skipped += 1,
             }
         }
+    }
+}
+
+/// The file's string table, by id, in one buffer: a million paths as a million vectors cost
+/// twice their bytes in headers and allocator rounding.
+struct Strings {
+    bytes: Vec<u8>,
+    /// Where each string ends in `bytes`; id 0 is the empty string.
+    ends: Vec<usize>,
+}
+
+impl Default for Strings {
+    fn default() -> Self {
+        Strings {
+            bytes: Vec::new(),
+            ends: vec![0],
+        }
+    }
+}
+
+impl Strings {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn push(&mut self, s: &[u8]) {
+        self.bytes.extend_from_slice(s);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn get(&self, id: u32) -> Option<&[u8]> {
+        let id = id as usize;
+        let end = *self.ends.get(id)?;
+        let start = id.checked_sub(1).map_or(0, |i| self.ends[i]);
+        self.bytes.get(start..end)
     }
 }
