@@ -38,6 +38,10 @@ pub(super) fn exited(h: &mut Histories, ev: &Event) {
 
 /// Judges the exits older than the settle time (all of them when the input ended).
 pub(super) fn advance(h: &mut Histories, now_ns: u64, all: bool, out: &mut Vec<Finding>) {
+    // Called for every event read: nothing to judge is the common case.
+    if h.exits.is_empty() {
+        return;
+    }
     let (due, waiting) = std::mem::take(&mut h.exits)
         .into_iter()
         .partition(|e| all || now_ns >= e.ts_ns.saturating_add(SETTLE_NS));

@@ -124,6 +124,9 @@ pub struct Histories {
     exits: Vec<exits::Exit>,
     /// Local locks whose setter exited, by lock owner (reported when in someone's way).
     orphans: HashMap<u64, exits::Exit>,
+    /// The room of the last idle file's steps, for the next file that needs some: a storm
+    /// on one file would otherwise allocate and free it on every lock and unlock.
+    spare_steps: VecDeque<Event>,
 }
 
 impl Histories {
@@ -140,6 +143,7 @@ impl Histories {
             server: server::Server::default(),
             exits: Vec::new(),
             orphans: HashMap::new(),
+            spare_steps: VecDeque::new(),
         }
     }
 
@@ -212,15 +216,19 @@ impl Histories {
         true
     }
 
-    fn record(&mut self, key: FileKey, path: Option<&str>, ev: &Event) -> &mut FileHistory {
+    fn record(&mut self, key: FileKey, path: Option<&str>, ev: &Event) {
         let max = self.limits.max_steps;
+        let mut spare = std::mem::take(&mut self.spare_steps);
         let f = self.touch(key, path);
+        if f.steps.capacity() == 0 {
+            std::mem::swap(&mut f.steps, &mut spare);
+        }
         if f.steps.len() >= max {
             f.steps.pop_front();
             f.steps_dropped += 1;
         }
         f.steps.push_back(ev.clone());
-        f
+        self.spare_steps = spare;
     }
 
     /// Folds one event in; findings it completes are appended to `out`.
@@ -234,7 +242,12 @@ impl Histories {
             && !f.steps.is_empty()
         {
             f.steps_dropped += f.steps.len() as u64;
-            f.steps = VecDeque::new();
+            f.steps.clear();
+            if self.spare_steps.capacity() == 0 {
+                std::mem::swap(&mut f.steps, &mut self.spare_steps);
+            } else {
+                f.steps = VecDeque::new();
+            }
         }
     }
 
