@@ -55,8 +55,13 @@ pub fn merge(args: &MergeArgs) -> Result<()> {
 mod tests {
     use std::path::PathBuf;
 
+    use lockd_trace_common::{
+        nlm::proc_num,
+        nlm_op::{CLNT_CALL, CLNT_PROC_ENTER, SVC_LOCK},
+    };
+
     use crate::{
-        event::{Body, Event, Lock, LockRecord},
+        event::{Body, Event, Lock, LockRecord, NlmRecord},
         tracefile::Merged,
         tracefile::{Header, Item, Rotation, Writer},
     };
@@ -124,6 +129,97 @@ mod tests {
         assert!(
             same.iter()
                 .all(|(_, k, p)| *k == (42, 9) && p.as_deref() == Some("/data/f"))
+        );
+    }
+
+    fn nlm(op: u16, tid: u32, ts_ns: u64) -> Event {
+        Event {
+            ts_ns,
+            tid,
+            pid: tid,
+            comm: if op == CLNT_CALL || op == CLNT_PROC_ENTER {
+                "locker"
+            } else {
+                "lockd"
+            }
+            .into(),
+            body: Body::Nlm(Box::new(NlmRecord {
+                op,
+                cmd: if op == CLNT_PROC_ENTER {
+                    7
+                } else {
+                    proc_num::LOCK
+                },
+                svid: 5,
+                fh: if op == CLNT_PROC_ENTER {
+                    vec![]
+                } else {
+                    vec![1, 0, 1, 9]
+                },
+                nlm_status: (op != CLNT_PROC_ENTER).then_some(0),
+                lock: Lock {
+                    start: 0,
+                    end: 99,
+                    ..Lock::default()
+                },
+                ..NlmRecord::default()
+            })),
+        }
+    }
+
+    fn nlm_file(name: &str, host: &str, wall_ns: i128, events: &[Event]) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lockd-trace-merge-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join(name);
+        let header = Header {
+            host: host.into(),
+            boot_id: host.into(),
+            ..Header::here(vec![], (0, wall_ns))
+        };
+        let mut w = Writer::create(&path, header, Rotation::default()).unwrap();
+        for e in events {
+            w.event(e, None).unwrap();
+        }
+        w.flush().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_server_whose_wall_clock_is_minutes_off_is_lined_up_by_its_nlm_calls() {
+        // The client asked at 1.000 s and had GRANTED at 1.002 s of its clock; the server
+        // handled the call at 50.001 s of its own (booted 49 s earlier), and its wall clock
+        // is 300 s ahead: trusting it would put the handling 5 minutes after the reply.
+        const S: u64 = 1_000_000_000;
+        let client = nlm_file(
+            "pc.ldt",
+            "client",
+            1_000 * S as i128,
+            &[nlm(CLNT_PROC_ENTER, 7, S), nlm(CLNT_CALL, 7, S + 2_000_000)],
+        );
+        let server = nlm_file(
+            "ps.ldt",
+            "server",
+            (1_000 - 49 + 300) * S as i128,
+            &[nlm(SVC_LOCK, 600, 50 * S + 1_000_000)],
+        );
+        let mut m = Merged::open(&[client, server]).unwrap();
+        let order: Vec<(u16, u64)> = m
+            .by_ref()
+            .filter_map(|(item, _)| match item {
+                Item::Event(Event {
+                    ts_ns,
+                    body: Body::Nlm(n),
+                    ..
+                }) => Some((n.op, ts_ns)),
+                _ => None,
+            })
+            .collect();
+        let ops: Vec<u16> = order.iter().map(|o| o.0).collect();
+        assert_eq!(ops, [CLNT_PROC_ENTER, SVC_LOCK, CLNT_CALL]);
+        assert_eq!(
+            order[1].1,
+            S + 1_000_000,
+            "the middle of what the pair allows"
         );
     }
 }

@@ -7,7 +7,10 @@ use std::{collections::HashMap, io, path::PathBuf, rc::Rc};
 
 use anyhow::{Result, bail};
 
-use super::{Damage, Item, Reader};
+use super::{
+    Damage, Item, Reader,
+    pairing::{self, Side},
+};
 use crate::{
     clock::Clock,
     event::{Body, Event},
@@ -61,6 +64,42 @@ impl Input {
                 p
             }
         }
+    }
+}
+
+/// Puts each file of another boot on the first file's clock by the NLM calls it shares
+/// with the first (pairing.rs), where any pair: wall clocks can be minutes apart.
+fn line_up_by_nlm(inputs: &mut [Input]) {
+    let Some((first, rest)) = inputs.split_first_mut() else {
+        return;
+    };
+    if rest.is_empty() {
+        return;
+    }
+    let Ok(base) = Side::read(&first.path) else {
+        return;
+    };
+    for i in rest {
+        let Ok(side) = Side::read(&i.path) else {
+            continue;
+        };
+        let name = i.path.display();
+        let Some(e) = pairing::estimate(&base, &side) else {
+            // One boot's files (rotated, or recorded side by side) need none.
+            if i.boot != 0 {
+                crate::say!(
+                    "lockd-trace: {name}: no NLM call pairs with {}; the wall clocks' offset is \
+                     used",
+                    first.path.display()
+                );
+            }
+            continue;
+        };
+        let wall = (i.boot != 0).then_some(i.shift);
+        if wall.is_some() {
+            i.shift = e.shift;
+        }
+        crate::say!("lockd-trace: {name}: {}", pairing::said(&e, wall));
     }
 }
 
@@ -123,6 +162,7 @@ impl Merged {
                 i.host = None;
             }
         }
+        line_up_by_nlm(&mut inputs);
         let mut m = Merged {
             inputs,
             clock,

@@ -4,6 +4,7 @@
 
 mod codec;
 mod merged;
+mod pairing;
 mod reader;
 mod writer;
 

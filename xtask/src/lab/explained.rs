@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
 use super::{expect::Results, offline::Public};
@@ -128,6 +128,56 @@ pub fn check(scenario: &str, dir: &Path, r: &Results) -> Result<()> {
     Ok(())
 }
 
+/// The two files share one boot's clock, so the offset the NLM pairs give must hold 0 within
+/// its bound, with every call of the client's file paired (its NLM calls with a file handle:
+/// nlmclnt_call and the asynchronous UNLOCK's reply).
+fn clocks_paired(client: &Path, merge_err: &str) -> Result<()> {
+    let calls = super::expect::export(client)?
+        .iter()
+        .filter(|e| {
+            matches!(
+                e["op"].as_str(),
+                Some("nlmclnt_call" | "nlmclnt_unlock_reply")
+            ) && e["fh"].as_str().is_some_and(|f| !f.is_empty())
+        })
+        .count();
+    let line = merge_err
+        .lines()
+        .find(|l| l.contains("NLM calls paired"))
+        .ok_or_else(|| anyhow!("merge said nothing of NLM pairs: {merge_err}"))?;
+    let (paired, unpaired, offset, within) =
+        pairing_said(line).ok_or_else(|| anyhow!("unreadable pairing line: {line}"))?;
+    if paired != calls || unpaired != 0 {
+        bail!(
+            "{calls} NLM calls in client.ldt, but merge paired {paired} ({unpaired} unpaired): {line}"
+        );
+    }
+    if offset.abs() > within || within > 1000.0 {
+        bail!("one boot's clock, yet the pairs put the offset outside {within} ms of 0: {line}");
+    }
+    eprintln!(
+        "xtask lab:   {paired} NLM calls paired across the two files: 0 within {offset} ± {within} ms"
+    );
+    Ok(())
+}
+
+/// "... N NLM calls paired ... (U unpaired); by them the clocks differ by X ms ± W ms; ..."
+fn pairing_said(line: &str) -> Option<(usize, usize, f64, f64)> {
+    let num = |after: &str, end: char| -> Option<f64> {
+        let rest = line.split(after).nth(1)?;
+        rest[..rest.find(end)?].trim().parse().ok()
+    };
+    let paired = line
+        .split(" NLM calls paired")
+        .next()?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    let unpaired = num("server (", ' ')? as usize;
+    Some((paired, unpaired, num("differ by ", ' ')?, num("± ", ' ')?))
+}
+
 /// The out-of-sync run was also recorded as two files: the client side (the lockers' NLM
 /// client calls and local locks) and the server side (lockd, and the python3 that wrote
 /// unlock_filesystem). The client file alone cannot say why the server granted the lock;
@@ -151,6 +201,7 @@ fn merged(public: &Public, dir: &Path, text: &str, live: &Value) -> Result<()> {
     if !ok {
         bail!("lockd-trace merge failed: {err}");
     }
+    clocks_paired(&client, &err)?;
     let merged = public.analyze(&both)?;
     let m = explanation(&merged, text, "analyze of the merged file")?;
     for field in [
@@ -173,4 +224,15 @@ fn merged(public: &Public, dir: &Path, text: &str, live: &Value) -> Result<()> {
         m["server_forgot"]["pid"]
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_pairing_line() {
+        let line = "lockd-trace: /tmp/x/server.ldt: 4 NLM calls paired with their handling by \
+                    the server (1 unpaired); by them the clocks differ by -2.559 ms ± 4.761 ms; \
+                    one boot, so its own clock is used";
+        assert_eq!(super::pairing_said(line), Some((4, 1, -2.559, 4.761)));
+    }
 }
