@@ -66,16 +66,26 @@ mod tests {
         tracefile::{Header, Item, Rotation, Writer},
     };
 
-    fn file(name: &str, host: &str, boot: &str, wall_ns: i128, ts_ns: u64) -> PathBuf {
+    /// A trace file of `host`'s boot `boot`, its clock read as (monotonic, wall) `at`.
+    fn write(name: &str, host: &str, boot: &str, at: (u64, i128), evs: &[Event]) -> PathBuf {
         let d = std::env::temp_dir().join(format!("lockd-trace-merge-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         let path = d.join(name);
         let header = Header {
             host: host.into(),
             boot_id: boot.into(),
-            ..Header::here(vec![], (1_000, wall_ns))
+            ..Header::here(vec![], at)
         };
         let mut w = Writer::create(&path, header, Rotation::default()).unwrap();
+        for e in evs {
+            let path = matches!(e.body, Body::Lock(_)).then_some("/data/f");
+            w.event(e, path).unwrap();
+        }
+        w.flush().unwrap();
+        path
+    }
+
+    fn file(name: &str, host: &str, boot: &str, wall_ns: i128, ts_ns: u64) -> PathBuf {
         let ev = Event {
             ts_ns,
             tid: 7,
@@ -91,9 +101,7 @@ mod tests {
                 blocker: None,
             }),
         };
-        w.event(&ev, Some("/data/f")).unwrap();
-        w.flush().unwrap();
-        path
+        write(name, host, boot, (1_000, wall_ns), &[ev])
     }
 
     fn read(files: &[PathBuf]) -> Vec<(u64, (u32, u64), Option<String>)> {
@@ -168,20 +176,7 @@ mod tests {
     }
 
     fn nlm_file(name: &str, host: &str, wall_ns: i128, events: &[Event]) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lockd-trace-merge-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let path = d.join(name);
-        let header = Header {
-            host: host.into(),
-            boot_id: host.into(),
-            ..Header::here(vec![], (0, wall_ns))
-        };
-        let mut w = Writer::create(&path, header, Rotation::default()).unwrap();
-        for e in events {
-            w.event(e, None).unwrap();
-        }
-        w.flush().unwrap();
-        path
+        write(name, host, host, (0, wall_ns), events)
     }
 
     #[test]

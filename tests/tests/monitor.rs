@@ -17,6 +17,24 @@ fn shm() -> Scratch {
     Scratch::new_in(std::path::Path::new("/dev/shm"), "mon")
 }
 
+/// a holds [0, 10] of `f`; b is refused [5, 5].
+fn held_and_refused(f: &str) -> (Locker, Locker) {
+    let mut a = Locker::spawn(f);
+    let mut b = Locker::spawn(f);
+    assert_eq!(a.cmd("setlk w 0 10"), "ok");
+    assert_eq!(b.cmd("setlk w 5 1"), "err EAGAIN");
+    (a, b)
+}
+
+/// b waits for [5, 5] until a unlocks, then the monitor gets time to see it all.
+fn wait_for_unlock(a: &mut Locker, b: &mut Locker) {
+    b.send("setlkw w 5 1");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.cmd("setlk u 0 10"), "ok");
+    assert_eq!(b.read_line(), "ok");
+    thread::sleep(Duration::from_millis(1500));
+}
+
 #[test]
 fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
     let fs = PrivateFs::mount("filter");
@@ -36,17 +54,10 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
         "-w",
         trace.to_str().unwrap(),
     ]);
-    let mut a = Locker::spawn(&f);
-    let mut b = Locker::spawn(&f);
-    assert_eq!(a.cmd("setlk w 0 10"), "ok");
-    assert_eq!(b.cmd("setlk w 5 1"), "err EAGAIN");
+    let (mut a, mut b) = held_and_refused(&f);
     assert_eq!(b.cmd("getlk w 0 0"), format!("getlk w 0 10 {}", a.pid));
     // A wait on tmpfs: its granted retry is filtered, its end comes from fcntl_setlk.
-    b.send("setlkw w 5 1");
-    thread::sleep(Duration::from_millis(500));
-    assert_eq!(a.cmd("setlk u 0 10"), "ok");
-    assert_eq!(b.read_line(), "ok");
-    thread::sleep(Duration::from_millis(1500));
+    wait_for_unlock(&mut a, &mut b);
     let m = scrape(&addr);
     // a's locks stayed in the kernel; b's EAGAIN and wait came through; the getlk was not
     // looked at (monitor leaves the fcntl syscall hooks out).
@@ -163,15 +174,8 @@ fn without_an_nfs_module_no_lock_hook_runs() {
     );
     // What --always-hook's monitor counts (the test above): a granted lock filtered in the
     // kernel, a refusal and a wait sent. Here no program runs, so nothing is counted anywhere.
-    let mut a = Locker::spawn(&f);
-    let mut b = Locker::spawn(&f);
-    assert_eq!(a.cmd("setlk w 0 10"), "ok");
-    assert_eq!(b.cmd("setlk w 5 1"), "err EAGAIN");
-    b.send("setlkw w 5 1");
-    thread::sleep(Duration::from_millis(500));
-    assert_eq!(a.cmd("setlk u 0 10"), "ok");
-    assert_eq!(b.read_line(), "ok");
-    thread::sleep(Duration::from_millis(1500));
+    let (mut a, mut b) = held_and_refused(&f);
+    wait_for_unlock(&mut a, &mut b);
     let m = scrape(&addr);
     assert_eq!(sample(&m, "lockd_trace_lock_hooks_idle"), Some(1), "{m}");
     assert_eq!(
