@@ -132,15 +132,7 @@ pub fn check(scenario: &str, dir: &Path, r: &Results) -> Result<()> {
 /// its bound, with every call of the client's file paired (its NLM calls with a file handle:
 /// nlmclnt_call and the asynchronous UNLOCK's reply).
 fn clocks_paired(client: &Path, merge_err: &str) -> Result<()> {
-    let calls = super::expect::export(client)?
-        .iter()
-        .filter(|e| {
-            matches!(
-                e["op"].as_str(),
-                Some("nlmclnt_call" | "nlmclnt_unlock_reply")
-            ) && e["fh"].as_str().is_some_and(|f| !f.is_empty())
-        })
-        .count();
+    let calls = nlm_calls(&super::expect::export(client)?);
     let line = merge_err
         .lines()
         .find(|l| l.contains("NLM calls paired"))
@@ -161,8 +153,23 @@ fn clocks_paired(client: &Path, merge_err: &str) -> Result<()> {
     Ok(())
 }
 
+/// The NLM calls a client's events hold that merge can pair: its calls with a file handle
+/// (nlmclnt_call and the asynchronous UNLOCK's reply).
+pub fn nlm_calls(events: &[Value]) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e["op"].as_str(),
+                Some("nlmclnt_call" | "nlmclnt_unlock_reply")
+            ) && e["fh"].as_str().is_some_and(|f| !f.is_empty())
+        })
+        .count()
+}
+
 /// "... N NLM calls paired ... (U unpaired); by them the clocks differ by X ms ± W ms; ..."
-fn pairing_said(line: &str) -> Option<(usize, usize, f64, f64)> {
+/// or, for files of two boots, "... by them its wall clock is X ms ahead ± W ms; ...".
+pub fn pairing_said(line: &str) -> Option<(usize, usize, f64, f64)> {
     let num = |after: &str, end: char| -> Option<f64> {
         let rest = line.split(after).nth(1)?;
         rest[..rest.find(end)?].trim().parse().ok()
@@ -175,7 +182,8 @@ fn pairing_said(line: &str) -> Option<(usize, usize, f64, f64)> {
         .parse()
         .ok()?;
     let unpaired = num("server (", ' ')? as usize;
-    Some((paired, unpaired, num("differ by ", ' ')?, num("± ", ' ')?))
+    let offset = num("differ by ", ' ').or_else(|| num("wall clock is ", ' '))?;
+    Some((paired, unpaired, offset, num("± ", ' ')?))
 }
 
 /// The out-of-sync run was also recorded as two files: the client side (the lockers' NLM
@@ -234,5 +242,9 @@ mod tests {
                     the server (1 unpaired); by them the clocks differ by -2.559 ms ± 4.761 ms; \
                     one boot, so its own clock is used";
         assert_eq!(super::pairing_said(line), Some((4, 1, -2.559, 4.761)));
+        let line = "lockd-trace: c.ldt: 5 NLM calls paired with their handling by the server (0 \
+                    unpaired); by them its wall clock is 300412.250 ms ahead ± 1.200 ms; the \
+                    pairs' offset is used";
+        assert_eq!(super::pairing_said(line), Some((5, 0, 300412.25, 1.2)));
     }
 }

@@ -10,6 +10,7 @@ mod image;
 mod killed;
 mod late_attach;
 mod offline;
+mod pair;
 mod table;
 mod vm;
 
@@ -76,6 +77,17 @@ enum LabCmd {
     },
     /// The README's table of probes and scenarios per kernel, from the last runs' results.
     Table,
+    /// Two machines: an NFS server guest and a client guest on different kernels, on a
+    /// private link, each traced; the two trace files merged and explained on the host.
+    Pair {
+        #[arg(long, default_value = PAIR.0)]
+        server_kernel: String,
+        #[arg(long, default_value = PAIR.1)]
+        client_kernel: String,
+        /// Check the last pair run's results again, without booting.
+        #[arg(long)]
+        check: bool,
+    },
     /// An interactive guest with NFS up (serial console; `poweroff -f` or Ctrl-A X to leave).
     Shell {
         #[arg(long, default_value = "6.1")]
@@ -94,17 +106,38 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCmd::Check { scenarios, kernel } => {
             check_results(&kernels(&kernel)?, names(&scenarios)?.as_deref())
         }
+        LabCmd::Pair { check: true, .. } => pair::check_again(),
+        LabCmd::Pair {
+            server_kernel,
+            client_kernel,
+            ..
+        } => pair::run(&one_kernel(&server_kernel)?, &one_kernel(&client_kernel)?),
         LabCmd::Table => table::write(KERNELS),
-        LabCmd::Shell { kernel } => shell(&kernels(&kernel)?[0]),
+        LabCmd::Shell { kernel } => shell(&one_kernel(&kernel)?),
     }
 }
 
-/// The CI entry: every kernel, each with its scenarios, one boot per kernel; then the
-/// README's kernel table from the results.
+/// The pair CI runs (server, client): two kernels apart, each side on its own.
+const PAIR: (&str, &str) = ("6.1", "6.12");
+
+/// The CI entry: every kernel, each with its scenarios, one boot per kernel; the README's
+/// kernel table from the results; then the two-guest pair.
 pub fn test() -> Result<()> {
     let ran = run_scenarios(KERNELS, None, None);
     table::write(KERNELS)?;
-    ran
+    let pair = pair::run(&one_kernel(PAIR.0)?, &one_kernel(PAIR.1)?);
+    match (ran, pair) {
+        (Ok(()), pair) => pair,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(p)) => Err(anyhow::anyhow!("{e:#}\n{p:#}")),
+    }
+}
+
+fn one_kernel(name: &str) -> Result<Kernel> {
+    if name == "all" {
+        bail!("one lab kernel is needed here, not all");
+    }
+    Ok(kernels(name)?[0])
 }
 
 fn kernels(name: &str) -> Result<Vec<Kernel>> {
@@ -179,15 +212,28 @@ fn prepare_share(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
     let (rounds, pairs) = plan.bench;
     fs::write(share.join("bench.txt"), format!("{rounds} {pairs}"))?;
     fs::write(share.join("reloads.txt"), plan.reloads.to_string())?;
-    // A kernel without module BTF gets lockd's, made on the host (lab/btf.rs).
-    let mut args = String::new();
-    if k.debug_package.is_some() {
-        fs::create_dir_all(share.join("btf"))?;
-        fs::copy(btf::dir(k).join("lockd"), share.join("btf/lockd"))
-            .context("lockd's BTF missing: `cargo xtask lab build` makes it")?;
-        args = "--btf-dir /share/btf".into();
+    fs::write(
+        share.join("tracer-args.txt"),
+        tracer_args(k, &share, "btf")?,
+    )?;
+    copy_tools(&share)?;
+    Ok(share)
+}
+
+/// What every lockd-trace on `k` is given: a kernel without module BTF gets lockd's, made on
+/// the host (lab/btf.rs), copied to share/DIR.
+fn tracer_args(k: &Kernel, share: &Path, dir: &str) -> Result<String> {
+    if k.debug_package.is_none() {
+        return Ok(String::new());
     }
-    fs::write(share.join("tracer-args.txt"), args)?;
+    fs::create_dir_all(share.join(dir))?;
+    fs::copy(btf::dir(k).join("lockd"), share.join(dir).join("lockd"))
+        .context("lockd's BTF missing: `cargo xtask lab build` makes it")?;
+    Ok(format!("--btf-dir /share/{dir}"))
+}
+
+/// lockd-trace and the locker, from the release build, into the share.
+fn copy_tools(share: &Path) -> Result<()> {
     let release = workspace::binary();
     for (src, name) in [
         (release.clone(), "lockd-trace"),
@@ -196,7 +242,7 @@ fn prepare_share(k: &Kernel, plan: &Plan) -> Result<PathBuf> {
         fs::copy(&src, share.join(name))
             .with_context(|| format!("{} missing: build the workspace first", src.display()))?;
     }
-    Ok(share)
+    Ok(())
 }
 
 /// Guests booted at once: each is one TCG vCPU on its own host core, and a guest mostly waits

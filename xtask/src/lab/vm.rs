@@ -1,10 +1,11 @@
-//! Booting one lab guest under qemu: the rootfs and a per-run share over virtio-9p, serial
-//! console to a log, no network device (everything is loopback inside the guest).
+//! Booting a lab guest under qemu: the rootfs and a per-run share over virtio-9p, serial
+//! console to a log; no network device (everything is loopback inside the guest), or for the
+//! two-guest pair one private link to the other guest's qemu.
 
 use std::{
     fs,
-    path::Path,
-    process::{Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -13,11 +14,65 @@ use anyhow::{Context as _, Result, bail};
 
 use super::image::{self, Kernel};
 
+/// The pair's private network: this guest's MAC, and the 127.0.0.1 UDP ports its qemu sends
+/// from and to (the other guest's qemu has them the other way round).
+pub struct Nic {
+    pub mac: &'static str,
+    pub local: u16,
+    pub remote: u16,
+}
+
+/// One guest: the kernel, the share (mounted at /share), its console log, the role the pair
+/// init reads from the kernel command line, and its network device (None: no network).
+pub struct Guest<'a> {
+    pub k: &'a Kernel,
+    pub share: &'a Path,
+    pub console: PathBuf,
+    pub role: Option<&'a str>,
+    pub nic: Option<Nic>,
+}
+
+/// Boots one guest with no network and waits for its scenarios ("LAB: done").
+pub fn boot(k: &Kernel, share: &Path, timeout: Duration, interactive: bool) -> Result<()> {
+    let g = Guest {
+        k,
+        share,
+        console: share.join("console.log"),
+        role: None,
+        nic: None,
+    };
+    if interactive {
+        let status = command(&g)
+            .status()
+            .context("starting qemu-system-x86_64")?;
+        if !status.success() {
+            bail!("qemu exited with {status}");
+        }
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut child = spawn(&g)?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            eprintln!("xtask lab: {} guest ran {:.0?}", k.name, start.elapsed());
+            return finished(&g, status);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            bail!(
+                "the {} guest did not finish within {timeout:?}; see {}",
+                k.name,
+                g.console.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// TCG: a stock Debian kernel hangs under KVM on this kind of host. One vCPU: a 6.12 guest with
 /// two once died on an int3 that live text patching had already replaced (tracers attach and
 /// detach all through the scenarios), which one vCPU cannot race; and guests run two at a time.
-pub fn boot(k: &Kernel, share: &Path, timeout: Duration, interactive: bool) -> Result<()> {
-    let console = share.join("console.log");
+fn command(g: &Guest) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
@@ -30,61 +85,67 @@ pub fn boot(k: &Kernel, share: &Path, timeout: Duration, interactive: bool) -> R
         "-no-reboot",
     ])
     .arg("-kernel")
-    .arg(image::vmlinuz(k))
+    .arg(image::vmlinuz(g.k))
     .arg("-initrd")
-    .arg(image::initrd(k))
+    .arg(image::initrd(g.k));
     // mitigations=off: TCG emulates the speculation barriers and return thunks slowly (a 6.1
     // guest ran 648 s with them, 476 s without, for the same two scenarios).
-    .args(["-append", "console=ttyS0 panic=-1 quiet mitigations=off"])
-    .args(["-nic", "none"])
-    .arg("-fsdev")
-    .arg(format!(
-        "local,id=r,path={},security_model=passthrough",
-        image::rootfs().display()
-    ))
-    .args(["-device", "virtio-9p-pci,fsdev=r,mount_tag=root"])
-    .arg("-fsdev")
-    .arg(format!(
-        "local,id=s,path={},security_model=passthrough",
-        share.display()
-    ))
-    .args(["-device", "virtio-9p-pci,fsdev=s,mount_tag=share"]);
-    if interactive {
-        let status = cmd.status().context("starting qemu-system-x86_64")?;
-        if !status.success() {
-            bail!("qemu exited with {status}");
-        }
-        return Ok(());
+    let mut append = "console=ttyS0 panic=-1 quiet mitigations=off".to_string();
+    if let Some(role) = g.role {
+        append += &format!(" lab.role={role}");
     }
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&console)?)
-        .stderr(Stdio::inherit());
+    cmd.arg("-append").arg(append);
+    match &g.nic {
+        None => cmd.args(["-nic", "none"]),
+        // Datagrams between the two qemu processes over the host's loopback: nothing else is
+        // reachable from the guests, and neither qemu waits for the other to start.
+        Some(n) => cmd
+            .arg("-netdev")
+            .arg(format!(
+                "socket,id=n0,udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
+                n.remote, n.local
+            ))
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=n0,mac={}", n.mac)),
+    };
+    cmd.arg("-fsdev")
+        .arg(format!(
+            "local,id=r,path={},security_model=passthrough",
+            image::rootfs().display()
+        ))
+        .args(["-device", "virtio-9p-pci,fsdev=r,mount_tag=root"])
+        .arg("-fsdev")
+        .arg(format!(
+            "local,id=s,path={},security_model=passthrough",
+            g.share.display()
+        ))
+        .args(["-device", "virtio-9p-pci,fsdev=s,mount_tag=share"]);
+    cmd
+}
+
+/// Starts the guest, its console to its log.
+pub fn spawn(g: &Guest) -> Result<Child> {
     eprintln!(
-        "xtask lab: booting {} under TCG (console: {})",
-        k.name,
-        console.display()
+        "xtask lab: booting {}{} under TCG (console: {})",
+        g.k.name,
+        g.role.map(|r| format!(" as the {r}")).unwrap_or_default(),
+        g.console.display()
     );
-    let start = Instant::now();
-    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            eprintln!("xtask lab: {} guest ran {:.0?}", k.name, start.elapsed());
-            let log = fs::read_to_string(&console).unwrap_or_default();
-            if !status.success() || !log.contains("LAB: done") {
-                bail!("{}", stopped_early(k, &status.to_string(), &log));
-            }
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            bail!(
-                "the {} guest did not finish within {timeout:?}; see {}",
-                k.name,
-                console.display()
-            );
-        }
-        thread::sleep(Duration::from_millis(500));
+    command(g)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&g.console)?)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")
+}
+
+/// The guest's qemu exited with `status`: an error unless its scenarios were done.
+pub fn finished(g: &Guest, status: ExitStatus) -> Result<()> {
+    let log = fs::read_to_string(&g.console).unwrap_or_default();
+    if !status.success() || !log.contains("LAB: done") {
+        bail!("{}", stopped_early(g.k, &status.to_string(), &log));
     }
+    Ok(())
 }
 
 /// Why a guest stopped before its scenarios were done, naming a kernel crash as such, with the

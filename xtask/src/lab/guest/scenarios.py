@@ -416,4 +416,5 @@ def main():
     return ok
 
 
-sys.exit(main())
+if __name__ == "__main__":  # pair.py imports the helpers
+    sys.exit(main())

@@ -1,0 +1,329 @@
+//! Two machines: an NFS server guest and a client guest, each its own qemu and kernel, on a
+//! private link. Each traces itself (server: `monitor -w`, client: `record`); the host merges
+//! the two files as an admin would afterwards, without root, and checks what they explain.
+
+use std::{
+    fs,
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    process::Child,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
+
+use super::{
+    copy_tools,
+    expect::{self, Results},
+    explained::{self, want},
+    image::{self, Kernel},
+    offline::Public,
+    tracer_args,
+    vm::{self, Guest, Nic},
+};
+use crate::workspace;
+
+/// How far ahead the client guest sets its wall clock (pair-init.sh).
+const SKEW_MS: f64 = 300_000.0;
+const OOS: &str = "VFS is out of sync with lock manager!";
+
+fn share() -> PathBuf {
+    workspace::workspace_root().join("target/lab/pair")
+}
+
+/// Boots the pair, runs its scenarios and checks them.
+pub fn run(server: &Kernel, client: &Kernel) -> Result<()> {
+    image::build(&[*server, *client])?;
+    workspace::release_with_tests()?;
+    let share = prepare(server, client)?;
+    boot(server, client, &share)?;
+    check(&share)
+}
+
+/// Checks the last run's results again, without booting.
+pub fn check_again() -> Result<()> {
+    check(&share())
+}
+
+fn prepare(server: &Kernel, client: &Kernel) -> Result<PathBuf> {
+    let share = share();
+    let _ = fs::remove_dir_all(&share);
+    fs::create_dir_all(share.join("results"))?;
+    fs::create_dir_all(share.join("sync"))?;
+    for (name, text) in [
+        ("guest-init.sh", include_str!("guest/pair-init.sh")),
+        ("pair.py", include_str!("guest/pair.py")),
+        ("scenarios.py", include_str!("guest/scenarios.py")),
+    ] {
+        fs::write(share.join(name), text)?;
+    }
+    for (role, k) in [("server", server), ("client", client)] {
+        let args = tracer_args(k, &share, &format!("btf-{role}"))?;
+        fs::write(share.join(format!("tracer-args-{role}.txt")), args)?;
+    }
+    copy_tools(&share)?;
+    Ok(share)
+}
+
+/// A UDP port on 127.0.0.1 free just now, for one qemu's end of the link.
+fn free_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Both guests at once; the client's qemu is quit when the client asks to vanish (holding a
+/// lock), then the server is told; done when the server powers off.
+fn boot(server: &Kernel, client: &Kernel, share: &Path) -> Result<()> {
+    let (s_port, c_port) = (free_port()?, free_port()?);
+    let guest = |k, role: &'static str, mac, local, remote| Guest {
+        k,
+        share,
+        console: share.join(format!("console-{role}.log")),
+        role: Some(role),
+        nic: Some(Nic { mac, local, remote }),
+    };
+    let sg = guest(server, "server", "52:54:00:00:09:01", s_port, c_port);
+    let cg = guest(client, "client", "52:54:00:00:09:02", c_port, s_port);
+    let start = Instant::now();
+    let mut s = vm::spawn(&sg)?;
+    let c = vm::spawn(&cg);
+    let ran = c.and_then(|mut c| {
+        let ran = watch(&sg, &mut s, &cg, &mut c, share, start);
+        let _ = c.kill();
+        let _ = c.wait();
+        ran
+    });
+    let _ = s.kill();
+    let _ = s.wait();
+    eprintln!(
+        "xtask lab: the pair ({} server, {} client) ran {:.0?}",
+        server.name,
+        client.name,
+        start.elapsed()
+    );
+    ran
+}
+
+fn watch(
+    sg: &Guest,
+    s: &mut Child,
+    cg: &Guest,
+    c: &mut Child,
+    share: &Path,
+    start: Instant,
+) -> Result<()> {
+    // TCG, both guests on two cores: ~3 min to boot and mount, ~5 for the scenarios.
+    let timeout = Duration::from_secs(1200);
+    let sync = share.join("sync");
+    let mut vanished = false;
+    loop {
+        if !vanished && sync.join("vc-kill-me").exists() {
+            c.kill().context("quitting the client's qemu")?;
+            c.wait()?;
+            vanished = true;
+            fs::write(sync.join("vc-client-gone"), "")?;
+            eprintln!("xtask lab: the client machine vanished (its qemu quit holding a lock)");
+        }
+        if !vanished && let Some(status) = c.try_wait()? {
+            return Err(vm::finished(cg, status).err().unwrap_or_else(|| {
+                anyhow!(
+                    "the client guest powered off before it vanished; see {}",
+                    cg.console.display()
+                )
+            }));
+        }
+        if let Some(status) = s.try_wait()? {
+            return vm::finished(sg, status);
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "the pair did not finish within {timeout:?}; see {} and {}",
+                sg.console.display(),
+                cg.console.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn check(share: &Path) -> Result<()> {
+    let results = share.join("results");
+    let mut failures = Vec::new();
+    for (name, checked) in [
+        ("out-of-sync", out_of_sync(&results.join("out-of-sync"))),
+        (
+            "vanished-client",
+            vanished(&results.join("vanished-client")),
+        ),
+    ] {
+        match checked {
+            Ok(()) => eprintln!("xtask lab: pair {name}: ok"),
+            Err(e) => failures.push(format!("pair {name}: {e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        bail!("two-guest scenarios failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+fn facts(dir: &Path) -> Result<Value> {
+    let f = dir.join("facts.json");
+    let facts: Value = serde_json::from_str(
+        &fs::read_to_string(&f).with_context(|| format!("{} missing", f.display()))?,
+    )?;
+    if let Some(e) = facts.get("error") {
+        bail!("the scenario failed in the guest: {e}");
+    }
+    Ok(facts)
+}
+
+/// The client's kernel line explained from the client's file alone (no server act in it),
+/// then from the two files merged across boots: lined up by the NLM calls they share (the
+/// client's wall clock five minutes ahead), naming the server admin's act from the server's
+/// own file.
+fn out_of_sync(dir: &Path) -> Result<()> {
+    let (cf, sf) = (facts(&dir.join("client"))?, facts(&dir.join("server"))?);
+    for who in ["p", "q"] {
+        if cf[who]["setlkw w 0 100"] != "ok" {
+            bail!("{who} was not told success: {cf}");
+        }
+    }
+    let (p, q) = (&cf["p"]["pid"], &cf["q"]["pid"]);
+    let public = Public::new(dir)?;
+    let client = public.copy(&dir.join("client/trace.ldt"), "client.ldt")?;
+    let server = public.copy(&dir.join("server/trace.ldt"), "server.ldt")?;
+    let alone = public.analyze(&client)?;
+    let one = explanation(&alone, "analyze of the client's file")?;
+    for (field, v) in [
+        ("kind", "vfs_out_of_sync".into()),
+        ("file", "/mnt/nfs/oos".into()),
+        ("pid", q.clone()),
+        ("lock.start", 0.into()),
+        ("lock.end", 99.into()),
+        ("blocker.pid", p.clone()),
+    ] {
+        want(one, field, v, "client's file")?;
+    }
+    if !one["server_forgot"].is_null() {
+        bail!("the client's file alone cannot know the server forgot: {one:#}");
+    }
+    // The server's file first: its clock is the reference, the client's is the one off.
+    let both = public.path("both.ldt");
+    let (ok, _, err) = public.run(&[
+        "merge",
+        &server.to_string_lossy(),
+        &client.to_string_lossy(),
+        "-o",
+        &both.to_string_lossy(),
+    ])?;
+    if !ok {
+        bail!("lockd-trace merge failed: {err}");
+    }
+    paired(&client, &err)?;
+    let merged = public.analyze(&both)?;
+    let m = explanation(&merged, "analyze of the merged files")?;
+    // Two boots: each side's paths carry its host name.
+    want(m, "file", "labclient:/mnt/nfs/oos".into(), "merged")?;
+    for field in [
+        "kind",
+        "pid",
+        "lock",
+        "blocker.pid",
+        "blocker.start",
+        "blocker.end",
+    ] {
+        let one_side = field.split('.').fold(one, |v, k| &v[k]).clone();
+        want(m, field, one_side, "merged")?;
+    }
+    want(
+        m,
+        "server_forgot.pid",
+        sf["scenario_pid"]["pid"].clone(),
+        "merged",
+    )?;
+    want(
+        m,
+        "server_forgot.file",
+        "labserver:/export/oos".into(),
+        "merged",
+    )?;
+    want(
+        m,
+        "server_forgot.host",
+        "labclient (10.0.9.2)".into(),
+        "merged",
+    )?;
+    // On one clock: p got its lock, then the server forgot it, then q was granted. (On the
+    // wall clocks the forgetting would come five minutes before p's lock.)
+    let at = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let (p_at, forgot, q_at) = (
+        at(&m["blocker"]["since"]),
+        at(&m["server_forgot"]["time"]),
+        at(&m["granted"]),
+    );
+    if p_at.is_empty() || !(p_at < forgot && forgot < q_at) {
+        bail!("merged out of order: p locked {p_at}, server forgot {forgot}, q granted {q_at}");
+    }
+    eprintln!(
+        "xtask lab:   merged across machines: {}",
+        m["headline"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+fn explanation<'a>(events: &'a [Value], source: &str) -> Result<&'a Value> {
+    explained::explanation(events, OOS, source)
+}
+
+/// Every NLM call in the client's file paired with the server's handling; the client's wall
+/// clock found about five minutes ahead, within a bound under a second.
+fn paired(client: &Path, merge_err: &str) -> Result<()> {
+    let calls = explained::nlm_calls(&expect::export(client)?);
+    let line = merge_err
+        .lines()
+        .find(|l| l.contains("NLM calls paired"))
+        .ok_or_else(|| anyhow!("merge said nothing of NLM pairs: {merge_err}"))?;
+    let (n, unpaired, ahead, within) =
+        explained::pairing_said(line).ok_or_else(|| anyhow!("unreadable pairing line: {line}"))?;
+    if n != calls || unpaired != 0 || calls == 0 {
+        bail!(
+            "{calls} NLM calls in the client's file, but merge paired {n} ({unpaired} unpaired): {line}"
+        );
+    }
+    // Both guests read the host's clock at boot, to the second.
+    if (ahead - SKEW_MS).abs() > 3000.0 || within > 1000.0 || !line.ends_with("offset is used") {
+        bail!("the client's wall clock is {SKEW_MS} ms ahead, ±3 s: {line}");
+    }
+    eprintln!("xtask lab:   {n} NLM calls paired; the client's clock {ahead} ± {within} ms ahead");
+    Ok(())
+}
+
+/// The server's monitor and file, with the client's facts and file: the vanished machine's
+/// lock named from both sides (the svid its own trace sent), the waiter, statd's unanswered
+/// notification and how long, the admin's release.
+fn vanished(dir: &Path) -> Result<()> {
+    let cf = facts(&dir.join("client"))?;
+    let mut r: Results = expect::load(&dir.join("server"), false)?;
+    r.facts["v"] = cf["v"].clone();
+    r.events
+        .extend(expect::export(&dir.join("client/trace.ldt"))?);
+    if !cf["sm"]
+        .as_array()
+        .is_some_and(|l| l.contains(&"10.0.9.1".into()))
+    {
+        bail!("the client's statd should monitor the server 10.0.9.1: {cf}");
+    }
+    expect::vanished(&r, "10.0.9.2", "10.0.9.1", false)?;
+    // How long: the notification went unanswered for over --unanswered-after (20 s).
+    let quiet = expect::finding(&r, "nsm_host_not_answering", |f| f["host"] == "10.0.9.2")?;
+    let headline = quiet["headline"].as_str().unwrap_or("");
+    let secs: Option<u64> = headline
+        .rsplit_once(" s)")
+        .and_then(|(h, _)| h.rsplit_once('(')?.1.parse().ok());
+    if secs.is_none_or(|s| s < 20) {
+        bail!("the not-answering finding should say how long, 20 s or more: {headline}");
+    }
+    Ok(())
+}
