@@ -30,10 +30,11 @@ pub struct Offsets {
     pub file_inode: u32,
     /// struct file_lock's file (6.9+: c.flc_file).
     pub fl_file: u32,
-    /// file.f_path.dentry, dentry.d_name.name, dentry.d_parent
+    /// file.f_path.dentry, dentry.d_name.name, dentry.d_parent, dentry.d_flags
     pub file_dentry: u32,
     pub dentry_name: u32,
     pub dentry_parent: u32,
+    pub dentry_flags: u32,
     /// Non-zero once filled in by the agent; programs send nothing before that.
     pub valid: u32,
 }

@@ -31,6 +31,7 @@ static OFFSETS: Offsets = Offsets {
     file_dentry: 0,
     dentry_name: 0,
     dentry_parent: 0,
+    dentry_flags: 0,
     valid: 0,
 };
 

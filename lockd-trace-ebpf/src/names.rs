@@ -18,6 +18,9 @@ pub struct FileKey {
     ino: u64,
 }
 
+/// include/linux/dcache.h (bit 5 since 2.6: anonymous dentries from exportfs).
+const DCACHE_DISCONNECTED: u32 = 1 << 5;
+
 /// Files already named; LRU so a long run re-sends a name only after it fell out.
 #[map]
 static NAMED: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(16384, 0);
@@ -55,11 +58,18 @@ pub fn name_once(fl: u64, dev: u32, ino: u64, o: &Offsets) {
         ev.depth = i as u32 + 1;
         let parent: u64 = read(dentry, o.dentry_parent);
         if parent == dentry || parent == 0 {
-            ev.complete = 1;
+            // A dentry obtained from a file handle (lockd and nfsd open files that way) with
+            // no path to it yet is its own parent too: not the root, its names unknown.
+            let flags: u32 = read(dentry, o.dentry_flags);
+            ev.complete = u32::from(flags & DCACHE_DISCONNECTED == 0);
             break;
         }
         dentry = parent;
     }
+    let named = ev.complete != 0 || ev.depth as usize == NAME_DEPTH;
     entry.submit(submit_flags::<FileNameEvent>());
-    let _ = NAMED.insert(&key, &1, 0);
+    // A disconnected file is named again next time: a process's own open of it has the path.
+    if named {
+        let _ = NAMED.insert(&key, &1, 0);
+    }
 }

@@ -116,6 +116,12 @@ fn find_in_fds(fd_dir: &Path, dev: u32, ino: u64) -> Option<PathBuf> {
     })
 }
 
+/// A path whose top is missing: `learn` writes "..." where the walk stopped (a file opened by
+/// handle, as lockd and nfsd open them, has no path until a process opens it by name).
+pub fn cut(path: &str) -> bool {
+    path.ends_with("/...") || path.contains("/.../")
+}
+
 /// Escapes control characters (and backslashes) so a file name cannot drive a terminal.
 pub fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

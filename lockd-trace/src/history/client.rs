@@ -396,6 +396,10 @@ fn reclaim(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>)
             ev.comm
         ));
     }
+    if let Some((rt, _)) = super::server::rebooted(&h.server, &n.host) {
+        let seen = super::server::reclaim_seen(h, &n.fh, n.svid, rt, status);
+        f.evidence.extend(seen);
+    }
     if let Some(g) = granted {
         f.evidence.push(format!(
             "the lock was granted at {} (svid {})",

@@ -26,6 +26,7 @@ use crate::{
     event::{Body, Event, LockRecord},
     finding::{Finding, Range},
     held::{BEFORE_TRACING, Held, Holder},
+    paths::cut,
 };
 
 pub type FileKey = (u32, u64);
@@ -182,8 +183,12 @@ impl Histories {
             f.last_use = self.tick;
             self.lru.insert(self.tick, key);
         }
-        if f.path.is_none() {
-            f.path = path.map(str::to_string);
+        // A path cut at the top ("/export/..." for a file lockd opened by handle) gives way
+        // to a whole one once a process's own open names it.
+        if let Some(p) = path
+            && f.path.as_deref().is_none_or(|old| cut(old) && !cut(p))
+        {
+            f.path = Some(p.to_string());
         }
         f
     }

@@ -24,6 +24,10 @@ pub struct Server {
     forgotten: HashMap<(Vec<u8>, u32), Forgotten>,
     /// Reboot notifications per host: (when, NSM state).
     reboots: HashMap<String, (u64, u32)>,
+    /// When lockd last handled a call for (file handle, svid), and any call at all: a
+    /// reclaim the server never handled is told apart from a server that was not traced.
+    handled: HashMap<(Vec<u8>, u32), u64>,
+    last_handled: u64,
 }
 
 fn room<K, V>(m: &mut HashMap<K, V>) {
@@ -37,6 +41,11 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
     if !n.fh.is_empty() && key != (0, 0) {
         room(&mut h.server.fh_file);
         h.server.fh_file.insert(n.fh.clone(), key);
+    }
+    if matches!(n.op, SVC_LOCK | SVC_UNLOCK | SVC_TEST | SVC_CANCEL) {
+        room(&mut h.server.handled);
+        h.server.handled.insert((n.fh.clone(), n.svid), ev.ts_ns);
+        h.server.last_handled = ev.ts_ns;
     }
     match n.op {
         // BLOCKED too: a block granted later (GRANTED callback) keeps lockd's owner.
@@ -301,6 +310,62 @@ pub(super) fn forgotten(s: &Server, fh: &[u8], svid: u32) -> Option<Forgotten> {
 
 pub(super) fn rebooted(s: &Server, host: &str) -> Option<(u64, u32)> {
     s.reboots.get(host).copied()
+}
+
+/// What the server's own trace (merged with this client's) says of a reclaim of the lock
+/// `svid` held on the file with handle `fh` that failed with `status` after the server's
+/// reboot at `since`: which file the handle is there, what became of the lock before, and
+/// that lockd never reached its lock table with the reclaim.
+pub(super) fn reclaim_seen(
+    h: &Histories,
+    fh: &[u8],
+    svid: u32,
+    since: u64,
+    status: Option<u32>,
+) -> Vec<String> {
+    let s = &h.server;
+    let t = |ns| hms_micros(h.clock.wall_ns(ns));
+    let mut said = Vec::new();
+    let file = s.fh_file.get(fh).and_then(|k| h.files.get(k));
+    if let Some(f) = file {
+        let path = f.path.as_deref().unwrap_or("?");
+        let held = f.nlm.held.iter().find(|x| x.holder.svid == Some(svid));
+        said.push(match (held, forgotten(s, fh, svid)) {
+            (_, Some(g)) => format!(
+                "on the server this handle is {path}: {} (pid {}) released lockd's {} for \
+                 this client there at {}, outside NLM",
+                g.comm,
+                g.pid,
+                g.range.text(),
+                t(g.ts_ns)
+            ),
+            (Some(x), None) => format!(
+                "on the server this handle is {path}: lockd held {} {} there for this client \
+                 (svid {svid}) from {}, and no release of it was traced before the reboot",
+                crate::names::lock_type_name(x.lock_type),
+                crate::names::range(x.start, x.end),
+                t(x.since_ns)
+            ),
+            (None, None) => format!("on the server this handle is {path}"),
+        });
+    }
+    let after = s
+        .handled
+        .get(&(fh.to_vec(), svid))
+        .is_some_and(|&ts| ts > since);
+    if s.last_handled > since && !after {
+        let why = if status == Some(status::STALE_FH) {
+            ": the handle no longer names a file there (removed or unexported while the \
+             server was down)"
+        } else {
+            ""
+        };
+        said.push(format!(
+            "after its reboot the server's trace shows lockd handling other calls but not this \
+             reclaim: it was refused before lockd's lock table{why}"
+        ));
+    }
+    said
 }
 
 /// The server-side lock (traced on this host) in the way of `wanted` on the file with `fh`.

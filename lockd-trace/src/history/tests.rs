@@ -418,6 +418,25 @@ fn unexpected_unlock_status_is_tied_to_the_unlock_and_its_owner() {
     );
 }
 
+/// lockd's reclaimer `tid` re-sends lock `l` (svid 8) to server "srv": the call returns
+/// `call_ret` with NLM `status`, and the reclaim fails.
+fn reclaim_fails(t: &mut Trace, tid: u32, l: Lock, status: u32, call_ret: i32) {
+    let comm = "srv-reclaim";
+    t.nlm(
+        tid,
+        comm,
+        CLNT_CALL,
+        2,
+        Some(status),
+        8,
+        (0, 0),
+        l,
+        call_ret,
+        "srv",
+    );
+    t.nlm(tid, comm, CLNT_RECLAIM, 2, None, 8, CLIENT, l, -37, "srv");
+}
+
 #[test]
 fn failed_reclaim_decodes_errno_and_status_and_says_the_process_was_not_told() {
     let mut t = Trace::new();
@@ -434,31 +453,7 @@ fn failed_reclaim_decodes_errno_and_status_and_says_the_process_was_not_told() {
         0,
         "srv",
     );
-    let l = lk(0xa000, 283, F_WRLCK, 0, 9);
-    t.nlm(
-        286,
-        "srv-reclaim",
-        CLNT_CALL,
-        2,
-        Some(7),
-        8,
-        (0, 0),
-        l,
-        0,
-        "srv",
-    );
-    t.nlm(
-        286,
-        "srv-reclaim",
-        CLNT_RECLAIM,
-        2,
-        None,
-        8,
-        CLIENT,
-        l,
-        -37,
-        "srv",
-    );
+    reclaim_fails(&mut t, 286, lk(0xa000, 283, F_WRLCK, 0, 9), 7, 0);
     let r = t.only(Kind::HostRebooted);
     assert!(r.evidence[0].starts_with("1 lock(s)"), "{:?}", r.evidence);
     let f = t.only(Kind::FailedReclaim);
@@ -481,34 +476,83 @@ fn failed_reclaim_decodes_errno_and_status_and_says_the_process_was_not_told() {
     );
 }
 
+/// lockd opened the file by handle (no path known: "/export/..."); a server-local process's
+/// own open then names it, and the history takes that name. A whole name stays.
+#[test]
+fn a_cut_path_gives_way_to_a_whole_one() {
+    let mut t = Trace::new();
+    let l = lk(0xd000, 145, F_WRLCK, 0, 9);
+    let lock = |t: &mut Trace, path| {
+        let ev = Event {
+            ts_ns: S,
+            tid: 145,
+            pid: 145,
+            comm: "lockd".into(),
+            body: Body::Lock(LockRecord {
+                hook: hook::POSIX_LOCK_INODE,
+                dev: SERVER.0,
+                ino: SERVER.1,
+                fl: 1,
+                lock: l,
+                ret: 0,
+                blocker: None,
+            }),
+        };
+        t.h.observe(&ev, Some(path), &mut t.out);
+        t.h.file(SERVER).and_then(|f| f.path.clone())
+    };
+    assert_eq!(lock(&mut t, "/export/..."), Some("/export/...".into()));
+    assert_eq!(lock(&mut t, "/export/keep"), Some("/export/keep".into()));
+    assert_eq!(lock(&mut t, "/export/other"), Some("/export/keep".into()));
+}
+
+/// Client and server traced together (merged files): the failed reclaim names the server's
+/// file behind the handle, the lock lockd held there before the reboot, and that the
+/// server, traced after its reboot, never reached its lock table with the reclaim.
+#[test]
+fn a_failed_reclaim_says_what_the_servers_trace_saw() {
+    let mut t = Trace::new();
+    t.granted(283, 0xa000, 8, 0, 9);
+    let svc = |t: &mut Trace, svid, start, end| {
+        let l = lk(0xd000 + u64::from(svid), svid as i32, F_WRLCK, start, end);
+        t.nlm(145, "lockd", SVC_LOCK, 2, Some(0), svid, SERVER, l, 0, "cl");
+    };
+    svc(&mut t, 8, 0, 9);
+    let none = Lock::default();
+    t.nlm(
+        180,
+        "lockd",
+        HOST_REBOOTED,
+        0,
+        None,
+        0,
+        (0, 0),
+        none,
+        0,
+        "srv",
+    );
+    svc(&mut t, 9, 20, 29);
+    reclaim_fails(&mut t, 286, lk(0xa000, 283, F_WRLCK, 0, 9), 7, 0);
+    let f = t.only(Kind::FailedReclaim);
+    let says = |text: &str| f.evidence.iter().any(|e| e.contains(text));
+    assert!(
+        says(
+            "on the server this handle is /export/f: lockd held WRLCK [0-9] there for this client (svid 8)"
+        ),
+        "{:#?}",
+        f.evidence
+    );
+    assert!(
+        says("refused before lockd's lock table: the handle no longer names a file"),
+        "{:#?}",
+        f.evidence
+    );
+}
+
 #[test]
 fn grace_period_reclaim_is_explained() {
     let mut t = Trace::new();
-    let l = lk(0xa000, 145, F_WRLCK, 0, 9);
-    t.nlm(
-        290,
-        "srv-reclaim",
-        CLNT_CALL,
-        2,
-        Some(4),
-        8,
-        (0, 0),
-        l,
-        -37,
-        "srv",
-    );
-    t.nlm(
-        290,
-        "srv-reclaim",
-        CLNT_RECLAIM,
-        2,
-        None,
-        8,
-        CLIENT,
-        l,
-        -37,
-        "srv",
-    );
+    reclaim_fails(&mut t, 290, lk(0xa000, 145, F_WRLCK, 0, 9), 4, -37);
     let f = t.only(Kind::FailedReclaim);
     assert_eq!((f.errno, f.nlm_status), (Some(-37), Some(4)));
     assert!(f.evidence.iter().any(|e| e.contains("grace period")));

@@ -46,6 +46,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<Offsets> {
         file_dentry: f("file", &["f_path.dentry"])?,
         dentry_name: f("dentry", &["d_name.name"])?,
         dentry_parent: f("dentry", &["d_parent"])?,
+        dentry_flags: f("dentry", &["d_flags"])?,
         valid: 1,
     })
 }

@@ -1,7 +1,7 @@
 //! Two trace files' clocks lined up by NLM calls rather than by their wall clocks: each call
 //! the client sent (nlmclnt_call, or an asynchronous UNLOCK's reply) is paired with its
 //! handling in the server's file (nlmsvc_lock, _unlock, _testlock, _cancel_blocked) by
-//! procedure, file handle, svid, range and answer, in order. The server handled a call after
+//! procedure, file handle, svid, range, answer and reclaim flag, in order. The server handled a call after
 //! the client thread's previous step and before the client had the reply, which bounds the
 //! offset between the two clocks; the bounds of every pair are intersected.
 
@@ -11,15 +11,19 @@ use std::{
 };
 
 use anyhow::Result;
-use lockd_trace_common::nlm_op::{
-    CLNT_CALL, CLNT_UNLOCK_CB, SVC_CANCEL, SVC_LOCK, SVC_TEST, SVC_UNLOCK,
+use lockd_trace_common::{
+    nlm_flag,
+    nlm_op::{CLNT_CALL, CLNT_UNLOCK_CB, SVC_CANCEL, SVC_LOCK, SVC_TEST, SVC_UNLOCK},
 };
 
 use super::{Item, Reader};
 use crate::event::{Body, Event, NlmRecord};
 
-/// A call and what answered it: procedure, file handle, svid, range, NLM status.
-type Key = (u32, Vec<u8>, u32, i64, i64, Option<u32>);
+/// A call and what answered it: procedure, file handle, svid, range, NLM status, and whether
+/// it is a reclaim (after a server's reboot the client re-sends the same LOCK as a reclaim:
+/// without the flag it would pair with the first boot's handling, or the reclaim with the
+/// original call, off by the time between them).
+type Key = (u32, Vec<u8>, u32, i64, i64, Option<u32>, bool);
 
 /// One file's NLM calls as a client (with the times bounding the server's handling) and its
 /// handlings as a server.
@@ -67,6 +71,7 @@ fn key(n: &NlmRecord) -> Key {
         n.lock.start,
         n.lock.end,
         n.nlm_status,
+        n.flags & nlm_flag::RECLAIM != 0,
     )
 }
 
@@ -232,5 +237,25 @@ mod tests {
         let (client, mut server) = sides(0);
         server.handled.iter_mut().for_each(|(k, _)| k.5 = Some(1));
         assert_eq!(estimate(&client, &server), None);
+    }
+
+    /// The server's boot after a reboot handled only the reclaim of a lock the client had
+    /// taken 30 s earlier from its first boot: the reclaim pairs, not the original call.
+    #[test]
+    fn a_reclaim_pairs_with_the_reclaim_only() {
+        let (mut client, mut after) = (Side::default(), Side::default());
+        client.add(&nlm(CLNT_CALL, 7, 1_002_000_000, 5, 0), Some(1_000_000_000));
+        let mut reclaim = nlm(CLNT_CALL, 8, 31_002_000_000, 5, 0);
+        let mut handled = nlm(SVC_LOCK, 9, 31_001_000_000 - 5_000_000_000, 5, 0);
+        for e in [&mut reclaim, &mut handled] {
+            if let Body::Nlm(n) = &mut e.body {
+                n.flags |= nlm_flag::RECLAIM;
+            }
+        }
+        client.add(&reclaim, Some(31_000_000_000));
+        after.add(&handled, None);
+        let e = estimate(&client, &after).unwrap();
+        assert_eq!((e.paired, e.unpaired), (1, 1));
+        assert!((e.shift - 5_000_000_000).abs() <= e.within.unwrap());
     }
 }

@@ -216,6 +216,25 @@ fn every_record_kind_round_trips() {
     );
 }
 
+/// A file lockd opened by handle is first "/export/..."; once named whole the file says so,
+/// and a whole name is not replaced.
+#[test]
+fn a_cut_path_is_written_again_when_whole() {
+    let path = tmp("cut.ldt");
+    let header = Header::here(vec![], (5, 1_700_000_000_000_000_000));
+    let mut w = Writer::create(&path, header, Rotation::default()).unwrap();
+    let ev = &events()[0];
+    for p in ["/export/...", "/export/keep", "/export/other"] {
+        w.event(ev, Some(p)).unwrap();
+    }
+    w.flush().unwrap();
+    let mut r = Reader::open(&path).unwrap();
+    let (items, _) = read_all(&mut r);
+    assert_eq!(items.len(), 3);
+    let (dev, ino) = ev.file_id();
+    assert_eq!(r.path(dev, ino), Some("/export/keep"));
+}
+
 /// A source that hands out a few bytes per read, so that every record spans reads.
 struct Trickle(std::io::Cursor<Vec<u8>>, usize);
 

@@ -28,6 +28,7 @@ use crate::{
     event::{Body, Event},
     kmsg::KernelLine,
     names::UNWRITTEN,
+    paths::cut,
 };
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,7 +62,8 @@ pub struct Writer {
     /// Bytes of the file written: where the next batch goes.
     written: u64,
     strings: HashMap<Vec<u8>, u32>,
-    paths: HashMap<(u32, u64), u32>,
+    /// Each file's path string, and whether it was cut at the top.
+    paths: HashMap<(u32, u64), (u32, bool)>,
     deltas: Deltas,
     journal: Journal,
     payload: Vec<u8>,
@@ -189,12 +191,16 @@ impl Writer {
 
     pub fn event(&mut self, ev: &Event, path: Option<&str>) -> io::Result<()> {
         let file = ev.file_id();
+        // A file's path goes out once, and again if it was cut and is now whole.
         if let Some(p) = path
             && file != (0, 0)
-            && !self.paths.contains_key(&file)
+            && self
+                .paths
+                .get(&file)
+                .is_none_or(|&(_, was_cut)| was_cut && !cut(p))
         {
             let id = self.intern(p.as_bytes());
-            self.paths.insert(file, id);
+            self.paths.insert(file, (id, cut(p)));
             self.journal.paths.push(file);
             self.payload.clear();
             self.payload.push(rec::PATH);

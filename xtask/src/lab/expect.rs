@@ -137,7 +137,7 @@ pub fn check(scenario: &str, dir: &Path) -> Result<Results> {
         "out-of-sync" => out_of_sync(&r),
         "stale-unlock" => stale_unlock(&r),
         "reclaim" => reclaim(&r),
-        "vanished-client" => vanished(&r, "10.99.0.2", "10.99.0.1", true),
+        "vanished-client" => vanished(&r, "10.99.0.2", "10.99.0.2", "10.99.0.1", true),
         s => bail!("no expectations for scenario {s}"),
     }?;
     Ok(r)
@@ -327,9 +327,16 @@ pub fn finding<'a>(r: &'a Results, kind: &str, pred: impl Fn(&Value) -> bool) ->
     })
 }
 
-/// A client at `client` (whose server is `server`) took a lock and vanished; `exits`: its
-/// locker exits at the end (on a machine that is really gone, it never does).
-pub fn vanished(r: &Results, client: &str, server: &str, exits: bool) -> Result<()> {
+/// A client at `client` (whose server is `server`; named `statd_name` in the server's statd
+/// records) took a lock and vanished; `exits`: its locker exits at the end (on a machine that
+/// is really gone, it never does).
+pub fn vanished(
+    r: &Results,
+    client: &str,
+    statd_name: &str,
+    server: &str,
+    exits: bool,
+) -> Result<()> {
     let (v, x) = (r.pid("v")?, r.pid("x")?);
     r.fact("v", "setlk w 0 100", "ok")?;
     r.fact("x", "setlk w 0 100", "err EAGAIN")?;
@@ -338,10 +345,13 @@ pub fn vanished(r: &Results, client: &str, server: &str, exits: bool) -> Result<
     let listed = |list: &str| {
         r.facts[list]
             .as_array()
-            .is_some_and(|l| l.contains(&client.into()))
+            .is_some_and(|l| l.contains(&statd_name.into()))
     };
     if !listed("sm") || !listed("sm.bak") {
-        bail!("statd's sm/ and sm.bak/ should list {client}: {}", r.facts);
+        bail!(
+            "statd's sm/ and sm.bak/ should list {statd_name}: {}",
+            r.facts
+        );
     }
     let own = r.find(
         &format!("the client {client}'s LOCK granted (its own trace of it)"),
@@ -369,10 +379,10 @@ pub fn vanished(r: &Results, client: &str, server: &str, exits: bool) -> Result<
     if b["svid"] != *svid || !b["host"].as_str().is_some_and(|h| h.contains(client)) {
         bail!("x's wait should name the vanished client's lock (svid {svid}): {blocked:#}");
     }
-    r.find(&format!("statd's sm.bak/{client} seen"), |e| {
-        e["event"] == "statd" && e["list"] == "sm.bak" && e["host"] == client
+    r.find(&format!("statd's sm.bak/{statd_name} seen"), |e| {
+        e["event"] == "statd" && e["list"] == "sm.bak" && e["host"] == statd_name
     })?;
-    let quiet = finding(r, "nsm_host_not_answering", |f| f["host"] == client)?;
+    let quiet = finding(r, "nsm_host_not_answering", |f| f["host"] == statd_name)?;
     let named = quiet["evidence"].as_array().is_some_and(|ev| {
         ev.iter().any(|l| {
             l.as_str().is_some_and(|l| {

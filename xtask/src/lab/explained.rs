@@ -77,16 +77,7 @@ pub fn check(scenario: &str, dir: &Path, r: &Results) -> Result<()> {
                 .lines()
                 .find(|l| l.contains(&format!("failed to reclaim lock for pid {a} ")))
                 .context("no reclaim line in dmesg")?;
-            let nums: Vec<i64> = line
-                .rsplit('(')
-                .next()
-                .unwrap_or("")
-                .split(|c: char| !c.is_ascii_digit() && c != '-')
-                .filter_map(|s| s.parse().ok())
-                .collect();
-            let [errno, status] = nums[..] else {
-                bail!("cannot read errno and status in `{line}`");
-            };
+            let (errno, status) = reclaim_said(line)?;
             (
                 "lockd: failed to reclaim lock for pid",
                 vec![
@@ -144,6 +135,7 @@ fn clocks_paired(client: &Path, merge_err: &str) -> Result<()> {
             "{calls} NLM calls in client.ldt, but merge paired {paired} ({unpaired} unpaired): {line}"
         );
     }
+    let within = within.ok_or_else(|| anyhow!("one boot: the pairs bound both sides: {line}"))?;
     if offset.abs() > within || within > 1000.0 {
         bail!("one boot's clock, yet the pairs put the offset outside {within} ms of 0: {line}");
     }
@@ -151,6 +143,21 @@ fn clocks_paired(client: &Path, merge_err: &str) -> Result<()> {
         "xtask lab:   {paired} NLM calls paired across the two files: 0 within {offset} ± {within} ms"
     );
     Ok(())
+}
+
+/// errno and status from "... failed to reclaim lock for pid P (errno E, status S)".
+pub fn reclaim_said(line: &str) -> Result<(i64, i64)> {
+    let nums: Vec<i64> = line
+        .rsplit('(')
+        .next()
+        .unwrap_or("")
+        .split(|c: char| !c.is_ascii_digit() && c != '-')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums[..] {
+        [errno, status] => Ok((errno, status)),
+        _ => bail!("cannot read errno and status in `{line}`"),
+    }
 }
 
 /// The NLM calls a client's events hold that merge can pair: its calls with a file handle
@@ -168,8 +175,9 @@ pub fn nlm_calls(events: &[Value]) -> usize {
 }
 
 /// "... N NLM calls paired ... (U unpaired); by them the clocks differ by X ms ± W ms; ..."
-/// or, for files of two boots, "... by them its wall clock is X ms ahead ± W ms; ...".
-pub fn pairing_said(line: &str) -> Option<(usize, usize, f64, f64)> {
+/// or, for files of two boots, "... by them its wall clock is X ms ahead ± W ms; ..." (W is
+/// None where the line says the offset is "bounded on one side only").
+pub fn pairing_said(line: &str) -> Option<(usize, usize, f64, Option<f64>)> {
     let num = |after: &str, end: char| -> Option<f64> {
         let rest = line.split(after).nth(1)?;
         rest[..rest.find(end)?].trim().parse().ok()
@@ -183,7 +191,12 @@ pub fn pairing_said(line: &str) -> Option<(usize, usize, f64, f64)> {
         .ok()?;
     let unpaired = num("server (", ' ')? as usize;
     let offset = num("differ by ", ' ').or_else(|| num("wall clock is ", ' '))?;
-    Some((paired, unpaired, offset, num("± ", ' ')?))
+    let within = if line.contains("bounded on one side only") {
+        None
+    } else {
+        Some(num("± ", ' ')?)
+    };
+    Some((paired, unpaired, offset, within))
 }
 
 /// The out-of-sync run was also recorded as two files: the client side (the lockers' NLM
@@ -198,17 +211,7 @@ fn merged(public: &Public, dir: &Path, text: &str, live: &Value) -> Result<()> {
     if !one_side["server_forgot"].is_null() {
         bail!("the client-side file alone cannot know the server forgot: {one_side:#}");
     }
-    let both = public.path("both.ldt");
-    let (ok, _, err) = public.run(&[
-        "merge",
-        &client.to_string_lossy(),
-        &server.to_string_lossy(),
-        "-o",
-        &both.to_string_lossy(),
-    ])?;
-    if !ok {
-        bail!("lockd-trace merge failed: {err}");
-    }
+    let (both, err) = public.merge(&[&client, &server], "both.ldt")?;
     clocks_paired(&client, &err)?;
     let merged = public.analyze(&both)?;
     let m = explanation(&merged, text, "analyze of the merged file")?;
@@ -241,10 +244,17 @@ mod tests {
         let line = "lockd-trace: /tmp/x/server.ldt: 4 NLM calls paired with their handling by \
                     the server (1 unpaired); by them the clocks differ by -2.559 ms ± 4.761 ms; \
                     one boot, so its own clock is used";
-        assert_eq!(super::pairing_said(line), Some((4, 1, -2.559, 4.761)));
+        assert_eq!(super::pairing_said(line), Some((4, 1, -2.559, Some(4.761))));
         let line = "lockd-trace: c.ldt: 5 NLM calls paired with their handling by the server (0 \
                     unpaired); by them its wall clock is 300412.250 ms ahead ± 1.200 ms; the \
                     pairs' offset is used";
-        assert_eq!(super::pairing_said(line), Some((5, 0, 300412.25, 1.2)));
+        assert_eq!(
+            super::pairing_said(line),
+            Some((5, 0, 300412.25, Some(1.2)))
+        );
+        let line = "lockd-trace: a.ldt: 2 NLM calls paired with their handling by the server (8 \
+                    unpaired); by them its wall clock is -299012.790 ms ahead (bounded on one \
+                    side only); the pairs' offset is used";
+        assert_eq!(super::pairing_said(line), Some((2, 8, -299012.79, None)));
     }
 }

@@ -68,6 +68,19 @@ impl Public {
         ))
     }
 
+    /// `merge FILES -o NAME` as nobody: the merged file and what merge said on stderr.
+    pub fn merge(&self, files: &[&Path], name: &str) -> Result<(PathBuf, String)> {
+        let out = self.path(name);
+        let mut args: Vec<String> = vec!["merge".into()];
+        args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
+        args.extend(["-o".into(), out.to_string_lossy().into_owned()]);
+        let (ok, _, err) = self.run(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        if !ok {
+            bail!("lockd-trace merge failed: {err}");
+        }
+        Ok((out, err))
+    }
+
     /// `analyze --json FILE` as nobody: its JSON lines.
     pub fn analyze(&self, file: &Path) -> Result<Vec<Value>> {
         let (ok, out, err) = self.run(&["analyze", "--json", &file.to_string_lossy()])?;

@@ -23,13 +23,16 @@ pub struct Nic {
 }
 
 /// One guest: the kernel, the share (mounted at /share), its console log, the role the pair
-/// init reads from the kernel command line, and its network device (None: no network).
+/// init reads from the kernel command line, its network device (None: no network), a disk
+/// (/dev/vda), and whether a reboot boots it again (else qemu exits).
 pub struct Guest<'a> {
     pub k: &'a Kernel,
     pub share: &'a Path,
     pub console: PathBuf,
     pub role: Option<&'a str>,
     pub nic: Option<Nic>,
+    pub disk: Option<PathBuf>,
+    pub reboots: bool,
 }
 
 /// Boots one guest with no network and waits for its scenarios ("LAB: done").
@@ -40,6 +43,8 @@ pub fn boot(k: &Kernel, share: &Path, timeout: Duration, interactive: bool) -> R
         console: share.join("console.log"),
         role: None,
         nic: None,
+        disk: None,
+        reboots: false,
     };
     if interactive {
         let status = command(&g)
@@ -74,20 +79,18 @@ pub fn boot(k: &Kernel, share: &Path, timeout: Duration, interactive: bool) -> R
 /// detach all through the scenarios), which one vCPU cannot race; and guests run two at a time.
 fn command(g: &Guest) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        "tcg",
-        "-m",
-        "2048",
-        "-smp",
-        "1",
-        "-nographic",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(image::vmlinuz(g.k))
-    .arg("-initrd")
-    .arg(image::initrd(g.k));
+    cmd.args(["-accel", "tcg", "-m", "2048", "-smp", "1", "-nographic"]);
+    if !g.reboots {
+        cmd.arg("-no-reboot");
+    }
+    if let Some(disk) = &g.disk {
+        cmd.arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()));
+    }
+    cmd.arg("-kernel")
+        .arg(image::vmlinuz(g.k))
+        .arg("-initrd")
+        .arg(image::initrd(g.k));
     // mitigations=off: TCG emulates the speculation barriers and return thunks slowly (a 6.1
     // guest ran 648 s with them, 476 s without, for the same two scenarios).
     let mut append = "console=ttyS0 panic=-1 quiet mitigations=off".to_string();
@@ -148,16 +151,30 @@ pub fn finished(g: &Guest, status: ExitStatus) -> Result<()> {
     Ok(())
 }
 
+/// A guest that reboots (the pair) is not stopped by a crash: its console says so. The
+/// error, as for a guest that stopped, if it has crashed.
+pub fn crashed(g: &Guest) -> Result<()> {
+    let log = fs::read_to_string(&g.console).unwrap_or_default();
+    if crash_line(&log).is_some() {
+        bail!("{}", stopped_early(g.k, "running", &log));
+    }
+    Ok(())
+}
+
+fn crash_line(log: &str) -> Option<&str> {
+    log.lines().find(|l| {
+        ["Kernel panic", "Oops:", "BUG:", "general protection fault"]
+            .iter()
+            .any(|m| l.contains(m))
+    })
+}
+
 /// Why a guest stopped before its scenarios were done, naming a kernel crash as such, with the
 /// console's last lines.
 fn stopped_early(k: &Kernel, status: &str, log: &str) -> String {
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
-    let crash = log.lines().find(|l| {
-        ["Kernel panic", "Oops:", "BUG:", "general protection fault"]
-            .iter()
-            .any(|m| l.contains(m))
-    });
+    let crash = crash_line(log);
     let what = match crash {
         Some(line) => format!("the {} guest's kernel crashed ({})", k.name, line.trim()),
         None => format!(

@@ -25,6 +25,8 @@ use super::{
 };
 use crate::workspace;
 
+mod reboot;
+
 /// How far ahead the client guest sets its wall clock (pair-init.sh).
 const SKEW_MS: f64 = 300_000.0;
 const OOS: &str = "VFS is out of sync with lock manager!";
@@ -53,9 +55,9 @@ fn prepare(server: &Kernel, client: &Kernel) -> Result<PathBuf> {
     fs::create_dir_all(share.join("results"))?;
     fs::create_dir_all(share.join("sync"))?;
     for (name, text) in [
-        ("guest-init.sh", include_str!("guest/pair-init.sh")),
-        ("pair.py", include_str!("guest/pair.py")),
-        ("scenarios.py", include_str!("guest/scenarios.py")),
+        ("guest-init.sh", include_str!("../guest/pair-init.sh")),
+        ("pair.py", include_str!("../guest/pair.py")),
+        ("scenarios.py", include_str!("../guest/scenarios.py")),
     ] {
         fs::write(share.join(name), text)?;
     }
@@ -64,6 +66,8 @@ fn prepare(server: &Kernel, client: &Kernel) -> Result<PathBuf> {
         fs::write(share.join(format!("tracer-args-{role}.txt")), args)?;
     }
     copy_tools(&share)?;
+    // The server's export survives its reboot (ext4, made by its first boot).
+    fs::File::create(share.join("export.img"))?.set_len(64 << 20)?;
     Ok(share)
 }
 
@@ -82,8 +86,11 @@ fn boot(server: &Kernel, client: &Kernel, share: &Path) -> Result<()> {
         console: share.join(format!("console-{role}.log")),
         role: Some(role),
         nic: Some(Nic { mac, local, remote }),
+        disk: None,
+        reboots: true,
     };
-    let sg = guest(server, "server", "52:54:00:00:09:01", s_port, c_port);
+    let mut sg = guest(server, "server", "52:54:00:00:09:01", s_port, c_port);
+    sg.disk = Some(share.join("export.img"));
     let cg = guest(client, "client", "52:54:00:00:09:02", c_port, s_port);
     let start = Instant::now();
     let mut s = vm::spawn(&sg)?;
@@ -136,6 +143,10 @@ fn watch(
         if let Some(status) = s.try_wait()? {
             return vm::finished(sg, status);
         }
+        vm::crashed(sg)?;
+        if !vanished {
+            vm::crashed(cg)?;
+        }
         if start.elapsed() > timeout {
             bail!(
                 "the pair did not finish within {timeout:?}; see {} and {}",
@@ -152,6 +163,14 @@ fn check(share: &Path) -> Result<()> {
     let mut failures = Vec::new();
     for (name, checked) in [
         ("out-of-sync", out_of_sync(&results.join("out-of-sync"))),
+        (
+            "server-reboot",
+            reboot::server(&results.join("server-reboot")),
+        ),
+        (
+            "client-reboot",
+            reboot::client(&results.join("client-reboot")),
+        ),
         (
             "vanished-client",
             vanished(&results.join("vanished-client")),
@@ -210,17 +229,7 @@ fn out_of_sync(dir: &Path) -> Result<()> {
         bail!("the client's file alone cannot know the server forgot: {one:#}");
     }
     // The server's file first: its clock is the reference, the client's is the one off.
-    let both = public.path("both.ldt");
-    let (ok, _, err) = public.run(&[
-        "merge",
-        &server.to_string_lossy(),
-        &client.to_string_lossy(),
-        "-o",
-        &both.to_string_lossy(),
-    ])?;
-    if !ok {
-        bail!("lockd-trace merge failed: {err}");
-    }
+    let (both, err) = public.merge(&[&server, &client], "both.ldt")?;
     paired(&client, &err)?;
     let merged = public.analyze(&both)?;
     let m = explanation(&merged, "analyze of the merged files")?;
@@ -281,22 +290,37 @@ fn explanation<'a>(events: &'a [Value], source: &str) -> Result<&'a Value> {
 /// clock found about five minutes ahead, within a bound under a second.
 fn paired(client: &Path, merge_err: &str) -> Result<()> {
     let calls = explained::nlm_calls(&expect::export(client)?);
+    let (n, unpaired, ahead, within) = pairing(merge_err, "client.ldt")?;
+    if n != calls || unpaired != 0 || calls == 0 {
+        bail!("{calls} NLM calls in the client's file, merge paired {n} ({unpaired} unpaired)");
+    }
+    let Some(within) = within.filter(|w| *w <= 1000.0) else {
+        bail!("the pairs should bound the offset within a second: {merge_err}");
+    };
+    skewed(ahead, merge_err)?;
+    eprintln!("xtask lab:   {n} NLM calls paired; the client's clock {ahead} ± {within} ms ahead");
+    Ok(())
+}
+
+/// What merge said of pairing the file named `file`: (paired, unpaired, how far that file's
+/// wall clock is ahead in ms, the bound where both sides bound it).
+fn pairing(merge_err: &str, file: &str) -> Result<(usize, usize, f64, Option<f64>)> {
     let line = merge_err
         .lines()
-        .find(|l| l.contains("NLM calls paired"))
-        .ok_or_else(|| anyhow!("merge said nothing of NLM pairs: {merge_err}"))?;
-    let (n, unpaired, ahead, within) =
-        explained::pairing_said(line).ok_or_else(|| anyhow!("unreadable pairing line: {line}"))?;
-    if n != calls || unpaired != 0 || calls == 0 {
-        bail!(
-            "{calls} NLM calls in the client's file, but merge paired {n} ({unpaired} unpaired): {line}"
-        );
+        .find(|l| l.contains(&format!("/{file}: ")) && l.contains("NLM calls paired"))
+        .ok_or_else(|| anyhow!("merge said nothing of {file}'s NLM pairs: {merge_err}"))?;
+    if !line.ends_with("the pairs' offset is used") {
+        bail!("two machines: merge should use the pairs' offset: {line}");
     }
-    // Both guests read the host's clock at boot, to the second.
-    if (ahead - SKEW_MS).abs() > 3000.0 || within > 1000.0 || !line.ends_with("offset is used") {
-        bail!("the client's wall clock is {SKEW_MS} ms ahead, ±3 s: {line}");
+    explained::pairing_said(line).ok_or_else(|| anyhow!("unreadable pairing line: {line}"))
+}
+
+/// Both guests read the host's clock at boot, to the second, and the client's then runs
+/// SKEW_MS ahead: `ahead` is the client's file's offset (or minus the server's), ±3 s.
+fn skewed(ahead: f64, merge_err: &str) -> Result<()> {
+    if (ahead.abs() - SKEW_MS).abs() > 3000.0 {
+        bail!("the clocks are {SKEW_MS} ms apart, ±3 s: {merge_err}");
     }
-    eprintln!("xtask lab:   {n} NLM calls paired; the client's clock {ahead} ± {within} ms ahead");
     Ok(())
 }
 
@@ -309,15 +333,12 @@ fn vanished(dir: &Path) -> Result<()> {
     r.facts["v"] = cf["v"].clone();
     r.events
         .extend(expect::export(&dir.join("client/trace.ldt"))?);
-    if !cf["sm"]
-        .as_array()
-        .is_some_and(|l| l.contains(&"10.0.9.1".into()))
-    {
-        bail!("the client's statd should monitor the server 10.0.9.1: {cf}");
+    if !listed(&cf["sm"], "labserver") {
+        bail!("the client's statd should monitor the server (labserver): {cf}");
     }
-    expect::vanished(&r, "10.0.9.2", "10.0.9.1", false)?;
+    expect::vanished(&r, "10.0.9.2", "labclient", "10.0.9.1", false)?;
     // How long: the notification went unanswered for over --unanswered-after (20 s).
-    let quiet = expect::finding(&r, "nsm_host_not_answering", |f| f["host"] == "10.0.9.2")?;
+    let quiet = expect::finding(&r, "nsm_host_not_answering", |f| f["host"] == "labclient")?;
     let headline = quiet["headline"].as_str().unwrap_or("");
     let secs: Option<u64> = headline
         .rsplit_once(" s)")
@@ -326,4 +347,9 @@ fn vanished(dir: &Path) -> Result<()> {
         bail!("the not-answering finding should say how long, 20 s or more: {headline}");
     }
     Ok(())
+}
+
+/// A statd directory's listing (from the facts) holds `name`.
+fn listed(list: &Value, name: &str) -> bool {
+    list.as_array().is_some_and(|l| l.contains(&name.into()))
 }
