@@ -346,7 +346,50 @@ fn vanished(dir: &Path) -> Result<()> {
     if secs.is_none_or(|s| s < 20) {
         bail!("the not-answering finding should say how long, 20 s or more: {headline}");
     }
+    // The same from the two files merged, without root.
+    let v = r.pid("v")?;
+    let svid = &r
+        .find("v's LOCK", |e| expect::nlm(e, "nlmclnt_call", v))?
+        .clone()["svid"];
+    let all = merged(dir, &["server", "client"])?;
+    let found = |kind: &str, what: &str| all.iter().any(|f| f["kind"] == kind && says(f, what));
+    let held = format!("labserver:/export/vanished WRLCK [0-99] (svid {svid})");
+    let holder = format!("lockd for NFS client labclient (10.0.9.2) (svid {svid})");
+    if !found("nsm_host_not_answering", &held) || !found("blocked_long", &holder) {
+        bail!(
+            "the merged files should name the vanished client's lock ({held}) where statd \
+               is not answered, and as the holder ({holder}) a local process waits behind"
+        );
+    }
     Ok(())
+}
+
+/// The scenario's SIDES' files merged as nobody, the first one's clock the reference: every
+/// other file has NLM calls paired with it and is found five minutes off. The analysis.
+fn merged(dir: &Path, sides: &[&str]) -> Result<Vec<Value>> {
+    let public = Public::new(dir)?;
+    let files: Vec<PathBuf> = sides
+        .iter()
+        .map(|s| public.copy(&dir.join(s).join("trace.ldt"), &format!("{s}.ldt")))
+        .collect::<Result<_>>()?;
+    let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let (all, err) = public.merge(&files, "all.ldt")?;
+    for side in &sides[1..] {
+        let (n, _, ahead, _) = pairing(&err, &format!("{side}.ldt"))?;
+        if n == 0 {
+            bail!("no NLM call paired between {} and {side}: {err}", sides[0]);
+        }
+        skewed(ahead, &err)?;
+    }
+    public.analyze(&all)
+}
+
+/// A line of the finding's evidence contains `what`.
+fn says(f: &Value, what: &str) -> bool {
+    f["evidence"].as_array().is_some_and(|ev| {
+        ev.iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains(what)))
+    })
 }
 
 /// A statd directory's listing (from the facts) holds `name`.

@@ -1,16 +1,15 @@
 //! The pair's real reboots: the server's (the client reclaims, one reclaim fails) and the
 //! client's (its statd's notification makes the server drop its lock for a waiter).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
 
-use super::{facts, listed, pairing, skewed};
+use super::{facts, listed, merged, says};
 use crate::lab::{
     expect::{self, Results},
     explained::{self, want},
-    offline::Public,
 };
 
 /// The server reboots while the client holds locks on keep and gone, gone removed first: its
@@ -41,13 +40,8 @@ pub fn server(dir: &Path) -> Result<()> {
             "the server's sm/ should list labclient before and after its reboot: {before} {after}"
         );
     }
-    let public = Public::new(dir)?;
-    let files: Vec<PathBuf> = ["client", "server", "server-after"]
-        .iter()
-        .map(|s| public.copy(&dir.join(s).join("trace.ldt"), &format!("{s}.ldt")))
-        .collect::<Result<_>>()?;
     // The client's own reclaims, and the rebooted server's grant of keep's, same svid.
-    let client = expect::export(&files[0])?;
+    let client = expect::export(&dir.join("client/trace.ldt"))?;
     let reclaim = |pid: &Value, status: i64| {
         client.iter().find(|e| {
             e["op"] == "nlmclnt_reclaim" && e["lock"]["pid"] == *pid && e["nlm_status"] == status
@@ -55,7 +49,7 @@ pub fn server(dir: &Path) -> Result<()> {
     };
     let kept = reclaim(&cf["a"]["pid"], 0).ok_or_else(|| anyhow!("keep's reclaim not granted"))?;
     reclaim(b, status).ok_or_else(|| anyhow!("gone's reclaim (status {status}) not traced"))?;
-    let server = expect::export(&files[2])?;
+    let server = expect::export(&dir.join("server-after/trace.ldt"))?;
     let granted = server
         .iter()
         .find(|e| {
@@ -81,17 +75,9 @@ pub fn server(dir: &Path) -> Result<()> {
         .iter()
         .find(|e| e["event"] == "lock" && e["pid"] == *x && e["file"] == "/export/keep")
         .ok_or_else(|| anyhow!("the server-local process's refusal on /export/keep not traced"))?;
-    let (all, err) = public.merge(&[&files[0], &files[1], &files[2]], "all.ldt")?;
-    for file in ["server.ldt", "server-after.ldt"] {
-        let (n, _, ahead, _) = pairing(&err, file)?;
-        if n == 0 {
-            bail!("no NLM call of the client paired with {file}: {err}");
-        }
-        skewed(ahead, &err)?;
-    }
+    let all = merged(dir, &["client", "server", "server-after"])?;
     let text = format!("failed to reclaim lock for pid {b} ");
-    let merged = public.analyze(&all)?;
-    let m = explained::explanation(&merged, &text, "the merged files")?;
+    let m = explained::explanation(&all, &text, "the merged files")?;
     for (field, v) in [
         ("kind", "failed_reclaim".into()),
         ("file", "labclient:/mnt/nfs/gone".into()),
@@ -117,14 +103,6 @@ pub fn server(dir: &Path) -> Result<()> {
         m["headline"].as_str().unwrap_or("")
     );
     Ok(())
-}
-
-/// A line of the finding's evidence contains `what`.
-fn says(f: &Value, what: &str) -> bool {
-    f["evidence"].as_array().is_some_and(|ev| {
-        ev.iter()
-            .any(|l| l.as_str().is_some_and(|l| l.contains(what)))
-    })
 }
 
 /// The client reboots holding a lock a server-local process waits behind; at its start its
@@ -194,6 +172,15 @@ pub fn client(dir: &Path) -> Result<()> {
         .ok_or_else(|| {
             anyhow!("the client's trace should see sm/labserver go when acknowledged")
         })?;
+    // The same from the three files merged, without root (the server's clock the reference).
+    let all = merged(dir, &["server", "client", "client-after"])?;
+    let names = format!("labserver:{names}");
+    if !all
+        .iter()
+        .any(|f| f["kind"] == "host_rebooted" && f["host"] == "10.0.9.2" && says(f, &names))
+    {
+        bail!("the merged files' reboot finding should name the lock dropped ({names})");
+    }
     eprintln!(
         "xtask lab:   {}",
         rebooted["headline"].as_str().unwrap_or("")
