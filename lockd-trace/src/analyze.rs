@@ -213,7 +213,7 @@ fn history_json(f: &FileHistory, clock: &Clock) -> serde_json::Value {
     let held = |h: &crate::held::Held| {
         serde_json::json!({
             "pid": h.holder.pid,
-            "comm": h.holder.comm,
+            "comm": &*h.holder.comm,
             "svid": h.holder.svid,
             "host": h.holder.host,
             "type": names::lock_type_name(h.lock_type),

@@ -14,7 +14,7 @@ use lockd_trace_common::{
 };
 
 use crate::{
-    event::{Body, Event, FileName, Flock, GetlkRecord, Lock, LockRecord, NlmRecord},
+    event::{Body, Comm, Event, FileName, Flock, GetlkRecord, Lock, LockRecord, NlmRecord},
     paths::Paths,
 };
 
@@ -279,8 +279,8 @@ fn file_name(b: &mut &[u8]) -> FileName {
 }
 
 /// The task name up to its NUL, lossily as UTF-8.
-fn comm(raw: &[u8; 16]) -> String {
-    text(raw)
+fn comm(raw: &[u8; 16]) -> Comm {
+    Comm::from_bytes(raw)
 }
 
 /// Bytes up to the first NUL, lossily as UTF-8.

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+pub use crate::comm::Comm;
+
 /// One lock as the kernel held or requested it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lock {
@@ -152,7 +154,7 @@ pub struct Event {
     pub tid: u32,
     /// Process id (tgid).
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub body: Body,
 }
 

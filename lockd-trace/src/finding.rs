@@ -188,7 +188,7 @@ impl Finding {
         let blocker = self.blocker.as_ref().map(|b| {
             json!({
                 "pid": b.holder.pid,
-                "comm": b.holder.comm,
+                "comm": &*b.holder.comm,
                 "svid": b.holder.svid,
                 "host": b.holder.host,
                 "type": names::lock_type_name(b.lock_type),
@@ -240,7 +240,7 @@ impl Finding {
 /// "WRLCK [0-99] held by locker (pid 236) since 04:29:34.477"
 pub fn held_text(h: &Held, clock: &Clock) -> String {
     let who = match (&h.holder.host, h.holder.svid) {
-        (Some(host), Some(svid)) if h.holder.comm == "lockd" => {
+        (Some(host), Some(svid)) if &*h.holder.comm == "lockd" => {
             format!("lockd for NFS client {host} (svid {svid})")
         }
         _ if h.holder.comm.is_empty() => format!("pid {}", h.holder.pid),

@@ -1,6 +1,8 @@
 //! A lock someone holds: who (owner, pid, command, NLM owner, peer) and what range since when.
 //! The lock tables hold these, and findings name them.
 
+use std::rc::Rc;
+
 use crate::{
     clock::{Clock, hms_micros},
     event::Lock,
@@ -11,7 +13,8 @@ use crate::{
 pub struct Holder {
     pub owner: u64,
     pub pid: i32,
-    pub comm: String,
+    /// Shared (interned per command name): every lock a table holds carries one.
+    pub comm: Rc<str>,
     /// The NLM owner id, when the lock went through NLM.
     pub svid: Option<u32>,
     /// The peer: the NFS server (client side) or the client host (server side).

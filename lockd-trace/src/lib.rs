@@ -26,6 +26,7 @@ macro_rules! say_inline {
 pub mod analyze;
 pub mod cli;
 pub mod clock;
+pub mod comm;
 pub mod correlate;
 pub mod decode;
 pub mod engine;

@@ -35,7 +35,7 @@ impl Filter {
     fn keep(&self, ev: &Event) -> bool {
         !self.no_events
             && self.pid.is_none_or(|p| p == ev.pid)
-            && (self.comm.is_empty() || self.comm.contains(&ev.comm))
+            && (self.comm.is_empty() || self.comm.iter().any(|c| ev.comm == c.as_str()))
             && (!self.errors_only || ev.ret() < 0)
     }
 }
@@ -201,6 +201,11 @@ impl<'a> Pipeline<'a> {
     }
 
     fn show(&mut self, mut out: Vec<Output>) -> io::Result<()> {
+        // Nearly every event has nothing to show: no drain to set up and tear down.
+        if out.is_empty() {
+            self.outputs = out;
+            return Ok(());
+        }
         for o in out.drain(..) {
             if matches!(
                 o,

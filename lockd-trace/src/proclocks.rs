@@ -94,7 +94,7 @@ impl ProcLock {
             ts_ns,
             tid: self.pid.max(0) as u32,
             pid: self.pid.max(0) as u32,
-            comm,
+            comm: comm.as_str().into(),
             body: Body::Lock(LockRecord {
                 hook: hook::PROC_LOCKS,
                 dev: self.dev,

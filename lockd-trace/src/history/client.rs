@@ -50,7 +50,7 @@ impl Request {
         Holder {
             owner: self.lock.owner,
             pid: self.lock.pid,
-            comm: self.comm.clone(),
+            comm: self.comm.as_str().into(),
             svid: self.svid,
             host: Some(self.host.clone()),
         }
@@ -149,7 +149,7 @@ fn enter(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
         Request {
             file,
             pid: ev.pid,
-            comm: ev.comm.clone(),
+            comm: ev.comm.as_str().to_owned(),
             cmd: n.cmd,
             lock: n.lock,
             host: n.host.clone(),
@@ -397,7 +397,7 @@ fn reclaim(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>)
         ));
     }
     if let Some((rt, _)) = super::server::rebooted(&h.server, &n.host) {
-        let seen = super::server::reclaim_seen(h, &n.fh, n.svid, rt, status);
+        let seen = super::server::reclaim_seen(h, n, rt, status);
         f.evidence.extend(seen);
     }
     if let Some(g) = granted {

@@ -30,7 +30,7 @@ pub(super) fn exited(h: &mut Histories, ev: &Event) {
     if h.exits.len() < MAX_PENDING {
         h.exits.push(Exit {
             pid: ev.pid,
-            comm: ev.comm.clone(),
+            comm: ev.comm.as_str().to_owned(),
             ts_ns: ev.ts_ns,
         });
     }
@@ -51,7 +51,7 @@ pub(super) fn advance(h: &mut Histories, now_ns: u64, all: bool, out: &mut Vec<F
         files.sort_by_key(|f| (f.dev, f.ino));
         let mut orphans = Vec::new();
         for f in files {
-            let mine = |x: &&Held| x.holder.pid == e.pid as i32 && x.holder.comm == e.comm;
+            let mine = |x: &&Held| x.holder.pid == e.pid as i32 && *x.holder.comm == *e.comm;
             orphans.extend(f.local.held.iter().filter(mine).map(|l| l.holder.owner));
             if let Some(l) = f.nlm.held.iter().find(mine) {
                 out.push(at_server(h, &e, f, l));

@@ -10,7 +10,10 @@ mod server;
 pub mod table;
 mod waits;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    rc::Rc,
+};
 
 use foldhash::{HashMap, HashMapExt as _};
 
@@ -23,7 +26,7 @@ use table::LockTable;
 
 use crate::{
     clock::Clock,
-    event::{Body, Event, LockRecord},
+    event::{Body, Comm, Event, LockRecord},
     finding::{Finding, Range},
     held::{BEFORE_TRACING, Held, Holder},
     paths::cut,
@@ -60,6 +63,8 @@ pub struct FileHistory {
     pub dev: u32,
     pub ino: u64,
     pub path: Option<String>,
+    /// The path is cut at the top (checked once, not per event).
+    path_cut: bool,
     /// NFS file handle, once an NLM step named it.
     pub fh: Vec<u8>,
     pub steps: VecDeque<Event>,
@@ -78,6 +83,7 @@ impl FileHistory {
             dev,
             ino,
             path: None,
+            path_cut: false,
             fh: Vec::new(),
             steps: VecDeque::new(),
             steps_dropped: 0,
@@ -125,9 +131,13 @@ pub struct Histories {
     exits: Vec<exits::Exit>,
     /// Local locks whose setter exited, by lock owner (reported when in someone's way).
     orphans: HashMap<u64, exits::Exit>,
-    /// The room of the last idle file's steps, for the next file that needs some: a storm
-    /// on one file would otherwise allocate and free it on every lock and unlock.
+    /// The room of the last idle file's steps and local lock table, for the next file that
+    /// needs some: a storm on one file would otherwise allocate and free them on every lock
+    /// and unlock.
     spare_steps: VecDeque<Event>,
+    spare_held: Vec<Held>,
+    /// Command names as lock holders carry them, one allocation per name.
+    comms: HashMap<Comm, Rc<str>>,
 }
 
 impl Histories {
@@ -145,7 +155,20 @@ impl Histories {
             exits: Vec::new(),
             orphans: HashMap::new(),
             spare_steps: VecDeque::new(),
+            spare_held: Vec::new(),
+            comms: HashMap::new(),
         }
+    }
+
+    /// `c` as a lock holder's command name.
+    fn comm(&mut self, c: Comm) -> Rc<str> {
+        if self.comms.len() >= 4096 && !self.comms.contains_key(&c) {
+            self.comms.clear();
+        }
+        self.comms
+            .entry(c)
+            .or_insert_with(|| c.as_str().into())
+            .clone()
     }
 
     pub fn file(&self, key: FileKey) -> Option<&FileHistory> {
@@ -186,9 +209,10 @@ impl Histories {
         // A path cut at the top ("/export/..." for a file lockd opened by handle) gives way
         // to a whole one once a process's own open names it.
         if let Some(p) = path
-            && f.path.as_deref().is_none_or(|old| cut(old) && !cut(p))
+            && (f.path.is_none() || f.path_cut && !cut(p))
         {
             f.path = Some(p.to_string());
+            f.path_cut = cut(p);
         }
         f
     }
@@ -224,15 +248,20 @@ impl Histories {
     fn record(&mut self, key: FileKey, path: Option<&str>, ev: &Event) {
         let max = self.limits.max_steps;
         let mut spare = std::mem::take(&mut self.spare_steps);
+        let mut spare_held = std::mem::take(&mut self.spare_held);
         let f = self.touch(key, path);
         if f.steps.capacity() == 0 {
             std::mem::swap(&mut f.steps, &mut spare);
+        }
+        if f.local.held.capacity() == 0 {
+            std::mem::swap(&mut f.local.held, &mut spare_held);
         }
         if f.steps.len() >= max {
             f.steps.pop_front();
             f.steps_dropped += 1;
         }
         f.steps.push_back(ev.clone());
+        self.spare_held = spare_held;
         self.spare_steps = spare;
     }
 
@@ -252,6 +281,11 @@ impl Histories {
                 std::mem::swap(&mut f.steps, &mut self.spare_steps);
             } else {
                 f.steps = VecDeque::new();
+            }
+            if self.spare_held.capacity() == 0 {
+                std::mem::swap(&mut f.local.held, &mut self.spare_held);
+            } else {
+                f.local.held = Vec::new();
             }
         }
     }
@@ -293,7 +327,7 @@ impl Histories {
         let holder = Holder {
             owner: r.lock.owner,
             pid: r.lock.pid,
-            comm: ev.comm.clone(),
+            comm: self.comm(ev.comm),
             svid: None,
             host: None,
         };

@@ -163,7 +163,7 @@ fn client_holder(host: &str, svid: u32, owner: u64) -> Holder {
     Holder {
         owner,
         pid: svid as i32,
-        comm: format!("{host} svid {svid}"),
+        comm: format!("{host} svid {svid}").into(),
         svid: Some(svid),
         host: Some(host.to_string()),
     }
@@ -241,7 +241,7 @@ pub(super) fn released(
         let g = Forgotten {
             ts_ns: ev.ts_ns,
             pid: ev.pid,
-            comm: ev.comm.clone(),
+            comm: ev.comm.as_str().to_owned(),
             host: host.clone(),
             svid,
             range,
@@ -312,24 +312,26 @@ pub(super) fn rebooted(s: &Server, host: &str) -> Option<(u64, u32)> {
     s.reboots.get(host).copied()
 }
 
-/// What the server's own trace (merged with this client's) says of a reclaim of the lock
-/// `svid` held on the file with handle `fh` that failed with `status` after the server's
-/// reboot at `since`: which file the handle is there, what became of the lock before, and
-/// that lockd never reached its lock table with the reclaim.
+/// What the server's own trace (merged with this client's) says of reclaim `n` (its lock,
+/// svid, file handle), which failed with `status` after the server's reboot at `since`: which
+/// file the handle is there, what became of the lock before, and that lockd never reached its
+/// lock table with the reclaim.
 pub(super) fn reclaim_seen(
     h: &Histories,
-    fh: &[u8],
-    svid: u32,
+    n: &NlmRecord,
     since: u64,
     status: Option<u32>,
 ) -> Vec<String> {
-    let s = &h.server;
+    let (s, fh, svid) = (&h.server, &n.fh[..], n.svid);
     let t = |ns| hms_micros(h.clock.wall_ns(ns));
     let mut said = Vec::new();
     let file = s.fh_file.get(fh).and_then(|k| h.files.get(k));
     if let Some(f) = file {
         let path = f.path.as_deref().unwrap_or("?");
-        let held = f.nlm.held.iter().find(|x| x.holder.svid == Some(svid));
+        // Another client's owner may have the same svid: the range must match too.
+        let held = f.nlm.held.iter().find(|x| {
+            x.holder.svid == Some(svid) && (x.start, x.end) == (n.lock.start, n.lock.end)
+        });
         said.push(match (held, forgotten(s, fh, svid)) {
             (_, Some(g)) => format!(
                 "on the server this handle is {path}: {} (pid {}) released lockd's {} for \

@@ -294,7 +294,7 @@ fn out_of_sync_names_the_grant_the_refusal_and_the_local_blocker() {
     );
     let b = f.blocker.as_ref().unwrap();
     assert_eq!(
-        (b.holder.pid, b.holder.comm.as_str(), b.start, b.end),
+        (b.holder.pid, &*b.holder.comm, b.start, b.end),
         (236, "locker", 0, 99)
     );
     assert_eq!(b.since_ns, S + 3_000_000, "since P's local lock");

@@ -37,7 +37,7 @@ pub(super) fn queued(h: &mut Histories, ev: &Event, r: &LockRecord, key: FileKey
         Wait {
             file: key,
             pid: ev.pid,
-            comm: ev.comm.clone(),
+            comm: ev.comm.as_str().to_owned(),
             since_ns: ev.ts_ns,
             range,
             blocker,

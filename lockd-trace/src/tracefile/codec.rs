@@ -334,7 +334,7 @@ impl Dec<'_> {
                 ts_ns,
                 tid,
                 pid,
-                comm: String::new(),
+                comm: Default::default(),
                 body,
             },
             comm,

@@ -19,7 +19,7 @@ use super::{
     rec,
 };
 use crate::{
-    event::{Body, Event},
+    event::{Body, Comm, Event},
     kmsg::KernelLine,
 };
 
@@ -59,6 +59,8 @@ pub struct Reader {
     /// `src` has nothing more.
     eof: bool,
     strings: Strings,
+    /// The last command name decoded, by string id: most events repeat the one before.
+    last_comm: Option<(u32, Comm)>,
     paths: HashMap<(u32, u64), u32>,
     deltas: Deltas,
     pub header: Header,
@@ -92,6 +94,7 @@ impl Reader {
             pos: 0,
             eof: false,
             strings: Strings::default(),
+            last_comm: None,
             paths: HashMap::new(),
             deltas: Deltas::default(),
             header: Header::default(),
@@ -259,7 +262,14 @@ impl Reader {
                             .get(id)
                             .ok_or_else(|| damaged("unknown string id"))
                     };
-                    ev.comm = String::from_utf8_lossy(get(comm)?).into_owned();
+                    ev.comm = match self.last_comm {
+                        Some((id, c)) if id == comm => c,
+                        _ => {
+                            let c = Comm::from_bytes(get(comm)?);
+                            self.last_comm = Some((comm, c));
+                            c
+                        }
+                    };
                     let text = |id| get(id).map(|b| String::from_utf8_lossy(b).into_owned());
                     match &mut ev.body {
                         Body::Nlm(n) => {
