@@ -228,6 +228,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     let mut p = Pipeline::new(clock, Engine::new(clock, s.limits), s.filter, s.sink);
     p.filter_writes = s.recording;
     p.analyse = !s.recording;
+    p.count_metrics = s.metrics.is_some();
     p.scope = std::mem::take(&mut s.scope);
     p.on_write_error = s.on_write_error;
     if s.log.is_some() {

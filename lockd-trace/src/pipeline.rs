@@ -64,6 +64,9 @@ pub struct Pipeline<'a> {
     /// them from the file, and the recorder keeps up with more events without them).
     pub analyse: bool,
     pub tally: Tally,
+    /// Counted only where something serves them (monitor's endpoint): per event it is a
+    /// map update that analyze and record would throw away.
+    pub count_metrics: bool,
     pub metrics: Metrics,
     /// What a failed write to the sink or the trace file does.
     pub on_write_error: OnWriteError,
@@ -84,6 +87,7 @@ impl<'a> Pipeline<'a> {
             scope: Scope::default(),
             analyse: true,
             tally: Tally::default(),
+            count_metrics: false,
             metrics: Metrics::default(),
             on_write_error: OnWriteError::Exit,
             sink_health: Health::new("stdout"),
@@ -148,7 +152,9 @@ impl<'a> Pipeline<'a> {
             self.tally.out_of_scope += 1;
             return Ok(());
         }
-        self.metrics.event(ev);
+        if self.count_metrics {
+            self.metrics.event(ev);
+        }
         let keep = self.filter.keep(ev);
         if keep || !self.filter_writes {
             self.write_trace(|w| w.event(ev, path))?;
@@ -177,7 +183,9 @@ impl<'a> Pipeline<'a> {
     }
 
     pub fn lost(&mut self, kind: &str, total: u64) -> io::Result<()> {
-        self.metrics.lost(kind, total);
+        if self.count_metrics {
+            self.metrics.lost(kind, total);
+        }
         self.write_trace(|w| w.lost(kind, total))?;
         self.write_sink(|s, _| s.lost(kind, total))
     }
@@ -217,7 +225,9 @@ impl<'a> Pipeline<'a> {
             ) {
                 self.tally.findings += 1;
             }
-            self.metrics.output(&o);
+            if self.count_metrics {
+                self.metrics.output(&o);
+            }
             self.write_sink(|s, clock| s.output(&o, clock))?;
         }
         self.outputs = out;

@@ -106,13 +106,20 @@ pub fn port(n: u16) -> String {
 
 /// One scrape of the metrics endpoint: the body of its 200 answer.
 pub fn scrape(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    try_scrape(addr).unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
+}
+
+/// One scrape, or why it got no 200 answer (the endpoint closes what it has no room for).
+fn try_scrape(addr: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
-    body.to_string()
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") => Ok(body.to_string()),
+        _ => Err(format!("not a 200 answer: {out}")),
+    }
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text body (every line parsed).
@@ -134,13 +141,16 @@ pub fn sample(body: &str, series: &str) -> Option<u64> {
 pub fn scrape_until(addr: &str, series: &str, ok: impl Fn(Option<u64>) -> bool) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let body = scrape(addr);
-        if ok(sample(&body, series)) {
-            return body;
+        // Refused while clients that just went away still hold its slots: asked again.
+        let body = try_scrape(addr);
+        if let Ok(body) = &body
+            && ok(sample(body, series))
+        {
+            return body.clone();
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{series} never as expected:\n{body}"
+            "{series} never as expected:\n{body:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
