@@ -21,27 +21,21 @@ pub struct FileKey {
 /// include/linux/dcache.h (bit 5 since 2.6: anonymous dentries from exportfs).
 const DCACHE_DISCONNECTED: u32 = 1 << 5;
 
-/// Files already named (WHOLE), or named only as "somewhere on this filesystem" (CUT: opened
-/// by handle, no path to it yet); LRU so a long run re-sends a name only after it fell out.
+/// Files already named; LRU so a long run re-sends a name only after it fell out.
 #[map]
 static NAMED: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(16384, 0);
-const WHOLE: u8 = 1;
-const CUT: u8 = 2;
 
-/// Sends the name of the file behind struct file_lock `fl` unless it was sent already; a file
-/// named CUT is named again once this lock's file has a path to it (a process opened it by
-/// name), not on every lock lockd takes on it.
+/// Sends the name of the file behind struct file_lock `fl` unless it was sent already.
 #[inline(always)]
 pub fn name_once(fl: u64, dev: u32, ino: u64, o: &Offsets) {
     let key = FileKey { dev, _pad: 0, ino };
     // SAFETY: plain lookup.
-    let sent = unsafe { NAMED.get(&key) }.copied();
-    if ino == 0 || sent == Some(WHOLE) {
+    if ino == 0 || unsafe { NAMED.get(&key) }.is_some() {
         return;
     }
     let file: u64 = read(fl, o.fl_file);
     let mut dentry: u64 = read(file, o.file_dentry);
-    if dentry == 0 || (sent == Some(CUT) && disconnected(dentry, o)) {
+    if dentry == 0 {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<FileNameEvent>(0) else {
@@ -72,21 +66,10 @@ pub fn name_once(fl: u64, dev: u32, ino: u64, o: &Offsets) {
         }
         dentry = parent;
     }
-    let whole = ev.complete != 0 || ev.depth as usize == NAME_DEPTH;
+    let named = ev.complete != 0 || ev.depth as usize == NAME_DEPTH;
     entry.submit(submit_flags::<FileNameEvent>());
-    let _ = NAMED.insert(&key, if whole { &WHOLE } else { &CUT }, 0);
-}
-
-/// The walk up from `dentry` ends at a dentry obtained from a file handle, not the root.
-#[inline(always)]
-fn disconnected(mut dentry: u64, o: &Offsets) -> bool {
-    for _ in 0..NAME_DEPTH {
-        let parent: u64 = read(dentry, o.dentry_parent);
-        if parent == dentry || parent == 0 {
-            let flags: u32 = read(dentry, o.dentry_flags);
-            return flags & DCACHE_DISCONNECTED != 0;
-        }
-        dentry = parent;
+    // A disconnected file is named again next time: a process's own open of it has the path.
+    if named {
+        let _ = NAMED.insert(&key, &1, 0);
     }
-    false
 }
