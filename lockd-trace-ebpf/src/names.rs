@@ -25,6 +25,12 @@ const DCACHE_DISCONNECTED: u32 = 1 << 5;
 #[map]
 static NAMED: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(16384, 0);
 
+/// Files named only as "somewhere on this filesystem" (lockd or nfsd opened them by handle):
+/// named again once a lock's file has a path to it, not on every lock lockd takes. A map of
+/// its own, not a value in NAMED: 6.1's verifier refused the value compare LLVM made of it.
+#[map]
+static CUT: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(4096, 0);
+
 /// Sends the name of the file behind struct file_lock `fl` unless it was sent already.
 #[inline(always)]
 pub fn name_once(fl: u64, dev: u32, ino: u64, o: &Offsets) {
@@ -36,6 +42,10 @@ pub fn name_once(fl: u64, dev: u32, ino: u64, o: &Offsets) {
     let file: u64 = read(fl, o.fl_file);
     let mut dentry: u64 = read(file, o.file_dentry);
     if dentry == 0 {
+        return;
+    }
+    // SAFETY: plain lookup.
+    if unsafe { CUT.get(&key) }.is_some() && disconnected(dentry, o) {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<FileNameEvent>(0) else {
@@ -68,8 +78,23 @@ pub fn name_once(fl: u64, dev: u32, ino: u64, o: &Offsets) {
     }
     let named = ev.complete != 0 || ev.depth as usize == NAME_DEPTH;
     entry.submit(submit_flags::<FileNameEvent>());
-    // A disconnected file is named again next time: a process's own open of it has the path.
-    if named {
-        let _ = NAMED.insert(&key, &1, 0);
+    let _ = if named {
+        NAMED.insert(&key, &1, 0)
+    } else {
+        CUT.insert(&key, &1, 0)
+    };
+}
+
+/// The walk up from `dentry` ends at a dentry obtained from a file handle, not the root.
+#[inline(always)]
+fn disconnected(mut dentry: u64, o: &Offsets) -> bool {
+    for _ in 0..NAME_DEPTH {
+        let parent: u64 = read(dentry, o.dentry_parent);
+        if parent == dentry || parent == 0 {
+            let flags: u32 = read(dentry, o.dentry_flags);
+            return flags & DCACHE_DISCONNECTED != 0;
+        }
+        dentry = parent;
     }
+    false
 }
