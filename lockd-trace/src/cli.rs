@@ -92,7 +92,8 @@ pub struct AnalysisArgs {
     /// Report a request waiting longer than this.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub blocked_after: Duration,
-    /// Files whose history is kept; the least recently used go first (counted).
+    /// Files whose history is kept; when full, the least recently used sixteenth goes, files
+    /// holding no lock first (counted).
     #[arg(long, default_value_t = 100_000)]
     pub max_files: usize,
 }

@@ -171,7 +171,7 @@ fn enter(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
         && n.lock.lock_type != F_UNLCK
         && h.client.flock_seen.insert((file, n.lock.owner))
     {
-        let path = h.files.get(&file).and_then(|f| f.path.clone());
+        let path = h.files.get(&file).and_then(|f| f.path_owned());
         let mut f = Finding::new(
             Kind::FlockEmulated,
             ev.ts_ns,
@@ -230,7 +230,7 @@ fn call(h: &mut Histories, ev: &Event, n: &NlmRecord) {
     if let Some(f) = h.files.get_mut(&file)
         && f.fh.is_empty()
     {
-        f.fh.clone_from(&n.fh);
+        f.fh = n.fh.as_slice().into();
     }
 }
 
@@ -343,7 +343,7 @@ fn reclaim(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>)
         .copied()
         .unwrap_or((n.ret, n.nlm_status));
     let fh = h.files.get(&file);
-    let path = fh.and_then(|f| f.path.clone());
+    let path = fh.and_then(|f| f.path_owned());
     let owner_comm = fh
         .and_then(|f| {
             f.local
@@ -444,7 +444,7 @@ pub(super) fn advance(h: &mut Histories, now_ns: u64, out: &mut Vec<Finding>) {
             continue;
         }
         r.blocked_reported = true;
-        let path = h.files.get(&r.file).and_then(|f| f.path.clone());
+        let path = h.files.get(&r.file).and_then(|f| f.path_owned());
         let mut f = r.finding(Kind::BlockedLong, now_ns, path);
         f.nlm_status = Some(status::BLOCKED);
         f.headline = format!(

@@ -25,7 +25,7 @@ pub(super) fn out_of_sync(
     let clock = h.clock;
     let t = |ns| hms_micros(clock.wall_ns(ns));
     let file = h.files.get(&r.file);
-    let path = file.and_then(|f| f.path.clone());
+    let path = file.and_then(|f| f.path_owned());
     let mut f = r.finding(Kind::OutOfSync, ts, path);
     f.nlm_status = Some(status::GRANTED);
     f.errno = Some(vfs_ret);
@@ -104,7 +104,7 @@ pub(super) fn out_of_sync(
             ),
         }
         let svid = told.as_ref().and_then(|x| x.holder.svid);
-        let fh = file.map_or(&r.fh, |f| &f.fh);
+        let fh = file.map_or(&r.fh[..], |f| &f.fh[..]);
         let forgot = svid.and_then(|s| super::server::forgotten(&h.server, fh, s));
         match &forgot {
             Some(g) => f.evidence.push(format!(
@@ -166,7 +166,7 @@ pub(super) fn unexpected_unlock(
     let clock = h.clock;
     let t = |ns| hms_micros(clock.wall_ns(ns));
     let file = h.files.get(&r.file);
-    let path = file.and_then(|f| f.path.clone());
+    let path = file.and_then(|f| f.path_owned());
     let mut f = r.finding(Kind::UnexpectedUnlock, ts, path);
     f.nlm_status = Some(status);
     f.app_result = app;
@@ -198,7 +198,7 @@ pub(super) fn unexpected_unlock(
             t(g.since_ns)
         ));
     }
-    let fh = file.map_or(&r.fh, |f| &f.fh);
+    let fh = file.map_or(&r.fh[..], |f| &f.fh[..]);
     if let Some(g) = r
         .svid
         .and_then(|s| super::server::forgotten(&h.server, fh, s))

@@ -47,7 +47,11 @@ pub(super) fn advance(h: &mut Histories, now_ns: u64, all: bool, out: &mut Vec<F
         .partition(|e| all || now_ns >= e.ts_ns.saturating_add(SETTLE_NS));
     h.exits = waiting;
     for e in due {
-        let mut files: Vec<&FileHistory> = h.files().collect();
+        // Only files holding locks: the rest have nothing of this process's.
+        let mut files: Vec<&FileHistory> = h
+            .files()
+            .filter(|f| !(f.local.is_empty() && f.nlm.is_empty()))
+            .collect();
         files.sort_by_key(|f| (f.dev, f.ino));
         let mut orphans = Vec::new();
         for f in files {
@@ -109,7 +113,7 @@ fn new(h: &Histories, e: &Exit, f: &FileHistory, l: &Held) -> Finding {
         Kind::OwnerExited,
         e.ts_ns,
         (f.dev, f.ino),
-        f.path.clone(),
+        f.path_owned(),
         e.pid as i32,
         &e.comm,
     );
@@ -166,7 +170,7 @@ fn at_server(h: &Histories, e: &Exit, f: &FileHistory, l: &Held) -> Finding {
             Body::Nlm(n) if !n.fh.is_empty() => Some(n.fh.clone()),
             _ => None,
         })
-        .or_else(|| (!f.fh.is_empty()).then(|| f.fh.clone()));
+        .or_else(|| (!f.fh.is_empty()).then(|| f.fh.to_vec()));
     let released = fh
         .zip(l.holder.svid)
         .and_then(|(fh, svid)| server::forgotten(&h.server, &fh, svid));

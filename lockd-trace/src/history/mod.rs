@@ -1,6 +1,7 @@
 //! Per-file histories: every step seen on a file, the lock table the local VFS holds and the one
-//! the NLM peer was told of, bounded by an LRU over files. The detectors (client.rs for the
-//! NLM client, server.rs for lockd's server side and NSM) read and update them.
+//! the NLM peer was told of, bounded in number (the least recently used go first). The
+//! detectors (client.rs for the NLM client, server.rs for lockd's server side and NSM) read and
+//! update them.
 
 mod client;
 mod client_text;
@@ -10,10 +11,7 @@ mod server;
 pub mod table;
 mod waits;
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    rc::Rc,
-};
+use std::{collections::VecDeque, rc::Rc};
 
 use foldhash::{HashMap, HashMapExt as _};
 
@@ -23,6 +21,7 @@ use lockd_trace_common::{
     nlm_op,
 };
 use table::LockTable;
+use thin_vec::ThinVec;
 
 use crate::{
     clock::Clock,
@@ -36,7 +35,7 @@ pub type FileKey = (u32, u64);
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Files kept; the least recently used one goes first.
+    /// Files kept; when full, the least recently used sixteenth goes, idle files first.
     pub max_files: usize,
     /// Steps kept per file; older steps are dropped (and counted).
     pub max_steps: usize,
@@ -62,11 +61,11 @@ impl Default for Limits {
 pub struct FileHistory {
     pub dev: u32,
     pub ino: u64,
-    pub path: Option<String>,
+    pub path: Option<Box<str>>,
     /// The path is cut at the top (checked once, not per event).
     path_cut: bool,
     /// NFS file handle, once an NLM step named it.
-    pub fh: Vec<u8>,
+    pub fh: ThinVec<u8>,
     pub steps: VecDeque<Event>,
     pub steps_dropped: u64,
     /// What the local VFS holds.
@@ -84,13 +83,18 @@ impl FileHistory {
             ino,
             path: None,
             path_cut: false,
-            fh: Vec::new(),
+            fh: ThinVec::new(),
             steps: VecDeque::new(),
             steps_dropped: 0,
             local: LockTable::default(),
             nlm: LockTable::default(),
             last_use: 0,
         }
+    }
+
+    /// The path as a finding carries it.
+    pub fn path_owned(&self) -> Option<String> {
+        self.path.as_deref().map(String::from)
     }
 
     /// Local locks the NLM peer was not told of, and NLM locks the local VFS lacks.
@@ -122,7 +126,8 @@ pub struct Histories {
     /// Boxed: the table keeps up to twice its entries' room, which inline would be
     /// 170 bytes a slot.
     files: HashMap<FileKey, Box<FileHistory>>,
-    lru: BTreeMap<u64, FileKey>,
+    /// The file touched last, and a count of touches (FileHistory::last_use).
+    newest: Option<FileKey>,
     tick: u64,
     pub evicted: u64,
     waits: HashMap<u64, waits::Wait>,
@@ -135,7 +140,7 @@ pub struct Histories {
     /// needs some: a storm on one file would otherwise allocate and free them on every lock
     /// and unlock.
     spare_steps: VecDeque<Event>,
-    spare_held: Vec<Held>,
+    spare_held: ThinVec<Held>,
     /// Command names as lock holders carry them, one allocation per name.
     comms: HashMap<Comm, Rc<str>>,
 }
@@ -146,7 +151,7 @@ impl Histories {
             clock,
             limits,
             files: HashMap::new(),
-            lru: BTreeMap::new(),
+            newest: None,
             tick: 0,
             evicted: 0,
             waits: HashMap::new(),
@@ -155,7 +160,7 @@ impl Histories {
             exits: Vec::new(),
             orphans: HashMap::new(),
             spare_steps: VecDeque::new(),
-            spare_held: Vec::new(),
+            spare_held: ThinVec::new(),
             comms: HashMap::new(),
         }
     }
@@ -187,62 +192,56 @@ impl Histories {
         self.files.is_empty()
     }
 
-    /// The file's history, created (and the LRU file evicted) as needed; touched as used.
+    /// The file's history, created (and old files evicted) as needed; touched as used.
     fn touch(&mut self, key: FileKey, path: Option<&str>) -> &mut FileHistory {
-        // Already the most recently used (a storm on one file): the LRU order stands.
-        let newest = self.lru.last_key_value().is_some_and(|(_, k)| *k == key);
+        // Already the most recently used (a storm on one file): nothing to note.
+        let newest = self.newest == Some(key);
         if !newest {
             self.tick += 1;
-            if !self.files.contains_key(&key) {
-                while self.files.len() >= self.limits.max_files.max(1) && self.evict_one() {}
+            if self.files.len() >= self.limits.max_files.max(1) && !self.files.contains_key(&key) {
+                self.evict();
             }
+            self.newest = Some(key);
         }
+        let tick = self.tick;
         let f = self
             .files
             .entry(key)
             .or_insert_with(|| Box::new(FileHistory::new(key.0, key.1)));
-        if !newest {
-            self.lru.remove(&f.last_use);
-            f.last_use = self.tick;
-            self.lru.insert(self.tick, key);
-        }
+        f.last_use = tick;
         // A path cut at the top ("/export/..." for a file lockd opened by handle) gives way
         // to a whole one once a process's own open names it.
         if let Some(p) = path
             && (f.path.is_none() || f.path_cut && !cut(p))
         {
-            f.path = Some(p.to_string());
+            f.path = Some(p.into());
             f.path_cut = cut(p);
         }
         f
     }
 
-    /// Drops the least recently used file, passing over (to the back of the queue) up to
-    /// SPARE_HOLDERS files that hold locks: a held lock's table is what names the blocker of a
-    /// later wait, an idle file's steps are only history. When all hold locks, the oldest goes.
-    fn evict_one(&mut self) -> bool {
-        const SPARE_HOLDERS: usize = 16;
-        for _ in 0..SPARE_HOLDERS.min(self.lru.len()) {
-            let Some((&at, &old)) = self.lru.first_key_value() else {
-                break;
-            };
-            let Some(f) = self.files.get_mut(&old) else {
-                break;
-            };
-            if f.local.is_empty() && f.nlm.is_empty() {
-                break;
-            }
-            self.tick += 1;
-            f.last_use = self.tick;
-            self.lru.remove(&at);
-            self.lru.insert(self.tick, old);
+    /// Makes room: the least recently used sixteenth of the files goes, idle files before
+    /// those holding locks (a held lock's table is what names the blocker of a later wait, an
+    /// idle file's steps are only history). In batches, found by one pass over the files, so
+    /// no order is kept per event (a BTreeMap LRU cost 49 bytes a file and a remove and insert
+    /// whenever another file was touched).
+    fn evict(&mut self) {
+        let batch = (self.limits.max_files / 16).clamp(1, self.files.len());
+        let mut order: Vec<(bool, u64, FileKey)> = self
+            .files
+            .iter()
+            .map(|(k, f)| (!(f.local.is_empty() && f.nlm.is_empty()), f.last_use, *k))
+            .collect();
+        if batch < order.len() {
+            order.select_nth_unstable(batch);
         }
-        let Some((_, old)) = self.lru.pop_first() else {
-            return false;
-        };
-        self.files.remove(&old);
-        self.evicted += 1;
-        true
+        for &(_, _, key) in &order[..batch] {
+            self.files.remove(&key);
+            if self.newest == Some(key) {
+                self.newest = None;
+            }
+        }
+        self.evicted += batch as u64;
     }
 
     fn record(&mut self, key: FileKey, path: Option<&str>, ev: &Event) {
@@ -269,8 +268,8 @@ impl Histories {
     pub fn observe(&mut self, ev: &Event, path: Option<&str>, out: &mut Vec<Finding>) {
         self.fold(ev, path, out);
         if !self.limits.keep_idle_steps
-            && let Some((_, key)) = self.lru.last_key_value()
-            && let Some(f) = self.files.get_mut(key)
+            && let Some(key) = self.newest
+            && let Some(f) = self.files.get_mut(&key)
             && f.local.is_empty()
             && f.nlm.is_empty()
             && !f.steps.is_empty()
@@ -285,7 +284,7 @@ impl Histories {
             if self.spare_held.capacity() == 0 {
                 std::mem::swap(&mut f.local.held, &mut self.spare_held);
             } else {
-                f.local.held = Vec::new();
+                f.local.held = ThinVec::new();
             }
         }
     }

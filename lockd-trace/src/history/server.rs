@@ -54,7 +54,7 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
             room(&mut s.lockd_owner);
             s.lockd_owner.insert(n.lock.owner, (n.peer(), n.svid));
             if let Some(f) = h.files.get_mut(&key) {
-                f.fh.clone_from(&n.fh);
+                f.fh = n.fh.as_slice().into();
                 if n.nlm_status == Some(status::GRANTED) {
                     let l = n.lock;
                     f.nlm.apply(
@@ -230,7 +230,7 @@ pub(super) fn released(
         return;
     }
     f.nlm.apply(&nlm_holder, F_UNLCK, start, end, 0);
-    let (path, fh) = (f.path.clone(), f.fh.clone());
+    let (path, fh) = (f.path_owned(), f.fh.to_vec());
     let clock = h.clock;
     for l in lost {
         let range = Range {
@@ -402,7 +402,7 @@ impl Histories {
                     .map(move |x| (&**f, x))
             })
             .collect();
-        kept.sort_by_key(|(f, x)| (f.path.clone(), x.start));
+        kept.sort_by_key(|(f, x)| (f.path_owned(), x.start));
         let mut f = Finding::new(Kind::LocksKept, ts_ns, (0, 0), None, 0, "lockd");
         f.headline = format!(
             "lockd lost its last user in network namespace {net} while NFS clients held locks: \
@@ -417,7 +417,7 @@ impl Histories {
             ));
         }
         if let [(file, x)] = kept[..] {
-            (f.dev, f.ino, f.path) = (file.dev, file.ino, file.path.clone());
+            (f.dev, f.ino, f.path) = (file.dev, file.ino, file.path_owned());
             f.range = Some(Range {
                 lock_type: x.lock_type,
                 start: x.start,

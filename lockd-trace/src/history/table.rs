@@ -3,11 +3,14 @@
 
 use lockd_trace_common::kernel::{F_UNLCK, F_WRLCK};
 
+use thin_vec::ThinVec;
+
 use crate::held::{Held, Holder};
 
 #[derive(Clone, Debug, Default)]
 pub struct LockTable {
-    pub held: Vec<Held>,
+    /// One pointer wide: a million idle files each keep two empty tables.
+    pub held: ThinVec<Held>,
 }
 
 impl LockTable {

@@ -687,6 +687,32 @@ fn a_file_holding_a_lock_outlives_idle_files_in_the_lru() {
     assert_eq!((held.len(), held[0].start, held[0].end), (1, 0, 9));
 }
 
+#[test]
+fn eviction_takes_the_oldest_sixteenth_idle_files_first() {
+    let mut t = Trace::with(Limits {
+        max_files: 32,
+        ..Limits::default()
+    });
+    // The two oldest hold locks; the others locked and unlocked.
+    for ino in 1..=32 {
+        t.vfs(1, "a", (9, ino), lk(1, 1, F_WRLCK, 0, 9), 0, None);
+        if ino > 2 {
+            t.vfs(1, "a", (9, ino), lk(1, 1, F_UNLCK, 0, 9), 0, None);
+        }
+    }
+    t.vfs(1, "a", (9, 33), lk(1, 1, F_WRLCK, 0, 9), 0, None);
+    assert_eq!((t.h.len(), t.h.evicted), (31, 2));
+    for ino in [1, 2, 5, 33] {
+        assert!(t.h.file((9, ino)).is_some(), "{ino} stays");
+    }
+    for ino in [3, 4] {
+        assert!(
+            t.h.file((9, ino)).is_none(),
+            "{ino} was the oldest idle file"
+        );
+    }
+}
+
 fn line(ts: u64, text: &str) -> KernelLine {
     KernelLine {
         ts_ns: ts,

@@ -60,7 +60,7 @@ pub(super) fn advance(h: &mut Histories, now_ns: u64, out: &mut Vec<Finding>) {
             continue;
         }
         w.reported = true;
-        let path = h.files.get(&w.file).and_then(|f| f.path.clone());
+        let path = h.files.get(&w.file).and_then(|f| f.path_owned());
         let mut evidence = vec![format!(
             "{} (pid {}) asked for {} at {} and is still waiting after {:.1} s",
             w.comm,
