@@ -82,13 +82,13 @@ pub fn flock_lock_inode_raw(ctx: RawTracePointContext) -> i32 {
 // hooks (which put every syscall of every task on the traced path; monitor leaves them out).
 #[btf_tracepoint(function = "fcntl_setlk")]
 pub fn fcntl_setlk_btf(ctx: BtfTracePointContext) -> i32 {
-    sys::setlk_done(ctx.arg::<i64>(2) as i32);
+    sys::setlk_done::<Btf>(ctx.arg(1), ctx.arg::<i64>(2) as i32);
     0
 }
 
 #[raw_tracepoint(tracepoint = "fcntl_setlk")]
 pub fn fcntl_setlk_raw(ctx: RawTracePointContext) -> i32 {
-    sys::setlk_done(ctx.arg::<i64>(2) as i32);
+    sys::setlk_done::<Probe>(ctx.arg(1), ctx.arg::<i64>(2) as i32);
     0
 }
 

@@ -10,13 +10,13 @@ use aya_ebpf::{
 };
 use lockd_trace_common::{
     GetlkEvent, UserFlock, counter, filter, hook,
-    kernel::{F_GETLK, F_OFD_GETLK},
+    kernel::{F_GETLK, F_OFD_GETLK, FL_SLEEP},
     kind,
 };
 
 use crate::{
     emit::{count, header, send},
-    kread::{Probe, filter_bits, inode_id, offsets, on_nfs, read},
+    kread::{Mem, Probe, filter_bits, inode_id, offsets, on_nfs, read},
     vfs::WAITING,
 };
 
@@ -80,9 +80,15 @@ pub fn exit_fcntl(ctx: &TracePointContext) {
     wait_end(tid, ret, hook::SYS_FCNTL);
 }
 
-/// fcntl_setlk's end: a waiting request's outcome (the syscall exit then finds none).
+/// fcntl_setlk's end: a waiting request's outcome (the syscall exit then finds none). Only
+/// F_SETLKW and F_OFD_SETLKW (FL_SLEEP) can have waited: the others skip the map lookup, which
+/// every fcntl lock call would otherwise pay.
 #[inline(always)]
-pub fn setlk_done(ret: i32) {
+pub fn setlk_done<M: Mem>(fl: u64, ret: i32) {
+    let o = offsets();
+    if o.valid == 0 || M::read::<u32>(fl, o.fl_flags) & FL_SLEEP == 0 {
+        return;
+    }
     wait_end(tid(), ret, hook::SYS_FCNTL);
 }
 
