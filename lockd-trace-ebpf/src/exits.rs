@@ -10,11 +10,15 @@ use crate::emit::{header, send};
 #[map]
 static LOCKERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
-/// The current process took a lock.
+/// The current process took a lock. Looked up first: an LRU map update replaces the element
+/// even when the key is there (a free-list pop and locks), which a storm paid on every lock.
 #[inline(always)]
 pub fn took_lock() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = LOCKERS.insert(&tgid, &1, 0);
+    // SAFETY: the value is not used, only its presence.
+    if unsafe { LOCKERS.get(&tgid) }.is_none() {
+        let _ = LOCKERS.insert(&tgid, &1, 0);
+    }
 }
 
 /// sched_process_exit for the current task: reported when it is a locker's main thread.

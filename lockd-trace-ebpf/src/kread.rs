@@ -120,23 +120,23 @@ pub fn read<T: Copy + Default>(base: u64, off: u32) -> T {
 
 /// A struct file_lock as the contract's LockInfo.
 #[inline(always)]
-pub fn lock_info(fl: u64, o: &Offsets) -> LockInfo {
+pub fn lock_info<M: Mem>(fl: u64, o: &Offsets) -> LockInfo {
     LockInfo {
-        owner: read(fl, o.fl_owner),
-        start: read(fl, o.fl_start),
-        end: read(fl, o.fl_end),
-        pid: read(fl, o.fl_pid),
-        flags: read(fl, o.fl_flags),
-        lock_type: u32::from(read::<u8>(fl, o.fl_type)),
+        owner: M::read(fl, o.fl_owner),
+        start: M::read(fl, o.fl_start),
+        end: M::read(fl, o.fl_end),
+        pid: M::read(fl, o.fl_pid),
+        flags: M::read(fl, o.fl_flags),
+        lock_type: u32::from(M::read::<u8>(fl, o.fl_type)),
         _pad: 0,
     }
 }
 
 /// The (device, inode number) of a struct inode.
 #[inline(always)]
-pub fn inode_id(inode: u64, o: &Offsets) -> (u32, u64) {
-    let sb: u64 = read(inode, o.i_sb);
-    (read(sb, o.sb_dev), read(inode, o.i_ino))
+pub fn inode_id<M: Mem>(inode: u64, o: &Offsets) -> (u32, u64) {
+    let sb: u64 = M::read(inode, o.i_sb);
+    (M::read(sb, o.sb_dev), M::read(inode, o.i_ino))
 }
 
 /// The (device, inode number) behind a struct file_lock's file.
@@ -147,5 +147,5 @@ pub fn fl_inode_id(fl: u64, o: &Offsets) -> (u32, u64) {
     if inode == 0 {
         return (0, 0);
     }
-    inode_id(inode, o)
+    inode_id::<Probe>(inode, o)
 }

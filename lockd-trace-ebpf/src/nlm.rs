@@ -23,7 +23,7 @@ use lockd_trace_common::{
 use crate::{
     emit::{EVENTS, count, count_lost, header, submit_flags},
     exits,
-    kread::{fl_inode_id, lock_info, nlm_offsets, offsets, read},
+    kread::{Probe, fl_inode_id, lock_info, nlm_offsets, offsets, read},
     names,
     vfs::find_blocker,
 };
@@ -110,7 +110,7 @@ fn set_fl(e: &mut NlmEvent, fl: u64, o: &Offsets) {
     if fl == 0 {
         return;
     }
-    e.lock = lock_info(fl, o);
+    e.lock = lock_info::<Probe>(fl, o);
     let (dev, ino) = fl_inode_id(fl, o);
     e.dev = dev;
     e.ino = ino;

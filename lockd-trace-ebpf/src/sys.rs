@@ -129,7 +129,7 @@ fn getlk_answer(p: &PendingGetlk, ret: i32) {
     let (dev, ino) = if inode == 0 {
         (0, 0)
     } else {
-        inode_id(inode, &o)
+        inode_id::<Probe>(inode, &o)
     };
     let ev = GetlkEvent {
         hdr: header(kind::GETLK, hook::SYS_FCNTL),

@@ -15,7 +15,7 @@ use lockd_trace_common::{
 use crate::{
     emit::{count, header, send},
     exits,
-    kread::{Mem, filter_bits, inode_id, lock_info, offsets, on_nfs, read},
+    kread::{Mem, Probe, filter_bits, inode_id, lock_info, offsets, on_nfs, read},
     names,
 };
 
@@ -38,9 +38,9 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
     if ret == 0 && filtered_out::<M>(inode, fl, hook_id, &o) {
         return;
     }
-    let (dev, ino) = inode_id(inode, &o);
+    let (dev, ino) = inode_id::<M>(inode, &o);
     names::name_once(fl, dev, ino, &o);
-    let lock = lock_info(fl, &o);
+    let lock = lock_info::<M>(fl, &o);
     let mut ev = VfsLockEvent {
         hdr: header(kind::VFS_LOCK, hook_id),
         dev,
@@ -119,7 +119,8 @@ pub fn find_blocker<C: EbpfContext>(
         if node == head || node == 0 {
             return None;
         }
-        let cand = lock_info(node - u64::from(o.fl_list), o);
+        // List nodes are read as numbers, not typed pointers: probe reads.
+        let cand = lock_info::<Probe>(node - u64::from(o.fl_list), o);
         if conflicts(req, &cand) {
             return Some(cand);
         }
