@@ -1,7 +1,11 @@
 //! Process exits, for the processes that took a lock: a lock still held after its owner's
 //! exit (shared open file description, or an NLM lock the close path skipped) is a finding.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray},
+};
 use lockd_trace_common::kind;
 
 use crate::emit::{header, send};
@@ -10,14 +14,46 @@ use crate::emit::{header, send};
 #[map]
 static LOCKERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
-/// The current process took a lock. Looked up first: an LRU map update replaces the element
-/// even when the key is there (a free-list pop and locks), which a storm paid on every lock.
+/// A tgid this CPU last found in LOCKERS, and the exit generation it was found in.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Known {
+    tgid: u32,
+    generation: u32,
+}
+
+/// A storm of one process's locks skips the LRU lookup: LRU maps take a hash and a bucket walk.
+#[map]
+static LAST_LOCKER: PerCpuArray<Known> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counts lockers' exits: every CPU's LAST_LOCKER is stale after one (its tgid may come back as a
+/// new process). Not atomic: two exits racing still move it.
+#[map]
+static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn generation() -> u32 {
+    GENERATION.get(0).copied().unwrap_or(0)
+}
+
+/// The current process took a lock. Looked up before the insert: an LRU map update replaces
+/// the element even when the key is there (a free-list pop and locks).
 #[inline(always)]
 pub fn took_lock() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let generation = generation();
+    let last = LAST_LOCKER.get_ptr_mut(0);
+    // SAFETY: this CPU's slot; a torn one (a preempted program) only fails to match.
+    if last.is_some_and(|p| unsafe { (*p).tgid == tgid && (*p).generation == generation }) {
+        return;
+    }
     // SAFETY: the value is not used, only its presence.
     if unsafe { LOCKERS.get(&tgid) }.is_none() {
         let _ = LOCKERS.insert(&tgid, &1, 0);
+    }
+    if let Some(p) = last {
+        // SAFETY: as above.
+        unsafe { *p = Known { tgid, generation } };
     }
 }
 
@@ -31,5 +67,9 @@ pub fn exited() {
         return;
     }
     let _ = LOCKERS.remove(&tgid);
+    if let Some(g) = GENERATION.get_ptr_mut(0) {
+        // SAFETY: a counter; a lost increment under a race still leaves it moved.
+        unsafe { *g = (*g).wrapping_add(1) };
+    }
     send(kind::PROC_EXIT, &header(kind::PROC_EXIT, 0));
 }

@@ -2,7 +2,11 @@
 //! FILE_NAME record, so the agent knows the path even after every process closed the file
 //! (and for kernel threads such as lockd, which have no fds to look at).
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel_str_bytes,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
 use lockd_trace_common::{FileNameEvent, NAME_DEPTH, Offsets, kind};
 
 use crate::{
@@ -31,12 +35,30 @@ static NAMED: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static CUT: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(4096, 0);
 
+/// The file this CPU last found named: a storm on one file skips the LRU lookup (a hash and a
+/// bucket walk on every lock call).
+#[map]
+static LAST_NAMED: PerCpuArray<FileKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Sends the name of the file behind struct file_lock `fl` unless it was sent already.
 #[inline(always)]
 pub fn name_once(fl: u64, dev: u32, ino: u64, o: &Offsets) {
     let key = FileKey { dev, _pad: 0, ino };
+    let last = LAST_NAMED.get_ptr_mut(0);
+    if ino == 0 {
+        return;
+    }
+    // SAFETY: this CPU's slot. A program preempted on this CPU by another can leave it torn:
+    // a mismatch, short of a torn key equal to this one.
+    if last.is_some_and(|p| unsafe { (*p).dev == dev && (*p).ino == ino }) {
+        return;
+    }
     // SAFETY: plain lookup.
-    if ino == 0 || unsafe { NAMED.get(&key) }.is_some() {
+    if unsafe { NAMED.get(&key) }.is_some() {
+        if let Some(p) = last {
+            // SAFETY: as above.
+            unsafe { *p = key };
+        }
         return;
     }
     let file: u64 = read(fl, o.fl_file);
