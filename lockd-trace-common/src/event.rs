@@ -45,7 +45,7 @@ pub mod counter {
     /// An NLM probe fired while lockd's layout was not known (module going, or none given):
     /// `NO_LAYOUT + nlm_op`.
     pub const NO_LAYOUT: u32 = 16;
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = NO_LAYOUT + super::nlm_op::COUNT;
 }
 
 /// What the programs send (the `FILTER` global, set by the agent at load time).
@@ -170,6 +170,14 @@ pub mod nlm_op {
     pub const NSM_UNMONITOR: u16 = 14;
     /// nlm_host_rebooted: an SM_NOTIFY (reboot notification) arrived for `host`.
     pub const HOST_REBOOTED: u16 = 15;
+    /// nlmsvc_unlock_all_by_sb: /proc/fs/nfsd/unlock_filesystem was written; `dev` is the
+    /// filesystem whose clients' locks lockd now drops. No file (`ino` 0).
+    pub const SVC_UNLOCK_ALL_SB: u16 = 16;
+    /// nlmsvc_unlock_all_by_ip: /proc/fs/nfsd/unlock_ip was written; `addr` is the server
+    /// address whose clients' locks lockd now drops.
+    pub const SVC_UNLOCK_ALL_IP: u16 = 17;
+    /// Ops, for per-op counters.
+    pub const COUNT: u32 = 18;
 }
 
 /// `NlmEvent::flags` bits.

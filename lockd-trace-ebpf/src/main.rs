@@ -249,6 +249,19 @@ pub fn nlmsvc_grant_blocked(ctx: ProbeContext) -> u32 {
     0
 }
 
+// The admin's "forget": /proc/fs/nfsd/unlock_filesystem and unlock_ip call these.
+#[kprobe]
+pub fn nlmsvc_unlock_all_by_sb(ctx: ProbeContext) -> u32 {
+    nlm::svc_unlock_all_sb(&ctx, SVC_UNLOCK_ALL_SB);
+    0
+}
+
+#[kprobe]
+pub fn nlmsvc_unlock_all_by_ip(ctx: ProbeContext) -> u32 {
+    nlm::svc_unlock_all_ip(&ctx, SVC_UNLOCK_ALL_IP);
+    0
+}
+
 // --- NSM (statd) ---
 
 #[kprobe]

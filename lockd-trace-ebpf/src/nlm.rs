@@ -145,7 +145,12 @@ fn set_host(e: &mut NlmEvent, host: u64, n: &NlmOffsets) {
     }
     // The name is what the peer calls itself; the address is what statd's sm/ files and the
     // other host's view use.
-    let addr = host + u64::from(n.host_addr);
+    set_addr(e, host + u64::from(n.host_addr));
+}
+
+/// The address in a struct sockaddr (IPv4 or IPv6; otherwise left unknown).
+#[inline(always)]
+fn set_addr(e: &mut NlmEvent, addr: u64) {
     let family = u32::from(read::<u16>(addr, 0));
     let at = match family {
         AF_INET => 4,
@@ -423,6 +428,30 @@ pub fn nsm_unmonitor(ctx: &ProbeContext, op: u16) {
     let Some((_, n)) = ready(op) else { return };
     let Some(mut r) = reserve(op) else { return };
     set_host(ev(&mut r), ctx.arg(0).unwrap_or(0), &n);
+    r.submit(submit_flags::<NlmEvent>());
+}
+
+/// nlmsvc_unlock_all_by_sb(sb) entry: a write to /proc/fs/nfsd/unlock_filesystem, by the
+/// current process; which filesystem's client locks lockd drops. Reads no lockd struct.
+#[inline(always)]
+pub fn svc_unlock_all_sb(ctx: &ProbeContext, op: u16) {
+    let o = offsets();
+    if o.valid == 0 {
+        return;
+    }
+    let sb: u64 = ctx.arg(0).unwrap_or(0);
+    let Some(mut r) = reserve(op) else { return };
+    ev(&mut r).dev = read(sb, o.sb_dev);
+    r.submit(submit_flags::<NlmEvent>());
+}
+
+/// nlmsvc_unlock_all_by_ip(server_addr) entry: a write to /proc/fs/nfsd/unlock_ip; the locks
+/// of clients that reached this server at that address go.
+#[inline(always)]
+pub fn svc_unlock_all_ip(ctx: &ProbeContext, op: u16) {
+    let addr: u64 = ctx.arg(0).unwrap_or(0);
+    let Some(mut r) = reserve(op) else { return };
+    set_addr(ev(&mut r), addr);
     r.submit(submit_flags::<NlmEvent>());
 }
 

@@ -95,6 +95,9 @@ pub struct Forgotten {
     pub svid: u32,
     pub range: Range,
     pub path: Option<String>,
+    /// What the releasing process did, when its call into lockd was traced: "wrote
+    /// /proc/fs/nfsd/unlock_filesystem for the filesystem on device 0:45".
+    pub act: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -207,6 +210,7 @@ impl Finding {
                 "svid": f.svid,
                 "lock": range(&f.range),
                 "file": f.path,
+                "act": f.act,
             })
         });
         json!({

@@ -242,6 +242,8 @@ pub fn nlm_op_name(op: u16) -> &'static str {
         NSM_MONITOR => "nsm_monitor",
         NSM_UNMONITOR => "nsm_unmonitor",
         HOST_REBOOTED => "nsm_reboot_notification",
+        SVC_UNLOCK_ALL_SB => "nfsd_unlock_filesystem",
+        SVC_UNLOCK_ALL_IP => "nfsd_unlock_ip",
         _ => "nlm_unknown",
     }
 }

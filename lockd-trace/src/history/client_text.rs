@@ -109,15 +109,20 @@ pub(super) fn out_of_sync(
         match &forgot {
             Some(g) => f.evidence.push(format!(
                 "on the server, at {} {} (pid {}) released lockd's {} for host {} svid {} on {} \
-                 outside NLM (a write to /proc/fs/nfsd/unlock_ip or unlock_filesystem, or an \
-                 nfsd restart)",
+                 outside NLM ({})",
                 t(g.ts_ns),
                 g.comm,
                 g.pid,
                 g.range.text(),
                 g.host,
                 g.svid,
-                g.path.as_deref().unwrap_or("the file")
+                g.path.as_deref().unwrap_or("the file"),
+                g.act.as_ref().map_or_else(
+                    || "a write to /proc/fs/nfsd/unlock_ip or unlock_filesystem, or an nfsd \
+                        restart"
+                        .to_string(),
+                    |a| format!("it {a}")
+                )
             )),
             None if told.is_some() => f.evidence.push(
                 "the server side was not traced here: it lost the lock through \

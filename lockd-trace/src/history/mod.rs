@@ -299,6 +299,13 @@ impl Histories {
             Body::Getlk(g) => {
                 self.record((g.dev, g.ino), path, ev);
             }
+            // The admin's unlock_filesystem / unlock_ip: about a filesystem or an address,
+            // no one file.
+            Body::Nlm(n)
+                if matches!(n.op, nlm_op::SVC_UNLOCK_ALL_SB | nlm_op::SVC_UNLOCK_ALL_IP) =>
+            {
+                server::observe(self, ev, n, out);
+            }
             Body::Nlm(n) => {
                 let key = match (n.dev, n.ino) {
                     (0, 0) => client::file_of(self, ev.tid, &n.fh),

@@ -28,6 +28,15 @@ pub struct Server {
     /// reclaim the server never handled is told apart from a server that was not traced.
     handled: HashMap<(Vec<u8>, u32), u64>,
     last_handled: u64,
+    /// The last traced unlock_filesystem / unlock_ip: the locks it releases name it.
+    unlock_all: Option<UnlockAll>,
+}
+
+struct UnlockAll {
+    pid: u32,
+    ts_ns: u64,
+    /// "wrote /proc/fs/nfsd/unlock_filesystem for the filesystem on device 0:45".
+    act: String,
 }
 
 fn room<K, V>(m: &mut HashMap<K, V>) {
@@ -37,6 +46,19 @@ fn room<K, V>(m: &mut HashMap<K, V>) {
 }
 
 pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
+    if let Some(what) = crate::sinks::terminal::unlock_all_text(n) {
+        let file = if n.op == SVC_UNLOCK_ALL_SB {
+            "unlock_filesystem"
+        } else {
+            "unlock_ip"
+        };
+        h.server.unlock_all = Some(UnlockAll {
+            pid: ev.pid,
+            ts_ns: ev.ts_ns,
+            act: format!("wrote /proc/fs/nfsd/{file} for {what}"),
+        });
+        return;
+    }
     let key = (n.dev, n.ino);
     if !n.fh.is_empty() && key != (0, 0) {
         room(&mut h.server.fh_file);
@@ -232,6 +254,13 @@ pub(super) fn released(
     f.nlm.apply(&nlm_holder, F_UNLCK, start, end, 0);
     let (path, fh) = (f.path_owned(), f.fh.to_vec());
     let clock = h.clock;
+    let act = h
+        .server
+        .unlock_all
+        .as_ref()
+        // The releases come within that call; a minute bounds a slow walk over lockd's files.
+        .filter(|a| a.pid == ev.pid && ev.ts_ns.saturating_sub(a.ts_ns) < 60_000_000_000)
+        .map(|a| (a.act.clone(), a.ts_ns));
     for l in lost {
         let range = Range {
             lock_type: l.lock_type,
@@ -246,6 +275,7 @@ pub(super) fn released(
             svid,
             range,
             path: path.clone(),
+            act: act.as_ref().map(|(a, _)| a.clone()),
         };
         room(&mut h.server.forgotten);
         h.server.forgotten.insert((fh.clone(), svid), g.clone());
@@ -271,11 +301,21 @@ pub(super) fn released(
             host,
             svid
         );
-        let how = if ev.comm == "rpc.nfsd" {
-            "nfsd was stopped (rpc.nfsd): with its last user gone, lockd dropped every lock it \
-             held for clients, and the clients were not told"
-        } else {
-            "a write to /proc/fs/nfsd/unlock_ip or unlock_filesystem (or nfsd shutting down)"
+        let how = match &act {
+            Some((a, at)) => format!(
+                "{} (pid {}) {a} at {}",
+                ev.comm,
+                ev.pid,
+                hms_micros(clock.wall_ns(*at))
+            ),
+            None if ev.comm == "rpc.nfsd" => "nfsd was stopped (rpc.nfsd): with its last user \
+                                              gone, lockd dropped every lock it held for \
+                                              clients, and the clients were not told"
+                .into(),
+            None => {
+                "a write to /proc/fs/nfsd/unlock_ip or unlock_filesystem (or nfsd shutting down)"
+                    .into()
+            }
         };
         f.evidence.push(format!(
             "lockd granted it at {}; it was released by a process other than lockd: {how}",

@@ -204,6 +204,32 @@ impl Trace {
     }
 }
 
+#[test]
+fn a_traced_unlock_filesystem_names_the_act_in_the_forget() {
+    let mut t = Trace::new();
+    let l = lk(0xc000, 180, F_WRLCK, 0, 99);
+    t.vfs(180, "lockd", SERVER, l, 0, None);
+    t.nlm(180, "lockd", SVC_LOCK, 2, Some(0), 5, SERVER, l, 0, "cli");
+    let fs = (SERVER.0, 0);
+    t.nlm(234, "python3", SVC_UNLOCK_ALL_SB, 0, None, 0, fs, l, 0, "");
+    let release = lk(0xc000, 180, F_UNLCK, 0, i64::MAX);
+    t.vfs(234, "python3", SERVER, release, 0, None);
+    let f = t.only(Kind::ServerForgot);
+    let act = format!(
+        "wrote /proc/fs/nfsd/unlock_filesystem for the filesystem on device {}",
+        crate::names::dev_name(SERVER.0)
+    );
+    let g = f.forgotten.as_ref().expect("forgotten");
+    assert_eq!(g.act.as_deref(), Some(act.as_str()));
+    let said = format!("python3 (pid 234) {act} at ");
+    assert!(
+        f.evidence.iter().any(|e| e.contains(&said)),
+        "{:?}",
+        f.evidence
+    );
+    assert!(t.h.file(fs).is_none(), "the filesystem is not a file");
+}
+
 /// The lab's out-of-sync sequence; `server_side` adds what the server host's trace shows.
 fn out_of_sync(server_side: bool) -> Trace {
     let mut t = Trace::new();
