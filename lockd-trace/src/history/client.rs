@@ -125,6 +125,7 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
         // nlmclnt_lock calls do_vfs_lock without FL_ACCESS only once the server granted: a
         // GRANTED callback traced by another recorder may come later in a merged trace.
         CLNT_VFS => {
+            local_table(h, ev, n);
             if let Some(r) = h.client.by_tid.get_mut(&ev.tid)
                 && !r.is_unlock()
                 && (r.granted.is_some() || n.lock.flags & FL_ACCESS == 0)
@@ -138,6 +139,44 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
         CLNT_UNLOCK_CB => unlock_reply(h, ev, n, out),
         CLNT_RECLAIM => reclaim(h, ev, n, out),
         _ => {}
+    }
+}
+
+/// do_vfs_lock's result as the local lock table's step when posix_lock_inode did not report it
+/// (not attached: the lean monitor; or lost). Its record came first when it did, so a lock
+/// already there as is, or an unlock with nothing left to release, changes nothing.
+fn local_table(h: &mut Histories, ev: &Event, n: &NlmRecord) {
+    let l = &n.lock;
+    if n.ret != 0 || l.flags & FL_ACCESS != 0 {
+        return;
+    }
+    let holder = Holder {
+        owner: l.owner,
+        pid: l.pid,
+        comm: h.comm(ev.comm),
+        svid: None,
+        host: None,
+    };
+    let Some(f) = h.files.get_mut(&(n.dev, n.ino)) else {
+        return;
+    };
+    let mine = |x: &&Held| x.holder.same(&holder);
+    let done = if l.lock_type == F_UNLCK {
+        !f.local
+            .held
+            .iter()
+            .filter(mine)
+            .any(|x| x.overlaps(l.start, l.end))
+    } else {
+        f.local
+            .held
+            .iter()
+            .filter(mine)
+            .any(|x| (x.start, x.end, x.lock_type) == (l.start, l.end, l.lock_type))
+    };
+    if !done {
+        f.local
+            .apply(&holder, l.lock_type, l.start, l.end, ev.ts_ns);
     }
 }
 

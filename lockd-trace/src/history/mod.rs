@@ -399,9 +399,12 @@ impl Histories {
     /// Time moved on to `now_ns`: report requests waiting longer than the threshold, and
     /// locks that outlived their owner.
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        let from = out.len();
         exits::advance(self, now_ns, false, out);
         waits::advance(self, now_ns, out);
         client::advance(self, now_ns, out);
+        // The detectors walk hash maps: the same trace must give the same report.
+        out[from..].sort_by_key(|f| (f.ts_ns, f.pid));
     }
 }
 

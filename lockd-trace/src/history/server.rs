@@ -156,7 +156,10 @@ fn rebooted_finding(h: &Histories, ev: &Event, n: &NlmRecord) -> Finding {
         n.host, n.state
     );
     let mut held = 0;
-    for file in h.files.values() {
+    // In file order: the same trace gives the same report.
+    let mut files: Vec<&FileHistory> = h.files().filter(|f| !f.nlm.is_empty()).collect();
+    files.sort_unstable_by_key(|f| (f.dev, f.ino));
+    for file in files {
         for x in file.nlm.held.iter().filter(|x| x.holder.is_peer(&n.host)) {
             held += 1;
             f.evidence.push(format!(

@@ -230,6 +230,28 @@ fn a_traced_unlock_filesystem_names_the_act_in_the_forget() {
     assert!(t.h.file(fs).is_none(), "the filesystem is not a file");
 }
 
+#[test]
+fn do_vfs_lock_keeps_the_local_table_without_posix_lock_inode() {
+    let mut t = Trace::new();
+    let l = lk(0xa000, 236, F_WRLCK, 0, 99);
+    t.nlm(236, "locker", CLNT_VFS, 0, None, 0, CLIENT, l, 0, "");
+    let held = &t.h.file(CLIENT).expect("file").local.held;
+    assert_eq!(held.len(), 1);
+    let h = &held[0];
+    assert_eq!(
+        (&*h.holder.comm, h.holder.pid, h.start, h.end),
+        ("locker", 236, 0, 99)
+    );
+    let unlock = lk(0xa000, 236, F_UNLCK, 0, 99);
+    t.nlm(236, "locker", CLNT_VFS, 0, None, 0, CLIENT, unlock, 0, "");
+    assert!(t.h.file(CLIENT).unwrap().local.is_empty());
+    // Reported by posix_lock_inode first: the step is already in the table, kept as it was.
+    t.vfs(236, "locker", CLIENT, l, 0, None);
+    let since = t.h.file(CLIENT).unwrap().local.held[0].since_ns;
+    t.nlm(236, "locker", CLNT_VFS, 0, None, 0, CLIENT, l, 0, "");
+    assert_eq!(t.h.file(CLIENT).unwrap().local.held[0].since_ns, since);
+}
+
 /// The lab's out-of-sync sequence; `server_side` adds what the server host's trace shows.
 fn out_of_sync(server_side: bool) -> Trace {
     let mut t = Trace::new();
