@@ -57,6 +57,9 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
             ts_ns: ev.ts_ns,
             act: format!("wrote /proc/fs/nfsd/{file} for {what}"),
         });
+        if n.op == SVC_UNLOCK_ALL_SB {
+            unlock_all_sb(h, ev, n.dev, out);
+        }
         return;
     }
     let key = (n.dev, n.ino);
@@ -236,6 +239,42 @@ pub(super) fn released(
     let Some((host, svid)) = h.server.lockd_owner.get(&holder.owner).cloned() else {
         return;
     };
+    forget(h, ev, key, host, svid, (start, end), out);
+}
+
+/// unlock_filesystem: lockd drops every client's locks on files of device `dev` (its walk
+/// matches the superblock), whether or not the releases are traced (the lean monitor does
+/// not see them; when they are, they find these gone already).
+fn unlock_all_sb(h: &mut Histories, ev: &Event, dev: u32, out: &mut Vec<Finding>) {
+    let mut gone: Vec<(FileKey, String, u32)> = h
+        .files
+        .iter()
+        .filter(|(k, _)| k.0 == dev)
+        .flat_map(|(k, f)| {
+            f.nlm
+                .held
+                .iter()
+                .filter_map(|x| Some((*k, x.holder.host.clone()?, x.holder.svid?)))
+        })
+        .collect();
+    gone.sort_unstable();
+    gone.dedup();
+    for (key, host, svid) in gone {
+        forget(h, ev, key, host, svid, (0, i64::MAX), out);
+    }
+}
+
+/// lockd's locks for client (`host`, `svid`) on `key` within `range` went outside NLM: the
+/// server forgot them, and the client does not know.
+fn forget(
+    h: &mut Histories,
+    ev: &Event,
+    key: FileKey,
+    host: String,
+    svid: u32,
+    (start, end): (i64, i64),
+    out: &mut Vec<Finding>,
+) {
     let Some(f) = h.files.get_mut(&key) else {
         return;
     };

@@ -205,13 +205,29 @@ impl Trace {
 }
 
 #[test]
-fn a_traced_unlock_filesystem_names_the_act_in_the_forget() {
+fn unlock_filesystem_forgets_the_clients_locks_on_that_device_and_names_the_act() {
     let mut t = Trace::new();
     let l = lk(0xc000, 180, F_WRLCK, 0, 99);
     t.vfs(180, "lockd", SERVER, l, 0, None);
     t.nlm(180, "lockd", SVC_LOCK, 2, Some(0), 5, SERVER, l, 0, "cli");
+    let elsewhere = (SERVER.0 + 1, SERVER.1);
+    t.nlm(
+        180,
+        "lockd",
+        SVC_LOCK,
+        2,
+        Some(0),
+        6,
+        elsewhere,
+        l,
+        0,
+        "cli",
+    );
     let fs = (SERVER.0, 0);
     t.nlm(234, "python3", SVC_UNLOCK_ALL_SB, 0, None, 0, fs, l, 0, "");
+    // Known from the act alone (the lean monitor sees no release); the release, when traced,
+    // finds it gone and says nothing more.
+    assert_eq!(t.kinds(), [Kind::ServerForgot]);
     let release = lk(0xc000, 180, F_UNLCK, 0, i64::MAX);
     t.vfs(234, "python3", SERVER, release, 0, None);
     let f = t.only(Kind::ServerForgot);
@@ -228,6 +244,8 @@ fn a_traced_unlock_filesystem_names_the_act_in_the_forget() {
         f.evidence
     );
     assert!(t.h.file(fs).is_none(), "the filesystem is not a file");
+    let kept = &t.h.file(elsewhere).expect("other device").nlm.held;
+    assert_eq!(kept.len(), 1, "another filesystem's lock stays");
 }
 
 #[test]
