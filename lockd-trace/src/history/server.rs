@@ -473,17 +473,26 @@ impl Histories {
     /// lockd lost its last user in network namespace `net` with client locks held (the
     /// kernel's "couldn't shutdown host module"): the traced ones, which stay in force.
     pub fn locks_kept(&self, ts_ns: u64, net: &str) -> Finding {
-        let mut kept: Vec<(&FileHistory, &Held)> = self
-            .files
-            .values()
-            .flat_map(|f| {
-                f.local
-                    .held
-                    .iter()
-                    .filter(|x| x.holder.svid.is_some() && x.holder.host.is_some())
-                    .map(move |x| (&**f, x))
-            })
-            .collect();
+        let lockd = |x: &Held| x.holder.svid.is_some() && x.holder.host.is_some();
+        let mut kept: Vec<(&FileHistory, Held)> = Vec::new();
+        for f in self.files() {
+            let local: Vec<&Held> = f.local.held.iter().filter(|x| lockd(x)).collect();
+            kept.extend(local.iter().map(|x| (f, (*x).clone())));
+            // What lockd granted, for when its local locks were not traced (the lean monitor):
+            // shown as lockd's, as the local table would.
+            let granted = f.nlm.held.iter().filter(|x| {
+                self.server.lockd_owner.contains_key(&x.holder.owner)
+                    && !local.iter().any(|l| {
+                        (&l.holder.host, l.holder.svid, l.start, l.end)
+                            == (&x.holder.host, x.holder.svid, x.start, x.end)
+                    })
+            });
+            kept.extend(granted.map(|x| {
+                let mut x = x.clone();
+                x.holder.comm = "lockd".into();
+                (f, x)
+            }));
+        }
         kept.sort_by_key(|(f, x)| (f.path_owned(), x.start));
         let mut f = Finding::new(Kind::LocksKept, ts_ns, (0, 0), None, 0, "lockd");
         f.headline = format!(
@@ -498,7 +507,7 @@ impl Histories {
                 held_text(x, &self.clock)
             ));
         }
-        if let [(file, x)] = kept[..] {
+        if let [(file, x)] = &kept[..] {
             (f.dev, f.ino, f.path) = (file.dev, file.ino, file.path_owned());
             f.range = Some(Range {
                 lock_type: x.lock_type,

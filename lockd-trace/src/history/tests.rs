@@ -270,6 +270,27 @@ fn do_vfs_lock_keeps_the_local_table_without_posix_lock_inode() {
     assert_eq!(t.h.file(CLIENT).unwrap().local.held[0].since_ns, since);
 }
 
+#[test]
+fn locks_kept_at_shutdown_counts_lockds_grants_once_with_or_without_its_local_locks() {
+    let mut t = Trace::new();
+    let l = lk(0xc000, 180, F_WRLCK, 0, 99);
+    t.nlm(180, "lockd", SVC_LOCK, 2, Some(0), 5, SERVER, l, 0, "cli");
+    let lean = t.h.locks_kept(t.ts, "f0000000");
+    assert!(
+        lean.headline.contains(": 1 traced lock(s)"),
+        "{}",
+        lean.headline
+    );
+    assert!(lean.evidence[0].contains("WRLCK [0-99] held by lockd for NFS client cli (svid 5)"));
+    t.vfs(180, "lockd", SERVER, l, 0, None);
+    let both = t.h.locks_kept(t.ts, "f0000000");
+    assert!(
+        both.headline.contains(": 1 traced lock(s)"),
+        "{}",
+        both.headline
+    );
+}
+
 /// The lab's out-of-sync sequence; `server_side` adds what the server host's trace shows.
 fn out_of_sync(server_side: bool) -> Trace {
     let mut t = Trace::new();
