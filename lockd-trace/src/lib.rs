@@ -50,6 +50,8 @@ pub mod probes_cmd;
 pub mod proclocks;
 pub mod ringbuf;
 pub mod scope;
+#[cfg(test)]
+mod scratch;
 pub mod sinks;
 pub mod statd;
 pub mod tracefile;

@@ -53,7 +53,7 @@ pub fn merge(args: &MergeArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use lockd_trace_common::{
         nlm::proc_num,
@@ -62,15 +62,21 @@ mod tests {
 
     use crate::{
         event::{Body, Event, Lock, LockRecord, NlmRecord},
+        scratch::Scratch,
         tracefile::Merged,
         tracefile::{Header, Item, Rotation, Writer},
     };
 
     /// A trace file of `host`'s boot `boot`, its clock read as (monotonic, wall) `at`.
-    fn write(name: &str, host: &str, boot: &str, at: (u64, i128), evs: &[Event]) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lockd-trace-merge-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let path = d.join(name);
+    fn write(
+        dir: &Path,
+        name: &str,
+        host: &str,
+        boot: &str,
+        at: (u64, i128),
+        evs: &[Event],
+    ) -> PathBuf {
+        let path = dir.join(name);
         let header = Header {
             host: host.into(),
             boot_id: boot.into(),
@@ -85,7 +91,7 @@ mod tests {
         path
     }
 
-    fn file(name: &str, host: &str, boot: &str, wall_ns: i128, ts_ns: u64) -> PathBuf {
+    fn file(dir: &Path, name: &str, host: &str, boot: &str, wall_ns: i128, ts_ns: u64) -> PathBuf {
         let ev = Event {
             ts_ns,
             tid: 7,
@@ -101,7 +107,7 @@ mod tests {
                 blocker: None,
             }),
         };
-        write(name, host, boot, (1_000, wall_ns), &[ev])
+        write(dir, name, host, boot, (1_000, wall_ns), &[ev])
     }
 
     fn read(files: &[PathBuf]) -> Vec<(u64, (u32, u64), Option<String>)> {
@@ -118,8 +124,9 @@ mod tests {
     #[test]
     fn hosts_are_kept_apart_and_put_on_one_clock() {
         // Same dev:ino on both hosts; the server's clock started 5 s of wall time later.
-        let client = file("c.ldt", "client", "b1", 10_000_000_000, 2_000);
-        let server = file("s.ldt", "server", "b2", 15_000_000_000, 1_500);
+        let d = Scratch::new("merge", "hosts");
+        let client = file(&d.path(""), "c.ldt", "client", "b1", 10_000_000_000, 2_000);
+        let server = file(&d.path(""), "s.ldt", "server", "b2", 15_000_000_000, 1_500);
         let got = read(&[client.clone(), server]);
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], (2_000, (42, 9), Some("client:/data/f".into())));
@@ -132,7 +139,7 @@ mod tests {
         assert_ne!(*dev, 42, "the server's device is renumbered");
         assert_eq!(path.as_deref(), Some("server:/data/f"));
         // One host's files (rotation, or two recorders) share devices and paths untouched.
-        let again = file("c2.ldt", "client", "b1", 10_000_000_000, 3_000);
+        let again = file(&d.path(""), "c2.ldt", "client", "b1", 10_000_000_000, 3_000);
         let same = read(&[client, again]);
         assert!(
             same.iter()
@@ -175,8 +182,8 @@ mod tests {
         }
     }
 
-    fn nlm_file(name: &str, host: &str, wall_ns: i128, events: &[Event]) -> PathBuf {
-        write(name, host, host, (0, wall_ns), events)
+    fn nlm_file(dir: &Path, name: &str, host: &str, wall_ns: i128, events: &[Event]) -> PathBuf {
+        write(dir, name, host, host, (0, wall_ns), events)
     }
 
     #[test]
@@ -185,13 +192,16 @@ mod tests {
         // handled the call at 50.001 s of its own (booted 49 s earlier), and its wall clock
         // is 300 s ahead: trusting it would put the handling 5 minutes after the reply.
         const S: u64 = 1_000_000_000;
+        let d = Scratch::new("merge", "clock");
         let client = nlm_file(
+            &d.path(""),
             "pc.ldt",
             "client",
             1_000 * S as i128,
             &[nlm(CLNT_PROC_ENTER, 7, S), nlm(CLNT_CALL, 7, S + 2_000_000)],
         );
         let server = nlm_file(
+            &d.path(""),
             "ps.ldt",
             "server",
             (1_000 - 49 + 300) * S as i128,

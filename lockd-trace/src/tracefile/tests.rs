@@ -1,21 +1,14 @@
 //! Round trips of every record kind, and damaged files: every truncation point and every
 //! flipped bit is reported, never a panic, never silently accepted.
 
-use std::path::PathBuf;
-
 use lockd_trace_common::{hook, nlm_op};
 
 use super::{Header, Item, Reader, Rotation, Writer};
+use crate::scratch::Scratch;
 use crate::{
     event::{Body, Event, Flock, GetlkRecord, Lock, LockRecord, NlmRecord},
     kmsg::KernelLine,
 };
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lockd-trace-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
 
 fn events() -> Vec<Event> {
     let l = Lock {
@@ -190,7 +183,8 @@ fn read_all(r: &mut Reader) -> (Vec<Item>, Option<super::Damage>) {
 
 #[test]
 fn every_record_kind_round_trips() {
-    let path = tmp("round.ldt");
+    let d = Scratch::new("test", "round");
+    let path = d.path("round.ldt");
     let evs = write_sample(&path);
     let mut r = Reader::open(&path).unwrap();
     assert_eq!((r.header.monotonic_ns, r.header.probes.len()), (5, 1));
@@ -220,7 +214,8 @@ fn every_record_kind_round_trips() {
 /// and a whole name is not replaced.
 #[test]
 fn a_cut_path_is_written_again_when_whole() {
-    let path = tmp("cut.ldt");
+    let d = Scratch::new("test", "cut");
+    let path = d.path("cut.ldt");
     let header = Header::here(vec![], (5, 1_700_000_000_000_000_000));
     let mut w = Writer::create(&path, header, Rotation::default()).unwrap();
     let ev = &events()[0];
@@ -248,7 +243,8 @@ impl std::io::Read for Trickle {
 
 #[test]
 fn records_split_across_reads_read_the_same_with_the_same_damage() {
-    let path = tmp("trickle.ldt");
+    let d = Scratch::new("test", "trickle");
+    let path = d.path("trickle.ldt");
     write_sample(&path);
     let full = std::fs::read(&path).unwrap();
     let mut damaged = full.clone();
@@ -276,7 +272,8 @@ fn records_split_across_reads_read_the_same_with_the_same_damage() {
 
 #[test]
 fn every_truncation_reads_a_prefix_and_says_the_tail_is_torn() {
-    let path = tmp("trunc.ldt");
+    let d = Scratch::new("test", "trunc");
+    let path = d.path("trunc.ldt");
     write_sample(&path);
     let full = std::fs::read(&path).unwrap();
     let mut last = 0;
@@ -298,7 +295,8 @@ fn every_truncation_reads_a_prefix_and_says_the_tail_is_torn() {
 
 #[test]
 fn every_flipped_bit_is_detected() {
-    let path = tmp("flip.ldt");
+    let d = Scratch::new("test", "flip");
+    let path = d.path("flip.ldt");
     write_sample(&path);
     let full = std::fs::read(&path).unwrap();
     for byte in 0..full.len() {
@@ -341,7 +339,8 @@ fn foreign_files_get_one_clear_error() {
 
 #[test]
 fn rotation_keeps_the_newest_files() {
-    let path = tmp("rot.ldt");
+    let d = Scratch::new("test", "rot");
+    let path = d.path("rot.ldt");
     let mut w = Writer::create(
         &path,
         Header::default(),
@@ -359,8 +358,8 @@ fn rotation_keeps_the_newest_files() {
     w.flush().unwrap();
     for (p, full) in [
         (path.clone(), false),
-        (tmp("rot.ldt.1"), true),
-        (tmp("rot.ldt.2"), true),
+        (d.path("rot.ldt.1"), true),
+        (d.path("rot.ldt.2"), true),
     ] {
         let mut r = Reader::open(&p).unwrap();
         let (items, damage) = read_all(&mut r);
@@ -372,12 +371,13 @@ fn rotation_keeps_the_newest_files() {
             items.len()
         );
     }
-    assert!(!tmp("rot.ldt.3").exists());
+    assert!(!d.path("rot.ldt.3").exists());
 }
 
 #[test]
 fn lock_events_are_compact() {
-    let path = tmp("size.ldt");
+    let d = Scratch::new("test", "size");
+    let path = d.path("size.ldt");
     let header = Header::default();
     let mut w = Writer::create(&path, header, Rotation::default()).unwrap();
     let start = w.total_bytes;
