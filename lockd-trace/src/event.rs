@@ -72,6 +72,23 @@ pub struct NlmRecord {
 }
 
 impl NlmRecord {
+    /// For an admin's unlock_filesystem / unlock_ip: what it names ("the filesystem on device
+    /// 0:45", "the server address 10.0.0.1").
+    pub fn unlock_all_target(&self) -> Option<String> {
+        use lockd_trace_common::nlm_op::{SVC_UNLOCK_ALL_IP, SVC_UNLOCK_ALL_SB};
+        match self.op {
+            SVC_UNLOCK_ALL_SB => Some(format!(
+                "the filesystem on device {}",
+                crate::names::dev_name(self.dev)
+            )),
+            SVC_UNLOCK_ALL_IP => Some(format!(
+                "the server address {}",
+                self.addr.map_or("?".into(), |a| a.to_string())
+            )),
+            _ => None,
+        }
+    }
+
     /// "name (address)", or whichever is known.
     pub fn peer(&self) -> String {
         match self.addr {

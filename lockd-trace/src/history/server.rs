@@ -46,7 +46,7 @@ fn room<K, V>(m: &mut HashMap<K, V>) {
 }
 
 pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Vec<Finding>) {
-    if let Some(what) = crate::sinks::terminal::unlock_all_text(n) {
+    if let Some(what) = n.unlock_all_target() {
         let file = if n.op == SVC_UNLOCK_ALL_SB {
             "unlock_filesystem"
         } else {

@@ -26,22 +26,6 @@ impl<W: Write> Terminal<W> {
     }
 }
 
-/// What an admin's unlock_filesystem / unlock_ip names, for those steps.
-pub fn unlock_all_text(n: &NlmRecord) -> Option<String> {
-    use lockd_trace_common::nlm_op::{SVC_UNLOCK_ALL_IP, SVC_UNLOCK_ALL_SB};
-    match n.op {
-        SVC_UNLOCK_ALL_SB => Some(format!(
-            "the filesystem on device {}",
-            names::dev_name(n.dev)
-        )),
-        SVC_UNLOCK_ALL_IP => Some(format!(
-            "the server address {}",
-            n.addr.map_or("?".into(), |a| a.to_string())
-        )),
-        _ => None,
-    }
-}
-
 fn blocker_text(b: &Lock) -> String {
     format!(
         "blocked by pid {} {} {}",
@@ -55,7 +39,7 @@ fn blocker_text(b: &Lock) -> String {
 /// peer host, svid, flags and any local lock in the way.
 fn nlm_columns(n: &NlmRecord) -> (String, String, Option<String>) {
     use lockd_trace_common::nlm_op::*;
-    if let Some(what) = unlock_all_text(n) {
+    if let Some(what) = n.unlock_all_target() {
         return (names::nlm_op_name(n.op).into(), what, None);
     }
     if matches!(n.op, NSM_MONITOR | NSM_UNMONITOR | HOST_REBOOTED) {
