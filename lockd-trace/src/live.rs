@@ -169,7 +169,6 @@ pub async fn monitor(args: MonitorArgs) -> Result<()> {
     };
     if !args.all_fs {
         s.tracing.filter = lockd_trace_common::filter::NFS_ONLY;
-        s.tracing.lean = true;
         s.tracing.hooks_follow_nfs = !args.always_hook;
     }
     run(Session {

@@ -73,14 +73,25 @@ fn probes_table_shows_this_kernel() {
     let rows = v.as_array().unwrap();
     let row = |name: &str| rows.iter().find(|r| r["probe"] == name).unwrap();
     assert_eq!(row("posix_lock_inode")["attached"]["method"], "tp_btf");
-    assert_eq!(row("fcntl_exit")["attached"]["method"], "tracepoint");
+    // The fcntl syscall hooks stay out unless --getlk asks for them.
+    let out_by_default = &row("fcntl_exit")["refused"][0]["reason"];
+    assert!(
+        out_by_default
+            .as_str()
+            .unwrap()
+            .contains("--getlk keeps it"),
+        "{out_by_default}"
+    );
     // This host kernel has no kprobes: the NLM probes say so rather than pretend.
     let nlm = row("nlmclnt_proc");
     assert!(nlm["attached"].is_null(), "{nlm}");
     let reason = nlm["refused"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("no kprobes"), "{nlm}");
     // --skip-probe leaves a probe out and says so; the others attach as before.
-    let (code, out, _) = run(&["probes", "--json", "--skip-probe", "fcntl_exit"], None);
+    let (code, out, _) = run(
+        &["probes", "--json", "--getlk", "--skip-probe", "fcntl_exit"],
+        None,
+    );
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = v.as_array().unwrap();

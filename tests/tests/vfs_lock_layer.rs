@@ -31,11 +31,13 @@ fn assert_blocker(e: &Value, pid: i64, ty: &str, start: i64, end: i64) {
 }
 
 /// F_SETLK refused with EAGAIN names the holder's pid, range and type; F_GETLK reports the
-/// same holder; the holder's own request is recorded as granted.
+/// same holder (--getlk); the holder's own request is recorded as granted.
 fn conflict_with(extra: &[&str]) {
     let dir = Scratch::new("vfs");
     let f = dir.file(&format!("conflict{}", extra.len()));
-    let t = Tracer::start(extra);
+    let mut args = vec!["--getlk"];
+    args.extend_from_slice(extra);
+    let t = Tracer::start(&args);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
     assert_eq!(a.cmd("setlk w 0 100"), "ok");
@@ -73,6 +75,29 @@ fn conflict_with(extra: &[&str]) {
 #[test]
 fn posix_conflict_names_the_blocker() {
     conflict_with(&[]);
+}
+
+/// Without --getlk the fcntl syscall hooks stay out: a local F_GETLK is not traced, the
+/// requests around it are.
+#[test]
+fn getlk_is_traced_only_when_asked() {
+    let dir = Scratch::new("vfs");
+    let f = dir.file("nogetlk");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("setlk w 0 100"), "ok");
+    assert_eq!(b.cmd("getlk w 0 0"), format!("getlk w 0 100 {}", a.pid));
+    assert_eq!(b.cmd("setlk w 50 10"), "err EAGAIN");
+    let bpid = b.pid;
+    a.exit();
+    b.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    let b_evs = by_pid(&evs, bpid);
+    assert_eq!(b_evs.len(), 1, "{b_evs:?}");
+    assert_lock(b_evs[0], "F_SETLK", "WRLCK", 50, 59, "EAGAIN");
 }
 
 #[test]
@@ -191,7 +216,7 @@ fn deadlock_is_edeadlk_with_blocker() {
 fn ofd_conflict() {
     let dir = Scratch::new("vfs");
     let f = dir.file("ofd");
-    let t = Tracer::start(&[]);
+    let t = Tracer::start(&["--getlk"]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
     assert_eq!(a.cmd("ofd_setlk w 0 100"), "ok");

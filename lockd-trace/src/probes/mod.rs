@@ -39,8 +39,8 @@ pub struct Options {
     pub filter: u32,
     /// Probes not to attach (by name), e.g. to measure what each one costs.
     pub skipped: Vec<String>,
-    /// Leave out the fcntl syscall hooks when fcntl_setlk attached (monitor): with a syscall
-    /// tracepoint on, every syscall of every task takes the kernel's traced path.
+    /// Leave out the fcntl syscall hooks when fcntl_setlk attached (unless --getlk): with a
+    /// syscall tracepoint on, every syscall of every task takes the kernel's traced path.
     pub lean: bool,
     /// Where to find BTF for modules whose own is missing (DIR/lockd).
     pub btf_dir: Option<PathBuf>,
@@ -49,7 +49,7 @@ pub struct Options {
     pub hooks_follow_nfs: bool,
 }
 
-/// Syscall hooks monitor leaves out once fcntl_setlk reports how waits end.
+/// Syscall hooks left out once fcntl_setlk reports how waits end (kept by --getlk).
 const LEAN_OUT: &[&str] = &["fcntl_enter", "fcntl_exit"];
 
 pub struct Tracer {
@@ -144,8 +144,8 @@ impl Tracer {
         if self.opts.lean && LEAN_OUT.contains(&p.name) && self.report.iter().any(setlk) {
             return plan::skipped(
                 p,
-                "left out by monitor: fcntl_setlk tells how waits end; F_GETLK on NFS is seen \
-                 by the NLM probes (--all-fs keeps it)",
+                "left out: fcntl_setlk tells how waits end, the NLM probes see F_GETLK on NFS \
+                 (--getlk keeps it for local files)",
             );
         }
         let forced = self.opts.forced.get(p.name).copied();
