@@ -13,7 +13,7 @@ use lockd_trace_common::{
 };
 
 use crate::{
-    emit::{count, header, send},
+    emit::{EVENTS, count, count_lost, header, send, submit_flags},
     exits,
     kread::{Mem, Probe, filter_bits, inode_id, lock_info, offsets, on_nfs, read},
     names,
@@ -32,10 +32,14 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
         return;
     }
     let ret = ret as i32;
+    let wait_ended = hook_id == hook::FLOCK_LOCK_INODE && ret != FILE_LOCK_DEFERRED;
     // Only granted requests are filtered: waits and failures always go out, and the filter's
     // branches never reach the blocker search (6.1's verifier walks it once per branch and
     // gave up at a million instructions when they did).
     if ret == 0 && filtered_out::<M>(inode, fl, hook_id, &o) {
+        if wait_ended {
+            flock_wait_end(fl, ret);
+        }
         return;
     }
     let (dev, ino) = inode_id::<M>(inode, &o);
@@ -67,6 +71,39 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
         let _ = WAITING.insert(&tid, &ev, 0);
     }
     send(kind::VFS_LOCK, &ev);
+    if wait_ended {
+        flock_wait_end(fl, ret);
+    }
+}
+
+/// flock(2) retries a woken wait with the same request, so a result other than "wait again"
+/// ends the wait, as the syscall sees it. A signal ends one without a retry: the agent finds
+/// those by looking at the waiting thread (flock_waits.rs), not with a syscall hook that every
+/// syscall of every task would pay for. Written straight into the ring: a second event on
+/// this frame's stack would pass 6.1's 512 bytes.
+#[inline(always)]
+fn flock_wait_end(fl: u64, ret: i32) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: plain lookup; the value is copied before the entry is removed.
+    let Some(waiting) = (unsafe { WAITING.get(&tid) }) else {
+        return;
+    };
+    if waiting.fl != fl {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<VfsLockEvent>(0) else {
+        count_lost(kind::WAIT_END);
+        return;
+    };
+    let p = entry.as_mut_ptr();
+    // SAFETY: p is a reserved record of this type; the map value is a whole VfsLockEvent.
+    unsafe {
+        core::ptr::copy_nonoverlapping(waiting as *const VfsLockEvent, p, 1);
+        (*p).hdr = header(kind::WAIT_END, hook::SYS_FLOCK);
+        (*p).ret = ret;
+    }
+    let _ = WAITING.remove(&tid);
+    entry.submit(submit_flags::<VfsLockEvent>());
 }
 
 /// Monitor mode sends, of granted requests, those on NFS files, lockd's (an NFS server's

@@ -348,11 +348,12 @@ pub struct TracingArgs {
     /// made by pahole from lockd's debug info (see the README). The kernel's own wins.
     #[arg(long, value_name = "DIR")]
     pub btf_dir: Option<PathBuf>,
-    /// Also trace F_GETLK/F_OFD_GETLK on local files (an NFS file's are seen by the NLM
-    /// probes). It takes the fcntl syscall tracepoints, which put every syscall of every task
-    /// on the kernel's slower traced path, so they are left out unless asked for.
+    /// Attach the fcntl and flock syscall tracepoints: F_GETLK/F_OFD_GETLK on local files
+    /// (an NFS file's are seen by the NLM probes), and the exact end of a flock(2) wait a
+    /// signal interrupted (otherwise found within 2 s). Left out unless asked for: with one
+    /// on, every syscall of every task takes the kernel's slower traced path.
     #[arg(long)]
-    pub getlk: bool,
+    pub syscall_hooks: bool,
 }
 
 impl TracingArgs {
@@ -362,7 +363,7 @@ impl TracingArgs {
             ring_bytes: self.ring_kib * 1024,
             forced: self.probe_method.iter().cloned().collect::<HashMap<_, _>>(),
             skipped: self.skip_probe.clone(),
-            lean: !self.getlk,
+            lean: !self.syscall_hooks,
             hooks_follow_nfs: false,
             btf_dir: self.btf_dir.clone(),
         }

@@ -34,6 +34,7 @@ pub mod event;
 pub mod explain;
 pub mod export;
 pub mod finding;
+pub mod flock_waits;
 pub mod generate;
 pub mod held;
 pub mod history;

@@ -20,6 +20,8 @@ pub struct EventStream {
     poll: Interval,
     /// The last timer-driven batch was full: read on without waiting.
     more: bool,
+    /// How many batches found the buffer empty: everything sent before was read by then.
+    emptied: u64,
 }
 
 impl EventStream {
@@ -33,6 +35,7 @@ impl EventStream {
             fd,
             poll,
             more: false,
+            emptied: 0,
         })
     }
 
@@ -44,7 +47,7 @@ impl EventStream {
         if self.more {
             let n = drain_into(self.fd.get_mut(), &mut f, BATCH);
             self.more = n == BATCH;
-            return Ok(n);
+            return Ok(self.counted(n));
         }
         tokio::select! {
             guard = self.fd.readable_mut() => {
@@ -54,14 +57,24 @@ impl EventStream {
                     // Emptied: wait for the kernel's next wakeup. Else ready again at once.
                     guard.clear_ready();
                 }
-                Ok(n)
+                Ok(self.counted(n))
             }
             _ = self.poll.tick() => {
                 let n = drain_into(self.fd.get_mut(), &mut f, BATCH);
                 self.more = n == BATCH;
-                Ok(n)
+                Ok(self.counted(n))
             }
         }
+    }
+
+    fn counted(&mut self, n: usize) -> usize {
+        self.emptied += u64::from(n < BATCH);
+        n
+    }
+
+    /// How many batches so far found the buffer empty.
+    pub fn emptied(&self) -> u64 {
+        self.emptied
     }
 
     /// Hands every record already in the buffer to `f` without waiting (at shutdown).

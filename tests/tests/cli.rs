@@ -73,13 +73,13 @@ fn probes_table_shows_this_kernel() {
     let rows = v.as_array().unwrap();
     let row = |name: &str| rows.iter().find(|r| r["probe"] == name).unwrap();
     assert_eq!(row("posix_lock_inode")["attached"]["method"], "tp_btf");
-    // The fcntl syscall hooks stay out unless --getlk asks for them.
+    // The fcntl syscall hooks stay out unless --syscall-hooks asks for them.
     let out_by_default = &row("fcntl_exit")["refused"][0]["reason"];
     assert!(
         out_by_default
             .as_str()
             .unwrap()
-            .contains("--getlk keeps it"),
+            .contains("--syscall-hooks keeps it"),
         "{out_by_default}"
     );
     // This host kernel has no kprobes: the NLM probes say so rather than pretend.
@@ -89,7 +89,13 @@ fn probes_table_shows_this_kernel() {
     assert!(reason.contains("no kprobes"), "{nlm}");
     // --skip-probe leaves a probe out and says so; the others attach as before.
     let (code, out, _) = run(
-        &["probes", "--json", "--getlk", "--skip-probe", "fcntl_exit"],
+        &[
+            "probes",
+            "--json",
+            "--syscall-hooks",
+            "--skip-probe",
+            "fcntl_exit",
+        ],
         None,
     );
     assert_eq!(code, 0);

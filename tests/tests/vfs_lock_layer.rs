@@ -31,11 +31,11 @@ fn assert_blocker(e: &Value, pid: i64, ty: &str, start: i64, end: i64) {
 }
 
 /// F_SETLK refused with EAGAIN names the holder's pid, range and type; F_GETLK reports the
-/// same holder (--getlk); the holder's own request is recorded as granted.
+/// same holder (--syscall-hooks); the holder's own request is recorded as granted.
 fn conflict_with(extra: &[&str]) {
     let dir = Scratch::new("vfs");
     let f = dir.file(&format!("conflict{}", extra.len()));
-    let mut args = vec!["--getlk"];
+    let mut args = vec!["--syscall-hooks"];
     args.extend_from_slice(extra);
     let t = Tracer::start(&args);
     let mut a = Locker::spawn(&f);
@@ -77,7 +77,7 @@ fn posix_conflict_names_the_blocker() {
     conflict_with(&[]);
 }
 
-/// Without --getlk the fcntl syscall hooks stay out: a local F_GETLK is not traced, the
+/// Without --syscall-hooks the fcntl syscall hooks stay out: a local F_GETLK is not traced, the
 /// requests around it are.
 #[test]
 fn getlk_is_traced_only_when_asked() {
@@ -216,7 +216,7 @@ fn deadlock_is_edeadlk_with_blocker() {
 fn ofd_conflict() {
     let dir = Scratch::new("vfs");
     let f = dir.file("ofd");
-    let t = Tracer::start(&["--getlk"]);
+    let t = Tracer::start(&["--syscall-hooks"]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
     assert_eq!(a.cmd("ofd_setlk w 0 100"), "ok");
@@ -354,6 +354,78 @@ fn flock_conflict() {
     let shown = b0["file"].as_str().unwrap();
     assert!(shown.ends_with("/flock\\x1b[31mred"), "{shown}");
     assert_blocker(b0, apid.into(), "WRLCK", 0, i64::MAX);
+}
+
+/// A blocked flock(2) granted when the holder unlocks: the wait's end comes from the
+/// kernel's retry of the request, with no syscall hook attached.
+#[test]
+fn flock_wait_granted_without_syscall_hooks() {
+    let dir = Scratch::new("vfs");
+    let f = dir.file("flockwait");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("flock ex"), "ok");
+    b.send("flock sh");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.cmd("flock un"), "ok");
+    assert_eq!(b.read_line(), "ok");
+    let (apid, bpid) = (a.pid, b.pid);
+    a.exit();
+    b.exit();
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("flock_exit") && l.contains("not attached")),
+        "{stderr:?}"
+    );
+    let evs = events_for(&events, &f);
+    let b_evs = by_pid(&evs, bpid);
+    assert_lock(b_evs[0], "LOCK_SH", "RDLCK", 0, i64::MAX, "WAIT");
+    assert_blocker(b_evs[0], apid.into(), "WRLCK", 0, i64::MAX);
+    let ends: Vec<_> = b_evs.iter().filter(|e| e["event"] == "wait_end").collect();
+    assert_eq!(ends.len(), 1, "{b_evs:?}");
+    assert_eq!(ends[0]["ret"], 0);
+    assert_eq!(ends[0]["fl"], b_evs[0]["fl"]);
+    assert!(ends[0]["ts_ns"].as_u64() > b_evs[0]["ts_ns"].as_u64());
+}
+
+/// A blocked flock(2) a signal interrupts: no retry tells the kernel program, so the agent
+/// finds the thread out of flock(2) (within two of its one-second looks) and ends the wait
+/// with flock's ERESTARTSYS.
+#[test]
+fn flock_wait_interrupted_is_found_by_looking() {
+    let dir = Scratch::new("vfs");
+    let f = dir.file("flockeintr");
+    let t = Tracer::start(&[]);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd("flock ex"), "ok");
+    b.send("flock ex");
+    thread::sleep(Duration::from_millis(1500));
+    b.signal(libc::SIGUSR1);
+    assert_eq!(b.read_line(), "err EINTR");
+    // Two looks after the signal, while the tracer runs (not its last look at exit).
+    thread::sleep(Duration::from_millis(2500));
+    let bpid = b.pid;
+    let (events, stderr) = t.stop();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f);
+    let b_evs = by_pid(&evs, bpid);
+    assert_lock(b_evs[0], "LOCK_EX", "WRLCK", 0, i64::MAX, "WAIT");
+    let ends: Vec<_> = b_evs.iter().filter(|e| e["event"] == "wait_end").collect();
+    assert_eq!(ends.len(), 1, "{b_evs:?}");
+    assert_eq!(ends[0]["ret"], -512);
+    assert_eq!(ends[0]["result"], "ERESTARTSYS");
+    let waited = ends[0]["ts_ns"].as_u64().unwrap() - b_evs[0]["ts_ns"].as_u64().unwrap();
+    assert!(
+        (1_400_000_000..4_000_000_000).contains(&waited),
+        "signalled after 1.5 s, ended {waited} ns after the wait began"
+    );
+    a.exit();
+    b.exit();
 }
 
 /// lockf(3) is fcntl underneath: F_LOCK → F_SETLKW, F_TLOCK → F_SETLK.

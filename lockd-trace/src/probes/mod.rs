@@ -39,8 +39,9 @@ pub struct Options {
     pub filter: u32,
     /// Probes not to attach (by name), e.g. to measure what each one costs.
     pub skipped: Vec<String>,
-    /// Leave out the fcntl syscall hooks when fcntl_setlk attached (unless --getlk): with a
-    /// syscall tracepoint on, every syscall of every task takes the kernel's traced path.
+    /// Leave out the syscall hooks once the filelock tracepoints that stand in for them
+    /// attached (unless --syscall-hooks): with a syscall tracepoint on, every syscall of every
+    /// task takes the kernel's slower traced path.
     pub lean: bool,
     /// Where to find BTF for modules whose own is missing (DIR/lockd).
     pub btf_dir: Option<PathBuf>,
@@ -49,8 +50,18 @@ pub struct Options {
     pub hooks_follow_nfs: bool,
 }
 
-/// Syscall hooks left out once fcntl_setlk reports how waits end (kept by --getlk).
-const LEAN_OUT: &[&str] = &["fcntl_enter", "fcntl_exit"];
+/// Syscall hooks left out (kept by --syscall-hooks), each with the probe that stands in for it
+/// and what is then not seen.
+const LEAN_OUT: &[(&str, &str, &str)] = &[
+    ("fcntl_enter", "fcntl_setlk", LEAN_FCNTL),
+    ("fcntl_exit", "fcntl_setlk", LEAN_FCNTL),
+    ("flock_exit", "flock_lock_inode", LEAN_FLOCK),
+];
+const LEAN_FCNTL: &str = "left out: fcntl_setlk tells how waits end, the NLM probes see F_GETLK \
+                          on NFS (--syscall-hooks keeps it for local files)";
+const LEAN_FLOCK: &str = "left out: flock_lock_inode tells how a woken wait ended, and a wait a \
+                          signal ended is found by looking at the thread, within 2 s \
+                          (--syscall-hooks keeps it for the exact time)";
 
 pub struct Tracer {
     ebpf: Ebpf,
@@ -140,13 +151,14 @@ impl Tracer {
         if self.opts.skipped.iter().any(|s| s == p.name) {
             return plan::skipped(p, "skipped (--skip-probe)");
         }
-        let setlk = |r: &ProbeReport| r.probe == "fcntl_setlk" && r.attached.is_some();
-        if self.opts.lean && LEAN_OUT.contains(&p.name) && self.report.iter().any(setlk) {
-            return plan::skipped(
-                p,
-                "left out: fcntl_setlk tells how waits end, the NLM probes see F_GETLK on NFS \
-                 (--getlk keeps it for local files)",
-            );
+        if self.opts.lean
+            && let Some((_, by, why)) = LEAN_OUT.iter().find(|l| l.0 == p.name)
+            && self
+                .report
+                .iter()
+                .any(|r| r.probe == *by && r.attached.is_some())
+        {
+            return plan::skipped(p, why);
         }
         let forced = self.opts.forced.get(p.name).copied();
         // lockd coming or going (not live) is not loaded yet, whatever kallsyms says; loaded,

@@ -1,0 +1,228 @@
+//! flock(2) waits a signal ended. The kernel program reports a woken wait's end from its retry
+//! in flock_lock_inode, but a signal ends a wait with no retry (ERESTARTSYS), and the syscall
+//! exit hook that would see it puts every syscall of every task on the kernel's slower traced
+//! path. So the agent looks at each waiting thread once a second instead: one no longer in
+//! flock(2), whose end had not arrived once the ring buffer was read empty after that look,
+//! was ended by a signal. Its end is dated at the look that found it out, so within about
+//! two seconds of the real one.
+
+use foldhash::{HashMap, HashMapExt as _};
+use lockd_trace_common::{hook, kernel::FILE_LOCK_DEFERRED};
+
+use crate::event::{Body, Event};
+
+/// What flock_lock_inode_wait returns when a signal ends the wait.
+const ERESTARTSYS: i32 = -512;
+
+#[derive(Default)]
+pub struct FlockWaits {
+    /// Threads in a flock(2) wait, by tid: the wait's event, and when a look found the
+    /// thread out of flock(2) (with the ring's empty-reads count then).
+    waiting: HashMap<u32, (Event, Option<(u64, u64)>)>,
+    /// Ends made here, by tid, with the request's address: the kernel's entry for the wait
+    /// stays, and if the thread's next flock(2) reuses the address (a request on its stack)
+    /// and is not refused, the kernel reports a second end, which is dropped.
+    ended: HashMap<u32, u64>,
+}
+
+impl FlockWaits {
+    pub fn new() -> FlockWaits {
+        FlockWaits {
+            waiting: HashMap::new(),
+            ended: HashMap::new(),
+        }
+    }
+
+    /// Follows one event; false for an event to drop (a second end of a wait ended here).
+    pub fn observe(&mut self, ev: &Event) -> bool {
+        match &ev.body {
+            Body::Lock(r) if r.hook == hook::FLOCK_LOCK_INODE && r.ret == FILE_LOCK_DEFERRED => {
+                // A retry's "wait again", or a wait restarted after a signal: either way the
+                // thread is waiting now.
+                self.ended.remove(&ev.tid);
+                self.waiting.insert(ev.tid, (ev.clone(), None));
+            }
+            Body::WaitEnd(r) if r.hook == hook::SYS_FLOCK => {
+                self.waiting.remove(&ev.tid);
+                if self.ended.get(&ev.tid) == Some(&r.fl) {
+                    self.ended.remove(&ev.tid);
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Looks at the waiting threads (`now_ns`: CLOCK_MONOTONIC; `emptied`: how many times the
+    /// ring buffer has been read empty so far). Returns the ends found: threads out of
+    /// flock(2) at the last look whose end has not come since, though the ring was read
+    /// empty after that look (so any end the kernel sent before it was read).
+    pub fn look(&mut self, now_ns: u64, emptied: u64) -> Vec<Event> {
+        self.ends(now_ns, emptied, false)
+    }
+
+    /// The last look, once the ring buffer was read empty for the last time: a thread out of
+    /// flock(2) now ended its wait (at the look before if one found it out).
+    pub fn last_look(&mut self, now_ns: u64) -> Vec<Event> {
+        self.ends(now_ns, u64::MAX, true)
+    }
+
+    fn ends(&mut self, now_ns: u64, emptied: u64, last: bool) -> Vec<Event> {
+        let mut ends = Vec::new();
+        self.waiting.retain(|&tid, (ev, out)| {
+            if in_flock(ev.pid, tid) {
+                *out = None;
+                return true;
+            }
+            match *out {
+                Some((at, seen)) if emptied > seen => {
+                    ends.push(ended(ev, at));
+                    false
+                }
+                None if last => {
+                    ends.push(ended(ev, now_ns));
+                    false
+                }
+                Some(_) => true,
+                None => {
+                    *out = Some((now_ns, emptied));
+                    true
+                }
+            }
+        });
+        for e in &ends {
+            if let Body::WaitEnd(r) = &e.body {
+                self.ended.insert(e.tid, r.fl);
+            }
+        }
+        ends.sort_by_key(|e| (e.ts_ns, e.tid));
+        ends
+    }
+
+    /// Threads in a flock(2) wait.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+/// The wait's end as the syscall exit hook would have reported it, dated `at`.
+fn ended(wait: &Event, at: u64) -> Event {
+    let mut end = wait.clone();
+    end.ts_ns = at;
+    if let Body::Lock(r) = &wait.body {
+        let mut r = r.clone();
+        r.hook = hook::SYS_FLOCK;
+        r.ret = ERESTARTSYS;
+        end.body = Body::WaitEnd(r);
+    }
+    end
+}
+
+/// Whether thread `tid` of `pid` is in flock(2) now. A thread that is gone, or a file that
+/// cannot be read, counts as out.
+fn in_flock(pid: u32, tid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).is_ok_and(|s| {
+        s.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<i64>().ok())
+            == Some(libc::SYS_flock)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Lock, LockRecord};
+
+    fn wait(tid: u32, fl: u64) -> Event {
+        Event {
+            ts_ns: 1,
+            tid,
+            // No such process: the looks find the thread out of flock(2).
+            pid: u32::MAX,
+            comm: Default::default(),
+            body: Body::Lock(LockRecord {
+                hook: hook::FLOCK_LOCK_INODE,
+                dev: 1,
+                ino: 2,
+                fl,
+                lock: Lock::default(),
+                ret: FILE_LOCK_DEFERRED,
+                blocker: None,
+            }),
+        }
+    }
+
+    fn end_of(w: &Event, ret: i32) -> Event {
+        let mut e = ended(w, 5);
+        if let Body::WaitEnd(r) = &mut e.body {
+            r.ret = ret;
+        }
+        e
+    }
+
+    #[test]
+    fn a_thread_out_of_flock_ends_its_wait_once_the_ring_was_read_empty_after_the_look() {
+        let mut f = FlockWaits::new();
+        let w = wait(7, 0xf1);
+        assert!(f.observe(&w));
+        assert!(f.look(100, 3).is_empty(), "first look only notes it out");
+        assert!(
+            f.look(200, 3).is_empty(),
+            "the ring was not read empty since"
+        );
+        let ends = f.look(300, 4);
+        assert_eq!(ends.len(), 1);
+        assert_eq!(ends[0].ts_ns, 100, "dated at the look that found it out");
+        let Body::WaitEnd(r) = &ends[0].body else {
+            panic!("{:?}", ends[0])
+        };
+        assert_eq!((r.hook, r.ret, r.fl), (hook::SYS_FLOCK, -512, 0xf1));
+        assert!(f.is_empty());
+        // The kernel's stale entry matching the thread's next request: dropped once.
+        let again = end_of(&w, 0);
+        assert!(!f.observe(&again));
+        assert!(f.observe(&again));
+    }
+
+    #[test]
+    fn an_end_the_kernel_sent_is_not_made_again() {
+        let mut f = FlockWaits::new();
+        let w = wait(8, 0xf2);
+        f.observe(&w);
+        assert!(f.look(100, 1).is_empty());
+        assert!(f.observe(&end_of(&w, 0)), "the kernel's end goes on");
+        assert!(f.look(200, 2).is_empty());
+        assert_eq!(f.len(), 0);
+    }
+
+    #[test]
+    fn waiting_again_starts_over() {
+        let mut f = FlockWaits::new();
+        let w = wait(9, 0xf3);
+        f.observe(&w);
+        assert!(f.look(100, 1).is_empty());
+        f.observe(&w);
+        assert!(
+            f.look(200, 2).is_empty(),
+            "the second wait was noted out only now"
+        );
+        assert_eq!(f.look(300, 3)[0].ts_ns, 200);
+    }
+
+    #[test]
+    fn the_last_look_ends_every_wait_out_of_flock() {
+        let mut f = FlockWaits::new();
+        f.observe(&wait(10, 0xf4));
+        assert!(f.look(100, 1).is_empty());
+        f.observe(&wait(11, 0xf5));
+        let ends = f.last_look(400);
+        let at: Vec<(u32, u64)> = ends.iter().map(|e| (e.tid, e.ts_ns)).collect();
+        assert_eq!(at, [(10, 100), (11, 400)]);
+    }
+}
