@@ -123,15 +123,19 @@ fn ended(wait: &Event, at: u64) -> Event {
     end
 }
 
-/// Whether thread `tid` of `pid` is in flock(2) now. A thread that is gone, or a file that
-/// cannot be read, counts as out.
+/// Whether thread `tid` of `pid` may still be in flock(2): false only when it is gone or its
+/// syscall file says another (or none). A file it may not read (ptrace rules: Yama, another
+/// user namespace) says nothing, and the wait is left waiting rather than ended by a guess.
 fn in_flock(pid: u32, tid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).is_ok_and(|s| {
-        s.split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<i64>().ok())
-            == Some(libc::SYS_flock)
-    })
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) {
+        Ok(s) => {
+            s.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<i64>().ok())
+                == Some(libc::SYS_flock)
+        }
+        Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)),
+    }
 }
 
 #[cfg(test)]

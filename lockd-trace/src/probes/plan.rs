@@ -134,7 +134,7 @@ pub const PROBES: &[Probe] = &[
     Probe {
         name: "flock_exit",
         module: "",
-        captures: "how a blocked flock(2) ended",
+        captures: "the exact end of a flock(2) wait a signal interrupted (--syscall-hooks)",
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
         needs: 0,
         ways: &[way(Tracepoint, "sys_exit_flock", "syscalls:sys_exit_flock")],
