@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lockd_trace_common::{
     LockInfo, Offsets, VfsLockEvent, counter, filter, hook,
-    kernel::{EAGAIN, EDEADLK, F_UNLCK, F_WRLCK, FILE_LOCK_DEFERRED, MAX_WALK},
+    kernel::{EAGAIN, EDEADLK, F_UNLCK, F_WRLCK, FILE_LOCK_DEFERRED, FL_SLEEP, MAX_WALK},
     kind,
 };
 
@@ -32,13 +32,15 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
         return;
     }
     let ret = ret as i32;
-    let wait_ended = hook_id == hook::FLOCK_LOCK_INODE && ret != FILE_LOCK_DEFERRED;
+    // A woken wait is retried with the same request, which keeps FL_SLEEP: only those can
+    // end a wait, and only they pay the lookup.
+    let wait_ended = ret != FILE_LOCK_DEFERRED && M::read::<u32>(fl, o.fl_flags) & FL_SLEEP != 0;
     // Only granted requests are filtered: waits and failures always go out, and the filter's
     // branches never reach the blocker search (6.1's verifier walks it once per branch and
     // gave up at a million instructions when they did).
     if ret == 0 && filtered_out::<M>(inode, fl, hook_id, &o) {
         if wait_ended {
-            flock_wait_end(fl, ret);
+            retried_wait_end(fl, ret, hook_id);
         }
         return;
     }
@@ -66,23 +68,26 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
     if ret == 0 && lock.lock_type != F_UNLCK {
         exits::took_lock();
     }
-    if ret == FILE_LOCK_DEFERRED {
+    // lockd and nfsd do not wait in the kernel: they are called back when the lock is free,
+    // and retry it then, with no waiting thread whose end is to be told.
+    if ret == FILE_LOCK_DEFERRED && !nfs_server(&ev.hdr.comm) {
         let tid = bpf_get_current_pid_tgid() as u32;
         let _ = WAITING.insert(&tid, &ev, 0);
     }
     send(kind::VFS_LOCK, &ev);
     if wait_ended {
-        flock_wait_end(fl, ret);
+        retried_wait_end(fl, ret, hook_id);
     }
 }
 
-/// flock(2) retries a woken wait with the same request, so a result other than "wait again"
-/// ends the wait, as the syscall sees it. A signal ends one without a retry: the agent finds
-/// those by looking at the waiting thread (flock_waits.rs), not with a syscall hook that every
-/// syscall of every task would pay for. Written straight into the ring: a second event on
-/// this frame's stack would pass 6.1's 512 bytes.
+/// fcntl(2) and flock(2) retry a woken wait with the same request, so a result other than
+/// "wait again" ends the wait, as the syscall sees it. A signal ends one without a retry: the
+/// agent finds those by looking at the waiting thread (wait_ends.rs), not with hooks every
+/// lock call (fcntl_setlk) or every syscall of every task (the syscall tracepoints) would pay
+/// for. Written straight into the ring: a second event on this frame's stack would pass
+/// 6.1's 512 bytes.
 #[inline(always)]
-fn flock_wait_end(fl: u64, ret: i32) {
+fn retried_wait_end(fl: u64, ret: i32, hook_id: u16) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: plain lookup; the value is copied before the entry is removed.
     let Some(waiting) = (unsafe { WAITING.get(&tid) }) else {
@@ -99,7 +104,14 @@ fn flock_wait_end(fl: u64, ret: i32) {
     // SAFETY: p is a reserved record of this type; the map value is a whole VfsLockEvent.
     unsafe {
         core::ptr::copy_nonoverlapping(waiting as *const VfsLockEvent, p, 1);
-        (*p).hdr = header(kind::WAIT_END, hook::SYS_FLOCK);
+        (*p).hdr = header(
+            kind::WAIT_END,
+            if hook_id == hook::FLOCK_LOCK_INODE {
+                hook::SYS_FLOCK
+            } else {
+                hook::SYS_FCNTL
+            },
+        );
         (*p).ret = ret;
     }
     let _ = WAITING.remove(&tid);
@@ -132,6 +144,11 @@ fn filtered_out<M: Mem>(inode: u64, fl: u64, hook_id: u16, o: &Offsets) -> bool 
         counter::FILTERED_POSIX
     });
     true
+}
+
+#[inline(always)]
+fn nfs_server(comm: &[u8; 16]) -> bool {
+    comm[..6] == *b"lockd\0" || comm[..5] == *b"nfsd\0"
 }
 
 /// The first granted lock on the inode that conflicts with `req`. posix_lock_inode's own

@@ -348,12 +348,13 @@ pub struct TracingArgs {
     /// made by pahole from lockd's debug info (see the README). The kernel's own wins.
     #[arg(long, value_name = "DIR")]
     pub btf_dir: Option<PathBuf>,
-    /// Attach the fcntl and flock syscall tracepoints: F_GETLK/F_OFD_GETLK on local files
-    /// (an NFS file's are seen by the NLM probes), and the exact end of a flock(2) wait a
-    /// signal interrupted (otherwise found within 2 s). Left out unless asked for: with one
-    /// on, every syscall of every task takes the kernel's slower traced path.
+    /// Attach the hooks left out for their cost: fcntl_setlk (runs on every fcntl lock call)
+    /// and the fcntl and flock syscall tracepoints (with one on, every syscall of every task
+    /// takes the kernel's slower traced path). They add F_GETLK/F_OFD_GETLK questions on local
+    /// files (an NFS file's are seen by the NLM probes) and the exact time of a lock wait a
+    /// signal ended (otherwise found within 2 s).
     #[arg(long)]
-    pub syscall_hooks: bool,
+    pub all_hooks: bool,
 }
 
 impl TracingArgs {
@@ -363,7 +364,7 @@ impl TracingArgs {
             ring_bytes: self.ring_kib * 1024,
             forced: self.probe_method.iter().cloned().collect::<HashMap<_, _>>(),
             skipped: self.skip_probe.clone(),
-            lean: !self.syscall_hooks,
+            lean: !self.all_hooks,
             hooks_follow_nfs: false,
             btf_dir: self.btf_dir.clone(),
         }

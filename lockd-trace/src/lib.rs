@@ -1,5 +1,5 @@
 //! lockd-trace: kernel programs → ring buffer → decoder → (histories → explanations) → sinks.
-//! Module per stage: probes/ (load, plan, attach), ringbuf + kmsg (sources), decode, event,
+//! Module per stage: probes/ (load, plan, attach), ringbuf + kmsg (sources), wait_ends (waits a signal ended), decode, event,
 //! history/ (per-file state and detectors), held (a held lock), finding, correlate (kernel lines ↔ findings),
 //! engine, pipeline, sinks/, tracefile/ (record/read); live, analyze, merge, export, locks
 //! (commands). A library so the fuzz target (fuzz/) reaches the trace-file reader.
@@ -34,7 +34,6 @@ pub mod event;
 pub mod explain;
 pub mod export;
 pub mod finding;
-pub mod flock_waits;
 pub mod generate;
 pub mod held;
 pub mod history;
@@ -56,3 +55,4 @@ mod scratch;
 pub mod sinks;
 pub mod statd;
 pub mod tracefile;
+pub mod wait_ends;

@@ -20,7 +20,6 @@ use crate::{
     decode::Decoder,
     engine::Engine,
     event::{Body, Event},
-    flock_waits::FlockWaits,
     history::Limits,
     kmsg::{self, Kmsg},
     metrics::endpoint::{Client, Endpoint},
@@ -39,6 +38,7 @@ use crate::{
     },
     statd::Watcher,
     tracefile::{Header, Rotation, Writer},
+    wait_ends::WaitEnds,
 };
 
 /// What a tracing session does with what it sees.
@@ -267,13 +267,12 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     // SAFETY: no arguments beyond the pad size; glibc-only, as is this build.
     unsafe { libc::malloc_trim(0) };
 
-    let mut flock_waits = FlockWaits::new();
-    let on_record = |d: &mut Decoder, w: &mut FlockWaits, raw: &[u8], p: &mut Pipeline<'_>| match d
-        .event(raw)
-    {
-        Some((ev, path)) if w.observe(&ev) => p.event(&ev, path),
-        _ => Ok(()),
-    };
+    let mut wait_ends = WaitEnds::new();
+    let on_record =
+        |d: &mut Decoder, w: &mut WaitEnds, raw: &[u8], p: &mut Pipeline<'_>| match d.event(raw) {
+            Some((ev, path)) if w.observe(&ev) => p.event(&ev, path),
+            _ => Ok(()),
+        };
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -301,7 +300,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
         tokio::select! {
             r = stream.next_batch(|raw| {
                 if io_result.is_ok() {
-                    io_result = on_record(&mut decoder, &mut flock_waits, raw, &mut p);
+                    io_result = on_record(&mut decoder, &mut wait_ends, raw, &mut p);
                 }
             }) => {
                 r?;
@@ -348,9 +347,9 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
                 if ticks.is_multiple_of(health::RETRY_SECS) {
                     p.retry();
                 }
-                let ends = flock_waits.look(Clock::monotonic_now(), stream.emptied());
+                let ends = wait_ends.look(Clock::monotonic_now(), stream.emptied());
                 io_result = io_result
-                    .and_then(|()| flock_ends(ends, &mut decoder, &mut p))
+                    .and_then(|()| signal_ends(ends, &mut decoder, &mut p))
                     .and_then(|()| report_lost(&counters, &mut p, &mut lost))
                     .and_then(|()| p.advance(Clock::monotonic_now()))
                     .and_then(|()| p.sync());
@@ -362,12 +361,12 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     }
     stream.drain(|raw| {
         if io_result.is_ok() {
-            io_result = on_record(&mut decoder, &mut flock_waits, raw, &mut p);
+            io_result = on_record(&mut decoder, &mut wait_ends, raw, &mut p);
         }
     });
     io_result = io_result.and_then(|()| {
-        let ends = flock_waits.last_look(Clock::monotonic_now());
-        flock_ends(ends, &mut decoder, &mut p)
+        let ends = wait_ends.last_look(Clock::monotonic_now());
+        signal_ends(ends, &mut decoder, &mut p)
     });
     if io_result.is_ok() {
         io_result = report_lost(&counters, &mut p, &mut lost).and_then(|()| p.finish());
@@ -389,8 +388,8 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     Ok(p)
 }
 
-/// flock(2) waits found ended by a signal (flock_waits.rs), as events.
-fn flock_ends(ends: Vec<Event>, d: &mut Decoder, p: &mut Pipeline<'_>) -> io::Result<()> {
+/// Lock waits found ended by a signal (wait_ends.rs), as events.
+fn signal_ends(ends: Vec<Event>, d: &mut Decoder, p: &mut Pipeline<'_>) -> io::Result<()> {
     for end in ends {
         let (dev, ino) = end.file_id();
         p.event(&end, d.paths.resolve(dev, ino, end.pid))?;

@@ -73,13 +73,13 @@ fn probes_table_shows_this_kernel() {
     let rows = v.as_array().unwrap();
     let row = |name: &str| rows.iter().find(|r| r["probe"] == name).unwrap();
     assert_eq!(row("posix_lock_inode")["attached"]["method"], "tp_btf");
-    // The fcntl syscall hooks stay out unless --syscall-hooks asks for them.
+    // The fcntl syscall hooks stay out unless --all-hooks asks for them.
     let out_by_default = &row("fcntl_exit")["refused"][0]["reason"];
     assert!(
         out_by_default
             .as_str()
             .unwrap()
-            .contains("--syscall-hooks keeps it"),
+            .contains("--all-hooks keeps it"),
         "{out_by_default}"
     );
     // This host kernel has no kprobes: the NLM probes say so rather than pretend.
@@ -92,7 +92,7 @@ fn probes_table_shows_this_kernel() {
         &[
             "probes",
             "--json",
-            "--syscall-hooks",
+            "--all-hooks",
             "--skip-probe",
             "fcntl_exit",
         ],

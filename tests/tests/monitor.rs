@@ -77,7 +77,7 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
         "{m}"
     );
     for (probe, method, up) in [
-        ("fcntl_setlk", "tp_btf", 1),
+        ("fcntl_setlk", "", 0),
         ("fcntl_enter", "", 0),
         ("fcntl_exit", "", 0),
     ] {
@@ -167,7 +167,7 @@ fn without_an_nfs_module_no_lock_hook_runs() {
     let said = t.wait_stderr("lock hooks");
     assert!(
         said.contains("no NFS module is loaded (nfs, nfsd, lockd)")
-            && said.contains("(posix_lock_inode, flock_lock_inode, fcntl_setlk, process_exit)"),
+            && said.contains("(posix_lock_inode, flock_lock_inode, process_exit)"),
         "{said}"
     );
     // What --always-hook's monitor counts (the test above): a granted lock filtered in the

@@ -31,11 +31,11 @@ fn assert_blocker(e: &Value, pid: i64, ty: &str, start: i64, end: i64) {
 }
 
 /// F_SETLK refused with EAGAIN names the holder's pid, range and type; F_GETLK reports the
-/// same holder (--syscall-hooks); the holder's own request is recorded as granted.
+/// same holder (--all-hooks); the holder's own request is recorded as granted.
 fn conflict_with(extra: &[&str]) {
     let dir = Scratch::new("vfs");
     let f = dir.file(&format!("conflict{}", extra.len()));
-    let mut args = vec!["--syscall-hooks"];
+    let mut args = vec!["--all-hooks"];
     args.extend_from_slice(extra);
     let t = Tracer::start(&args);
     let mut a = Locker::spawn(&f);
@@ -77,7 +77,7 @@ fn posix_conflict_names_the_blocker() {
     conflict_with(&[]);
 }
 
-/// Without --syscall-hooks the fcntl syscall hooks stay out: a local F_GETLK is not traced, the
+/// Without --all-hooks the fcntl syscall hooks stay out: a local F_GETLK is not traced, the
 /// requests around it are.
 #[test]
 fn getlk_is_traced_only_when_asked() {
@@ -152,9 +152,20 @@ fn blocked_waiter_is_woken_by_unlock() {
 /// EINTR for the application by signal delivery, or restarted under SA_RESTART).
 #[test]
 fn interrupted_wait_reports_erestartsys() {
+    interrupted_wait_with(&["--all-hooks"]);
+}
+
+/// Without fcntl_setlk (the default) no hook sees a signal end a wait: the agent finds the
+/// thread out of fcntl(2) and ends the wait with ERESTARTSYS, within two of its looks.
+#[test]
+fn interrupted_wait_is_found_by_looking() {
+    interrupted_wait_with(&[]);
+}
+
+fn interrupted_wait_with(args: &[&str]) {
     let dir = Scratch::new("vfs");
-    let f = dir.file("eintr");
-    let t = Tracer::start(&[]);
+    let f = dir.file(&format!("eintr{}", args.len()));
+    let t = Tracer::start(args);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
     assert_eq!(a.cmd("setlk w 0 1"), "ok");
@@ -162,10 +173,12 @@ fn interrupted_wait_reports_erestartsys() {
     thread::sleep(Duration::from_millis(300));
     b.signal(libc::SIGUSR1);
     assert_eq!(b.read_line(), "err EINTR");
+    // Two looks while the tracer runs (not its last look at exit).
+    thread::sleep(Duration::from_millis(2500));
     let (apid, bpid) = (a.pid, b.pid);
+    let (events, stderr) = t.stop();
     a.exit();
     b.exit();
-    let (events, stderr) = t.stop();
     assert_nothing_dropped(&events, &stderr);
     let evs = events_for(&events, &f);
     let b_evs = by_pid(&evs, bpid);
@@ -178,6 +191,17 @@ fn interrupted_wait_reports_erestartsys() {
     assert_eq!(end["ret"], -512);
     assert_eq!(end["result"], "ERESTARTSYS");
     assert_eq!(end["lock"]["start"], 0);
+    let waited = end["ts_ns"].as_u64().unwrap() - b_evs[0]["ts_ns"].as_u64().unwrap();
+    let exact = !args.is_empty();
+    let (low, high) = if exact {
+        (250_000_000, 1_000_000_000)
+    } else {
+        (250_000_000, 2_800_000_000)
+    };
+    assert!(
+        (low..high).contains(&waited),
+        "signalled 0.3 s into the wait, ended {waited} ns after it began (exact: {exact})"
+    );
 }
 
 /// Two owners each wait for the other: the second F_SETLKW gets EDEADLK and the trace names
@@ -216,7 +240,7 @@ fn deadlock_is_edeadlk_with_blocker() {
 fn ofd_conflict() {
     let dir = Scratch::new("vfs");
     let f = dir.file("ofd");
-    let t = Tracer::start(&["--syscall-hooks"]);
+    let t = Tracer::start(&["--all-hooks"]);
     let mut a = Locker::spawn(&f);
     let mut b = Locker::spawn(&f);
     assert_eq!(a.cmd("ofd_setlk w 0 100"), "ok");

@@ -39,9 +39,8 @@ pub struct Options {
     pub filter: u32,
     /// Probes not to attach (by name), e.g. to measure what each one costs.
     pub skipped: Vec<String>,
-    /// Leave out the syscall hooks once the filelock tracepoints that stand in for them
-    /// attached (unless --syscall-hooks): with a syscall tracepoint on, every syscall of every
-    /// task takes the kernel's slower traced path.
+    /// Leave out the hooks that cost every lock call or every syscall once the lock hooks
+    /// that stand in for them attached (unless --all-hooks).
     pub lean: bool,
     /// Where to find BTF for modules whose own is missing (DIR/lockd).
     pub btf_dir: Option<PathBuf>,
@@ -50,18 +49,19 @@ pub struct Options {
     pub hooks_follow_nfs: bool,
 }
 
-/// Syscall hooks left out (kept by --syscall-hooks), each with the probe that stands in for it
-/// and what is then not seen.
+/// Hooks left out for their cost (kept by --all-hooks), each with the probe that stands in
+/// for it and what is then not seen.
 const LEAN_OUT: &[(&str, &str, &str)] = &[
-    ("fcntl_enter", "fcntl_setlk", LEAN_FCNTL),
-    ("fcntl_exit", "fcntl_setlk", LEAN_FCNTL),
-    ("flock_exit", "flock_lock_inode", LEAN_FLOCK),
+    ("fcntl_setlk", "posix_lock_inode", LEAN_WAIT),
+    ("fcntl_enter", "posix_lock_inode", LEAN_GETLK),
+    ("fcntl_exit", "posix_lock_inode", LEAN_GETLK),
+    ("flock_exit", "flock_lock_inode", LEAN_WAIT),
 ];
-const LEAN_FCNTL: &str = "left out: fcntl_setlk tells how waits end, the NLM probes see F_GETLK \
-                          on NFS (--syscall-hooks keeps it for local files)";
-const LEAN_FLOCK: &str = "left out: flock_lock_inode tells how a woken wait ended, and a wait a \
-                          signal ended is found by looking at the thread, within 2 s \
-                          (--syscall-hooks keeps it for the exact time)";
+const LEAN_WAIT: &str = "left out: the lock hook sees a woken wait's end, and a wait a signal \
+                         ended is found by looking at the thread, within 2 s (--all-hooks \
+                         keeps it for the exact time)";
+const LEAN_GETLK: &str = "left out: the NLM probes see F_GETLK on NFS (--all-hooks keeps it for \
+                          local files)";
 
 pub struct Tracer {
     ebpf: Ebpf,

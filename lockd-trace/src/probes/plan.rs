@@ -103,7 +103,7 @@ pub const PROBES: &[Probe] = &[
     Probe {
         name: "fcntl_setlk",
         module: "",
-        captures: "how a blocked F_SETLKW ended (granted, interrupted), without syscall hooks",
+        captures: "the exact end of an F_SETLKW wait a signal interrupted (--all-hooks)",
         kernels: "filelock tracepoint, all supported kernels; tp_btf needs BTF",
         needs: 0,
         ways: &[
@@ -134,7 +134,7 @@ pub const PROBES: &[Probe] = &[
     Probe {
         name: "flock_exit",
         module: "",
-        captures: "the exact end of a flock(2) wait a signal interrupted (--syscall-hooks)",
+        captures: "the exact end of a flock(2) wait a signal interrupted (--all-hooks)",
         kernels: "needs CONFIG_FTRACE_SYSCALLS",
         needs: 0,
         ways: &[way(Tracepoint, "sys_exit_flock", "syscalls:sys_exit_flock")],

@@ -1,33 +1,34 @@
-//! flock(2) waits a signal ended. The kernel program reports a woken wait's end from its retry
-//! in flock_lock_inode, but a signal ends a wait with no retry (ERESTARTSYS), and the syscall
-//! exit hook that would see it puts every syscall of every task on the kernel's slower traced
-//! path. So the agent looks at each waiting thread once a second instead: one no longer in
-//! flock(2), whose end had not arrived once the ring buffer was read empty after that look,
-//! was ended by a signal. Its end is dated at the look that found it out, so within about
-//! two seconds of the real one.
+//! Lock waits a signal ended. The kernel program reports a woken wait's end from its retry
+//! (posix_lock_inode or flock_lock_inode again, with the same request), but a signal ends a
+//! wait with no retry (ERESTARTSYS), and the hooks that would see it cost every lock call
+//! (fcntl_setlk) or every syscall of every task (the syscall exit tracepoints). So the agent
+//! looks at each waiting thread once a second instead: one no longer in the fcntl(2) or
+//! flock(2) it waited in, whose end had not arrived once the ring buffer was read empty after
+//! that look, was ended by a signal. Its end is dated at the look that found it out, so
+//! within about two seconds of the real one.
 
 use foldhash::{HashMap, HashMapExt as _};
 use lockd_trace_common::{hook, kernel::FILE_LOCK_DEFERRED};
 
 use crate::event::{Body, Event};
 
-/// What flock_lock_inode_wait returns when a signal ends the wait.
+/// What a lock wait returns when a signal ends it.
 const ERESTARTSYS: i32 = -512;
 
 #[derive(Default)]
-pub struct FlockWaits {
-    /// Threads in a flock(2) wait, by tid: the wait's event, and when a look found the
-    /// thread out of flock(2) (with the ring's empty-reads count then).
+pub struct WaitEnds {
+    /// Threads in a lock wait, by tid: the wait's event, and when a look found the thread
+    /// out of its syscall (with the ring's empty-reads count then).
     waiting: HashMap<u32, (Event, Option<(u64, u64)>)>,
     /// Ends made here, by tid, with the request's address: the kernel's entry for the wait
-    /// stays, and if the thread's next flock(2) reuses the address (a request on its stack)
-    /// and is not refused, the kernel reports a second end, which is dropped.
+    /// stays, and if the thread's next blocking request reuses the address (a request on
+    /// its stack) and is granted at once, the kernel reports a second end, which is dropped.
     ended: HashMap<u32, u64>,
 }
 
-impl FlockWaits {
-    pub fn new() -> FlockWaits {
-        FlockWaits {
+impl WaitEnds {
+    pub fn new() -> WaitEnds {
+        WaitEnds {
             waiting: HashMap::new(),
             ended: HashMap::new(),
         }
@@ -36,13 +37,13 @@ impl FlockWaits {
     /// Follows one event; false for an event to drop (a second end of a wait ended here).
     pub fn observe(&mut self, ev: &Event) -> bool {
         match &ev.body {
-            Body::Lock(r) if r.hook == hook::FLOCK_LOCK_INODE && r.ret == FILE_LOCK_DEFERRED => {
+            Body::Lock(r) if r.ret == FILE_LOCK_DEFERRED && !syscalls(r.hook).is_empty() => {
                 // A retry's "wait again", or a wait restarted after a signal: either way the
                 // thread is waiting now.
                 self.ended.remove(&ev.tid);
                 self.waiting.insert(ev.tid, (ev.clone(), None));
             }
-            Body::WaitEnd(r) if r.hook == hook::SYS_FLOCK => {
+            Body::WaitEnd(r) => {
                 self.waiting.remove(&ev.tid);
                 if self.ended.get(&ev.tid) == Some(&r.fl) {
                     self.ended.remove(&ev.tid);
@@ -55,15 +56,15 @@ impl FlockWaits {
     }
 
     /// Looks at the waiting threads (`now_ns`: CLOCK_MONOTONIC; `emptied`: how many times the
-    /// ring buffer has been read empty so far). Returns the ends found: threads out of
-    /// flock(2) at the last look whose end has not come since, though the ring was read
-    /// empty after that look (so any end the kernel sent before it was read).
+    /// ring buffer has been read empty so far). Returns the ends found: threads out of their
+    /// syscall at the last look whose end has not come since, though the ring was read empty
+    /// after that look (so any end the kernel sent before it was read).
     pub fn look(&mut self, now_ns: u64, emptied: u64) -> Vec<Event> {
         self.ends(now_ns, emptied, false)
     }
 
     /// The last look, once the ring buffer was read empty for the last time: a thread out of
-    /// flock(2) now ended its wait (at the look before if one found it out).
+    /// its syscall now ended its wait (at the look before if one found it out).
     pub fn last_look(&mut self, now_ns: u64) -> Vec<Event> {
         self.ends(now_ns, u64::MAX, true)
     }
@@ -71,9 +72,17 @@ impl FlockWaits {
     fn ends(&mut self, now_ns: u64, emptied: u64, last: bool) -> Vec<Event> {
         let mut ends = Vec::new();
         self.waiting.retain(|&tid, (ev, out)| {
-            if in_flock(ev.pid, tid) {
-                *out = None;
-                return true;
+            let hook = match &ev.body {
+                Body::Lock(r) => r.hook,
+                _ => return false,
+            };
+            match thread(ev.pid, tid, syscalls(hook)) {
+                Thread::Waiting => {
+                    *out = None;
+                    return true;
+                }
+                Thread::Unknown => return false,
+                Thread::Left => {}
             }
             match *out {
                 Some((at, seen)) if emptied > seen => {
@@ -100,7 +109,7 @@ impl FlockWaits {
         ends
     }
 
-    /// Threads in a flock(2) wait.
+    /// Threads in a lock wait.
     pub fn len(&self) -> usize {
         self.waiting.len()
     }
@@ -110,31 +119,56 @@ impl FlockWaits {
     }
 }
 
-/// The wait's end as the syscall exit hook would have reported it, dated `at`.
+/// The wait's end as the syscall's hook would have reported it, dated `at`.
 fn ended(wait: &Event, at: u64) -> Event {
     let mut end = wait.clone();
     end.ts_ns = at;
     if let Body::Lock(r) = &wait.body {
         let mut r = r.clone();
-        r.hook = hook::SYS_FLOCK;
+        r.hook = if r.hook == hook::FLOCK_LOCK_INODE {
+            hook::SYS_FLOCK
+        } else {
+            hook::SYS_FCNTL
+        };
         r.ret = ERESTARTSYS;
         end.body = Body::WaitEnd(r);
     }
     end
 }
 
-/// Whether thread `tid` of `pid` may still be in flock(2): false only when it is gone or its
-/// syscall file says another (or none). A file it may not read (ptrace rules: Yama, another
-/// user namespace) says nothing, and the wait is left waiting rather than ended by a guess.
-fn in_flock(pid: u32, tid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) {
-        Ok(s) => {
-            s.split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<i64>().ok())
-                == Some(libc::SYS_flock)
+/// The syscalls a thread waits in for a lock of `hook`'s kind (x86_64: native, then the
+/// 32-bit ones a compat process makes).
+fn syscalls(hook: u16) -> &'static [i64] {
+    match hook {
+        hook::FLOCK_LOCK_INODE => &[libc::SYS_flock, 143],
+        hook::POSIX_LOCK_INODE => &[libc::SYS_fcntl, 55, 221],
+        _ => &[],
+    }
+}
+
+enum Thread {
+    Waiting,
+    Left,
+    /// A kernel thread (its syscall file is all zeros: lockd, nfsd), or one the agent may not
+    /// look at (ptrace rules: Yama, another user namespace): no end is guessed for it.
+    Unknown,
+}
+
+/// What thread `tid` of `pid` is doing, from /proc/PID/task/TID/syscall: "NR ARGS.. SP PC"
+/// while in a syscall, "running", or gone.
+fn thread(pid: u32, tid: u32, waits_in: &[i64]) -> Thread {
+    let text = match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) {
+        Ok(t) => t,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+            return Thread::Left;
         }
-        Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)),
+        Err(_) => return Thread::Unknown,
+    };
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    match fields.first().and_then(|n| n.parse::<i64>().ok()) {
+        _ if fields.len() > 2 && fields[fields.len() - 2..] == ["0x0", "0x0"] => Thread::Unknown,
+        Some(nr) if waits_in.contains(&nr) => Thread::Waiting,
+        _ => Thread::Left,
     }
 }
 
@@ -172,7 +206,7 @@ mod tests {
 
     #[test]
     fn a_thread_out_of_flock_ends_its_wait_once_the_ring_was_read_empty_after_the_look() {
-        let mut f = FlockWaits::new();
+        let mut f = WaitEnds::new();
         let w = wait(7, 0xf1);
         assert!(f.observe(&w));
         assert!(f.look(100, 3).is_empty(), "first look only notes it out");
@@ -196,7 +230,7 @@ mod tests {
 
     #[test]
     fn an_end_the_kernel_sent_is_not_made_again() {
-        let mut f = FlockWaits::new();
+        let mut f = WaitEnds::new();
         let w = wait(8, 0xf2);
         f.observe(&w);
         assert!(f.look(100, 1).is_empty());
@@ -207,7 +241,7 @@ mod tests {
 
     #[test]
     fn waiting_again_starts_over() {
-        let mut f = FlockWaits::new();
+        let mut f = WaitEnds::new();
         let w = wait(9, 0xf3);
         f.observe(&w);
         assert!(f.look(100, 1).is_empty());
@@ -221,7 +255,7 @@ mod tests {
 
     #[test]
     fn the_last_look_ends_every_wait_out_of_flock() {
-        let mut f = FlockWaits::new();
+        let mut f = WaitEnds::new();
         f.observe(&wait(10, 0xf4));
         assert!(f.look(100, 1).is_empty());
         f.observe(&wait(11, 0xf5));
