@@ -489,26 +489,21 @@ fn storm_explained(o: &mut String, st: &Storm) -> Result<()> {
     if let Some(m) = monitor {
         write!(o, "Monitor adds {m:.0} ns to each call.")?;
     }
-    if let (Some(m), Some(ns_), Some(np)) = (
+    if let (Some(m), Some(all), Some(np)) = (
         monitor,
-        added("monitor −syscall hooks"),
+        added("monitor +all hooks"),
         added("monitor −posix_lock_inode"),
     ) {
-        let syscalls = m - ns_;
-        let quiet = if syscalls.abs() < 0.05 * m {
-            " (nothing measurable: this monitor does not pay for them)"
-        } else {
-            ""
-        };
         write!(
             o,
-            " Left out one at a time with `--skip-probe`: the posix_lock_inode program (reading \
-             the lock and the superblock magic for the NFS filter, counting the request per CPU) \
-             accounts for {:.0} ns of it, the fcntl/flock syscall tracepoints for {syscalls:.0} \
-             ns{quiet}; the remaining {:.0} ns is what neither removal takes away: the other \
-             hooks monitor keeps on this path, and the medians' noise.",
+            " The posix_lock_inode program (reading the lock and the superblock magic for the \
+             NFS filter, counting the request per CPU) accounts for {:.0} ns of it (left out \
+             with `--skip-probe`); the remaining {np:.0} ns is what that removal does not take \
+             away: the hooks monitor keeps beside it, and the medians' noise. The hooks monitor \
+             leaves out by default (fcntl_setlk on every fcntl lock call, the fcntl/flock \
+             syscall tracepoints on every syscall) would add {:.0} ns more (`--all-hooks`).",
             m - np,
-            np + ns_ - m
+            all - m
         )?;
     }
     if let Some(e) = added("empty syscall hooks") {
@@ -531,9 +526,9 @@ fn storm_explained(o: &mut String, st: &Storm) -> Result<()> {
         write!(
             o,
             " record sends every request instead of counting it in the kernel: it adds {:.0} ns \
-             per call more than monitor, for the ring-buffer send with the agent's wake-ups, the \
-             agent decoding and writing each record on the other core, and any hook monitor \
-             leaves out.",
+             per call more than monitor, for the ring-buffer send with the agent's wake-ups and \
+             the agent decoding and writing each record on the other core (both leave out the \
+             same hooks).",
             r - m
         )?;
     }

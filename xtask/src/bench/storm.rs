@@ -144,14 +144,20 @@ fn breakdown(ctx: &Ctx) -> Vec<Config> {
     )];
     if ctx.skip_probe {
         v.push(ctx.monitor(
-            "monitor −syscall hooks",
-            "monitor without the fcntl/flock syscall tracepoints (lock layer only)",
-            &["--skip-probe", "fcntl_enter,fcntl_exit,flock_exit"],
+            "monitor +all hooks",
+            "monitor with the hooks it leaves out for their cost: fcntl_setlk and the \
+             fcntl/flock syscall tracepoints",
+            &["--all-hooks"],
         ));
         v.push(ctx.monitor(
             "monitor −posix_lock_inode",
-            "monitor without the posix_lock_inode hook (syscall tracepoints and the rest)",
-            &["--skip-probe", "posix_lock_inode"],
+            "monitor without the posix_lock_inode hook, nor the hooks that would stand in for \
+             it (fcntl_setlk, the fcntl syscall tracepoints); the flock and process exit hooks \
+             remain, which the storm does not reach",
+            &[
+                "--skip-probe",
+                "posix_lock_inode,fcntl_setlk,fcntl_enter,fcntl_exit",
+            ],
         ));
     }
     v
