@@ -18,7 +18,13 @@ pub fn run(args: &ProbesArgs) -> Result<()> {
         let notes = r
             .refused
             .iter()
-            .map(|x| format!("{} refused: {}", x.method, x.reason))
+            .map(|x| {
+                if x.tried() {
+                    format!("{} refused: {}", x.method, x.reason)
+                } else {
+                    x.reason.clone()
+                }
+            })
             .chain(r.layout.iter().map(|l| format!("layout from {l}")))
             .chain(
                 r.attached

@@ -463,7 +463,15 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// A probe left out, and why (--skip-probe, or monitor's lean set).
+impl Refusal {
+    /// Whether the kernel was asked at all (not for a probe left out or skipped).
+    pub fn tried(&self) -> bool {
+        !(self.reason.starts_with("left out") || self.reason.starts_with("skipped"))
+    }
+}
+
+/// A probe left out, and why (--skip-probe, or the hooks left out for their cost); the
+/// reason begins with "left out" or "skipped".
 pub fn skipped(probe: &'static Probe, why: &str) -> ProbeReport {
     ProbeReport {
         probe: probe.name,

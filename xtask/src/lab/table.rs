@@ -109,6 +109,7 @@ fn cell(r: &Value) -> String {
         .and_then(|x| x["reason"].as_str())
         .unwrap_or("");
     let short = [
+        ("left out:", "left out (--all-hooks)"),
         ("not in /proc/kallsyms", "no: inlined"),
         ("no BTF for module lockd", "no: no lockd BTF"),
         ("lacks what it reads", "no: field missing"),
