@@ -12,6 +12,10 @@ use lockd_trace_common::{hook, kernel::FILE_LOCK_DEFERRED};
 
 use crate::event::{Body, Event};
 
+/// Kernel threads whose deferred requests are called back, not waited for (as in the kernel
+/// program, which keeps no wait for them either).
+const NFS_SERVERS: [&str; 2] = ["lockd", "nfsd"];
+
 /// What a lock wait returns when a signal ends it.
 const ERESTARTSYS: i32 = -512;
 
@@ -37,7 +41,11 @@ impl WaitEnds {
     /// Follows one event; false for an event to drop (a second end of a wait ended here).
     pub fn observe(&mut self, ev: &Event) -> bool {
         match &ev.body {
-            Body::Lock(r) if r.ret == FILE_LOCK_DEFERRED && !syscalls(r.hook).is_empty() => {
+            Body::Lock(r)
+                if r.ret == FILE_LOCK_DEFERRED
+                    && !syscalls(r.hook).is_empty()
+                    && !NFS_SERVERS.iter().any(|s| ev.comm == *s) =>
+            {
                 // A retry's "wait again", or a wait restarted after a signal: either way the
                 // thread is waiting now.
                 self.ended.remove(&ev.tid);
@@ -165,10 +173,13 @@ fn thread(pid: u32, tid: u32, waits_in: &[i64]) -> Thread {
         Err(_) => return Thread::Unknown,
     };
     let fields: Vec<&str> = text.split_whitespace().collect();
-    match fields.first().and_then(|n| n.parse::<i64>().ok()) {
+    match fields.first().map(|n| n.parse::<i64>()) {
         _ if fields.len() > 2 && fields[fields.len() - 2..] == ["0x0", "0x0"] => Thread::Unknown,
-        Some(nr) if waits_in.contains(&nr) => Thread::Waiting,
-        _ => Thread::Left,
+        Some(Ok(nr)) if waits_in.contains(&nr) => Thread::Waiting,
+        // Another syscall, or none (-1).
+        Some(Ok(_)) => Thread::Left,
+        // "running": woken, maybe retrying (its end then comes from the kernel); look again.
+        _ => Thread::Waiting,
     }
 }
 
@@ -251,6 +262,15 @@ mod tests {
             "the second wait was noted out only now"
         );
         assert_eq!(f.look(300, 3)[0].ts_ns, 200);
+    }
+
+    #[test]
+    fn lockd_is_not_followed() {
+        let mut f = WaitEnds::new();
+        let mut w = wait(12, 0xf6);
+        w.comm = "lockd".into();
+        f.observe(&w);
+        assert!(f.is_empty());
     }
 
     #[test]
