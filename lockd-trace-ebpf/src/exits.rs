@@ -14,13 +14,19 @@ use crate::emit::{header, send};
 #[map]
 static LOCKERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
-/// A tgid this CPU last found in LOCKERS, and the exit generation it was found in.
+/// A tgid this CPU last found in LOCKERS, the exit generation it was found in, and when it
+/// was last looked up there.
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Known {
     tgid: u32,
     generation: u32,
+    looked_up_ns: u64,
 }
+
+/// How long a hit may skip the LRU lookup: the lookup is what marks the entry used, and an
+/// entry never marked is evicted first, by other CPUs' lockers, taking its exit report along.
+const REFRESH_NS: u64 = 1_000_000_000;
 
 /// A storm of one process's locks skips the LRU lookup: LRU maps take a hash and a bucket walk.
 #[map]
@@ -36,15 +42,19 @@ fn generation() -> u32 {
     GENERATION.get(0).copied().unwrap_or(0)
 }
 
-/// The current process took a lock. Looked up before the insert: an LRU map update replaces
-/// the element even when the key is there (a free-list pop and locks).
+/// The current process took a lock at `now_ns`. Looked up before the insert: an LRU map
+/// update replaces the element even when the key is there (a free-list pop and locks).
 #[inline(always)]
-pub fn took_lock() {
+pub fn took_lock(now_ns: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let generation = generation();
     let last = LAST_LOCKER.get_ptr_mut(0);
     // SAFETY: this CPU's slot; a torn one (a preempted program) only fails to match.
-    if last.is_some_and(|p| unsafe { (*p).tgid == tgid && (*p).generation == generation }) {
+    if last.is_some_and(|p| unsafe {
+        (*p).tgid == tgid
+            && (*p).generation == generation
+            && now_ns.wrapping_sub((*p).looked_up_ns) < REFRESH_NS
+    }) {
         return;
     }
     // SAFETY: the value is not used, only its presence.
@@ -53,7 +63,13 @@ pub fn took_lock() {
     }
     if let Some(p) = last {
         // SAFETY: as above.
-        unsafe { *p = Known { tgid, generation } };
+        unsafe {
+            *p = Known {
+                tgid,
+                generation,
+                looked_up_ns: now_ns,
+            }
+        };
     }
 }
 

@@ -66,7 +66,7 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
         }
     }
     if ret == 0 && lock.lock_type != F_UNLCK {
-        exits::took_lock();
+        exits::took_lock(ev.hdr.ts_ns);
     }
     // lockd and nfsd do not wait in the kernel: they are called back when the lock is free,
     // and retry it then, with no waiting thread whose end is to be told.
