@@ -1,7 +1,7 @@
 //! The ring buffer, the per-CPU counters, and record headers.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -12,12 +12,18 @@ use lockd_trace_common::{Header, RING_BYTES, counter};
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// Set by the agent (a quarter of the ring). Records wake the agent only when the bytes waiting
-/// cross this mark: the kernel's default wakes it whenever it has caught up, which a fast
-/// reader nearly always has, an irq_work per lock call. The agent also drains on a short timer,
-/// so a trickle below the mark (or a crossing two CPUs both missed) arrives within 50 ms.
+/// Set by the agent: a quarter of the ring shared by the CPUs. Each CPU wakes the agent once
+/// per this many bytes it sent, not per record: the kernel's default wakes it whenever it has
+/// caught up, which a fast reader nearly always has (an irq_work per lock call), and asking the
+/// ring how much waits reads the reader's position, a cache line the other CPU keeps writing
+/// (30 ns a record here). The agent also drains on a short timer, so a trickle below the mark
+/// arrives within 50 ms.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
+
+/// Bytes this CPU sent since it last woke the agent.
+#[map]
+static UNWOKEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -48,34 +54,28 @@ pub fn header(kind: u16, hook: u16) -> Header {
 /// Sends `record`; when the ring buffer is full the loss is counted per kind, never silent.
 #[inline(always)]
 pub fn send<T: 'static>(kind: u16, record: &T) {
-    let flags = wake_flags(EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)), size_of::<T>());
-    if EVENTS.output::<T>(record, flags).is_err() {
+    if EVENTS.output::<T>(record, submit_flags::<T>()).is_err() {
         count_lost(kind);
     }
 }
 
-/// The flags to submit a reserved record of type T with (it is counted as waiting already).
+/// The flags to submit a record of type T with: a wakeup for the one that takes this CPU's
+/// unannounced bytes (its size plus the ring's 8-byte header) past the mark.
 #[inline(always)]
 pub fn submit_flags<T>() -> u64 {
-    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    wake_flags(
-        waiting.saturating_sub(size_of::<T>() as u64 + 8),
-        size_of::<T>(),
-    )
-}
-
-/// Wake the agent only for the record that takes the bytes waiting (`before` it) across the
-/// mark; a record takes its size plus the ring's 8-byte header.
-#[inline(always)]
-fn wake_flags(before: u64, size: usize) -> u64 {
     // SAFETY: a static; volatile so the compiler does not fold the zero initialiser.
     let mark = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
-    let after = before + size as u64 + 8;
-    u64::from(if before < mark && after >= mark {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    })
+    let Some(p) = UNWOKEN.get_ptr_mut(0) else {
+        return u64::from(BPF_RB_FORCE_WAKEUP);
+    };
+    // SAFETY: this CPU's slot; a program preempting another on this CPU only shifts a wakeup.
+    let unwoken = unsafe { &mut *p };
+    *unwoken += size_of::<T>() as u64 + 8;
+    if *unwoken < mark {
+        return u64::from(BPF_RB_NO_WAKEUP);
+    }
+    *unwoken = 0;
+    u64::from(BPF_RB_FORCE_WAKEUP)
 }
 
 #[inline(always)]

@@ -222,7 +222,8 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
         spawn_kernel_log(logger)?;
     }
     let counters = tracer.take_counters()?;
-    let mut stream = EventStream::new(tracer.take_events()?)?;
+    let (ring, ring_bytes) = tracer.take_events()?;
+    let mut stream = EventStream::new(ring, ring_bytes)?;
     let (mono, wall) = Clock::now_pair();
     let clock = Clock::from_pair(mono, wall);
     let mut p = Pipeline::new(clock, Engine::new(clock, s.limits), s.filter, s.sink);

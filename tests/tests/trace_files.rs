@@ -276,3 +276,59 @@ fn locks_checks_the_traced_table_against_proc_locks() {
         "{b}"
     );
 }
+
+/// A 16 KiB ring buffer holds about a hundred records: 6000 lock calls wrap it dozens of
+/// times, and every record is read whole, in order, or counted lost.
+#[test]
+fn a_small_ring_wraps_with_every_record_read_or_counted() {
+    let dir = Scratch::public("tf");
+    let trace = dir.path().join("wrap.ldt");
+    let files = dir.path().join("many");
+    let t = Tracer::command(&[
+        "record",
+        "--comm",
+        "lockstorm",
+        "--ring-kib",
+        "16",
+        "-o",
+        trace.to_str().unwrap(),
+    ]);
+    let mut storm = Command::new(env!("CARGO_BIN_EXE_lockstorm"))
+        .args(["--files", "3000", "--dir", files.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = storm.id();
+    assert!(storm.wait().unwrap().success());
+    let (_, stderr) = t.stop();
+    let out = Command::new(harness::tracer_bin())
+        .args(["export", "--format", "jsonl", trace.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let events = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let locks: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "lock" && e["pid"] == pid)
+        .collect();
+    let lost: u64 = events
+        .iter()
+        .filter(|e| e["event"] == "lost" && e["kind"] == "lock")
+        .map(|e| e["total"].as_u64().unwrap())
+        .sum();
+    eprintln!("{} lock records read, {lost} lost", locks.len());
+    assert_eq!(locks.len() as u64 + lost, 6000, "{stderr:?}");
+    if lost == 0 {
+        // In order: each file locked, then unlocked, before the next.
+        for pair in locks.chunks(2) {
+            assert_eq!(pair[0]["lock"]["type"], "WRLCK", "{:?}", pair[0]);
+            assert_eq!(pair[1]["lock"]["type"], "UNLCK", "{:?}", pair[1]);
+            assert_eq!(pair[0]["ino"], pair[1]["ino"]);
+        }
+    }
+    let summary = stderr
+        .iter()
+        .find(|l| l.contains("events received"))
+        .unwrap();
+    assert!(summary.contains(" 0 undecodable"), "{summary}");
+}

@@ -95,7 +95,9 @@ impl Tracer {
         } else {
             lockd_trace_common::RING_BYTES
         };
-        let wakeup = u64::from(ring / 4);
+        // Each CPU wakes the agent per its share of a quarter of the ring (emit.rs).
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u64;
+        let wakeup = (u64::from(ring / 4) / cpus).max(4096);
         loader.override_global("WAKEUP_BYTES", &wakeup, true);
         let ebpf = loader.load(OBJECT).map_err(|e| {
             anyhow!(
@@ -265,12 +267,17 @@ impl Tracer {
     }
 
     /// The event ring buffer; can be taken once.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+    /// The ring buffer and its size in bytes.
+    pub fn take_events(&mut self) -> Result<(RingBuf<MapData>, u32)> {
         let map = self
             .ebpf
             .take_map("EVENTS")
             .ok_or_else(|| anyhow!("EVENTS map missing"))?;
-        Ok(RingBuf::try_from(map)?)
+        let size = match &map {
+            aya::maps::Map::RingBuf(m) => m.info()?.max_entries(),
+            _ => return Err(anyhow!("EVENTS is not a ring buffer")),
+        };
+        Ok((RingBuf::try_from(map)?, size))
     }
 
     pub fn take_counters(&mut self) -> Result<Counters> {

@@ -2,10 +2,13 @@
 //! timer: the programs wake us only when the bytes waiting cross a quarter of the ring (emit.rs),
 //! so a trickle below that mark is read on the timer.
 
-use std::time::Duration;
+mod pages;
+
+use std::{os::fd::AsFd as _, time::Duration};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
+use pages::Pages;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     time::{self, Interval, MissedTickBehavior},
@@ -16,7 +19,9 @@ use tokio::{
 const POLL: Duration = Duration::from_millis(50);
 
 pub struct EventStream {
+    /// Registered for the kernel's wakeups; its records are read through `pages`.
     fd: AsyncFd<RingBuf<MapData>>,
+    pages: Pages,
     poll: Interval,
     /// The last timer-driven batch was full: read on without waiting.
     more: bool,
@@ -25,7 +30,9 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    pub fn new(rb: RingBuf<MapData>) -> Result<Self> {
+    /// `rb` holds `size` data bytes.
+    pub fn new(rb: RingBuf<MapData>, size: u32) -> Result<Self> {
+        let pages = Pages::new(rb.as_fd(), size)?;
         // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns it.
         let fd = unsafe { AsyncFd::register_with_interest(rb, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
@@ -33,6 +40,7 @@ impl EventStream {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(EventStream {
             fd,
+            pages,
             poll,
             more: false,
             emptied: 0,
@@ -45,14 +53,14 @@ impl EventStream {
     /// turn between them.
     pub async fn next_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize> {
         if self.more {
-            let n = drain_into(self.fd.get_mut(), &mut f, BATCH);
+            let n = self.pages.drain(&mut f, BATCH);
             self.more = n == BATCH;
             return Ok(self.counted(n));
         }
         tokio::select! {
             guard = self.fd.readable_mut() => {
                 let mut guard = guard?;
-                let n = drain_into(guard.get_inner_mut(), &mut f, BATCH);
+                let n = self.pages.drain(&mut f, BATCH);
                 if n < BATCH {
                     // Emptied: wait for the kernel's next wakeup. Else ready again at once.
                     guard.clear_ready();
@@ -60,7 +68,7 @@ impl EventStream {
                 Ok(self.counted(n))
             }
             _ = self.poll.tick() => {
-                let n = drain_into(self.fd.get_mut(), &mut f, BATCH);
+                let n = self.pages.drain(&mut f, BATCH);
                 self.more = n == BATCH;
                 Ok(self.counted(n))
             }
@@ -79,20 +87,9 @@ impl EventStream {
 
     /// Hands every record already in the buffer to `f` without waiting (at shutdown).
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        drain_into(self.fd.get_mut(), &mut f, usize::MAX)
+        self.pages.drain(&mut f, usize::MAX)
     }
 }
 
 /// Records handled per turn of the agent's loop.
 const BATCH: usize = 4096;
-
-fn drain_into(rb: &mut RingBuf<MapData>, f: &mut impl FnMut(&[u8]), max: usize) -> usize {
-    let mut n = 0;
-    while n < max
-        && let Some(item) = rb.next()
-    {
-        f(&item);
-        n += 1;
-    }
-    n
-}
