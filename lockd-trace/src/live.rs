@@ -268,7 +268,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
     // SAFETY: no arguments beyond the pad size; glibc-only, as is this build.
     unsafe { libc::malloc_trim(0) };
 
-    let mut wait_ends = WaitEnds::new();
+    let mut wait_ends = WaitEnds::default();
     let on_record =
         |d: &mut Decoder, w: &mut WaitEnds, raw: &[u8], p: &mut Pipeline<'_>| match d.event(raw) {
             Some((ev, path)) if w.observe(&ev) => p.event(&ev, path),

@@ -7,7 +7,7 @@
 //! that look, was ended by a signal. Its end is dated at the look that found it out, so
 //! within about two seconds of the real one.
 
-use foldhash::{HashMap, HashMapExt as _};
+use foldhash::HashMap;
 use lockd_trace_common::{hook, kernel::FILE_LOCK_DEFERRED};
 
 use crate::event::{Body, Event};
@@ -31,13 +31,6 @@ pub struct WaitEnds {
 }
 
 impl WaitEnds {
-    pub fn new() -> WaitEnds {
-        WaitEnds {
-            waiting: HashMap::new(),
-            ended: HashMap::new(),
-        }
-    }
-
     /// Follows one event; false for an event to drop (a second end of a wait ended here).
     pub fn observe(&mut self, ev: &Event) -> bool {
         match &ev.body {
@@ -115,15 +108,6 @@ impl WaitEnds {
         }
         ends.sort_by_key(|e| (e.ts_ns, e.tid));
         ends
-    }
-
-    /// Threads in a lock wait.
-    pub fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
     }
 }
 
@@ -217,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_thread_out_of_flock_ends_its_wait_once_the_ring_was_read_empty_after_the_look() {
-        let mut f = WaitEnds::new();
+        let mut f = WaitEnds::default();
         let w = wait(7, 0xf1);
         assert!(f.observe(&w));
         assert!(f.look(100, 3).is_empty(), "first look only notes it out");
@@ -232,7 +216,7 @@ mod tests {
             panic!("{:?}", ends[0])
         };
         assert_eq!((r.hook, r.ret, r.fl), (hook::SYS_FLOCK, -512, 0xf1));
-        assert!(f.is_empty());
+        assert!(f.waiting.is_empty());
         // The kernel's stale entry matching the thread's next request: dropped once.
         let again = end_of(&w, 0);
         assert!(!f.observe(&again));
@@ -241,18 +225,18 @@ mod tests {
 
     #[test]
     fn an_end_the_kernel_sent_is_not_made_again() {
-        let mut f = WaitEnds::new();
+        let mut f = WaitEnds::default();
         let w = wait(8, 0xf2);
         f.observe(&w);
         assert!(f.look(100, 1).is_empty());
         assert!(f.observe(&end_of(&w, 0)), "the kernel's end goes on");
         assert!(f.look(200, 2).is_empty());
-        assert_eq!(f.len(), 0);
+        assert!(f.waiting.is_empty());
     }
 
     #[test]
     fn waiting_again_starts_over() {
-        let mut f = WaitEnds::new();
+        let mut f = WaitEnds::default();
         let w = wait(9, 0xf3);
         f.observe(&w);
         assert!(f.look(100, 1).is_empty());
@@ -266,16 +250,16 @@ mod tests {
 
     #[test]
     fn lockd_is_not_followed() {
-        let mut f = WaitEnds::new();
+        let mut f = WaitEnds::default();
         let mut w = wait(12, 0xf6);
         w.comm = "lockd".into();
         f.observe(&w);
-        assert!(f.is_empty());
+        assert!(f.waiting.is_empty());
     }
 
     #[test]
     fn the_last_look_ends_every_wait_out_of_flock() {
-        let mut f = WaitEnds::new();
+        let mut f = WaitEnds::default();
         f.observe(&wait(10, 0xf4));
         assert!(f.look(100, 1).is_empty());
         f.observe(&wait(11, 0xf5));

@@ -30,6 +30,67 @@ fn assert_blocker(e: &Value, pid: i64, ty: &str, start: i64, end: i64) {
     assert_eq!(b["end"], end, "blocker end in {e}");
 }
 
+/// How a wait behind a held lock ends.
+enum End {
+    /// The holder runs this command (an unlock) and the waiter is granted.
+    Unlock(&'static str),
+    /// The waiter is signalled after this many ms and its call fails with EINTR.
+    Signal(u64),
+}
+
+/// A wait as traced: the file's events, the holder's and the waiter's pids, the tracer's
+/// stderr.
+struct Waited {
+    evs: Vec<Value>,
+    holder: u32,
+    waiter: u32,
+    stderr: Vec<String>,
+}
+
+impl Waited {
+    fn of(&self, pid: u32) -> Vec<&Value> {
+        self.evs.iter().filter(|e| e["pid"] == pid).collect()
+    }
+}
+
+/// One process holds `hold` on a new file named `name`, another asks `wait` and waits until
+/// `end`, under `lockd-trace live ARGS`.
+fn wait_behind(name: &str, args: &[&str], hold: &str, wait: &str, end: End) -> Waited {
+    let dir = Scratch::new("vfs");
+    let f = dir.file(name);
+    let t = Tracer::start(args);
+    let mut a = Locker::spawn(&f);
+    let mut b = Locker::spawn(&f);
+    assert_eq!(a.cmd(hold), "ok");
+    b.send(wait);
+    match end {
+        End::Unlock(unlock) => {
+            thread::sleep(Duration::from_millis(300));
+            assert_eq!(a.cmd(unlock), "ok");
+            assert_eq!(b.read_line(), "ok");
+        }
+        End::Signal(after_ms) => {
+            thread::sleep(Duration::from_millis(after_ms));
+            b.signal(libc::SIGUSR1);
+            assert_eq!(b.read_line(), "err EINTR");
+            // Two of the agent's looks while it runs (not its last look at exit).
+            thread::sleep(Duration::from_millis(2500));
+        }
+    }
+    let (holder, waiter) = (a.pid, b.pid);
+    let (events, stderr) = t.stop();
+    a.exit();
+    b.exit();
+    assert_nothing_dropped(&events, &stderr);
+    let evs = events_for(&events, &f).into_iter().cloned().collect();
+    Waited {
+        evs,
+        holder,
+        waiter,
+        stderr,
+    }
+}
+
 /// F_SETLK refused with EAGAIN names the holder's pid, range and type; F_GETLK reports the
 /// same holder (--all-hooks); the holder's own request is recorded as granted.
 fn conflict_with(extra: &[&str]) {
@@ -114,28 +175,19 @@ fn posix_conflict_through_raw_tracepoint_fallback() {
 /// syscall's end is reported with the time it waited.
 #[test]
 fn blocked_waiter_is_woken_by_unlock() {
-    let dir = Scratch::new("vfs");
-    let f = dir.file("waiter");
-    let t = Tracer::start(&[]);
-    let mut a = Locker::spawn(&f);
-    let mut b = Locker::spawn(&f);
-    assert_eq!(a.cmd("setlk r 0 10"), "ok");
-    b.send("setlkw w 5 10");
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(a.cmd("setlk u 0 10"), "ok");
-    assert_eq!(b.read_line(), "ok");
-    let (apid, bpid) = (a.pid, b.pid);
-    a.exit();
-    b.exit();
-    let (events, stderr) = t.stop();
-    assert_nothing_dropped(&events, &stderr);
-    let evs = events_for(&events, &f);
-    let a_evs = by_pid(&evs, apid);
+    let w = wait_behind(
+        "waiter",
+        &[],
+        "setlk r 0 10",
+        "setlkw w 5 10",
+        End::Unlock("setlk u 0 10"),
+    );
+    let a_evs = w.of(w.holder);
     assert_lock(a_evs[1], "F_SETLK", "UNLCK", 0, 9, "ok");
-    let b_evs = by_pid(&evs, bpid);
+    let b_evs = w.of(w.waiter);
     assert_lock(b_evs[0], "F_SETLKW", "WRLCK", 5, 14, "WAIT");
     assert_eq!(b_evs[0]["ret"], 1);
-    assert_blocker(b_evs[0], apid.into(), "RDLCK", 0, 9);
+    assert_blocker(b_evs[0], w.holder.into(), "RDLCK", 0, 9);
     assert_lock(b_evs[1], "F_SETLKW", "WRLCK", 5, 14, "ok");
     assert_eq!(b_evs[2]["event"], "wait_end");
     assert_lock(b_evs[2], "F_SETLKW", "WRLCK", 5, 14, "ok");
@@ -163,27 +215,11 @@ fn interrupted_wait_is_found_by_looking() {
 }
 
 fn interrupted_wait_with(args: &[&str]) {
-    let dir = Scratch::new("vfs");
-    let f = dir.file(&format!("eintr{}", args.len()));
-    let t = Tracer::start(args);
-    let mut a = Locker::spawn(&f);
-    let mut b = Locker::spawn(&f);
-    assert_eq!(a.cmd("setlk w 0 1"), "ok");
-    b.send("setlkw w 0 1");
-    thread::sleep(Duration::from_millis(300));
-    b.signal(libc::SIGUSR1);
-    assert_eq!(b.read_line(), "err EINTR");
-    // Two looks while the tracer runs (not its last look at exit).
-    thread::sleep(Duration::from_millis(2500));
-    let (apid, bpid) = (a.pid, b.pid);
-    let (events, stderr) = t.stop();
-    a.exit();
-    b.exit();
-    assert_nothing_dropped(&events, &stderr);
-    let evs = events_for(&events, &f);
-    let b_evs = by_pid(&evs, bpid);
+    let name = format!("eintr{}", args.len());
+    let w = wait_behind(&name, args, "setlk w 0 1", "setlkw w 0 1", End::Signal(300));
+    let b_evs = w.of(w.waiter);
     assert_lock(b_evs[0], "F_SETLKW", "WRLCK", 0, 0, "WAIT");
-    assert_blocker(b_evs[0], apid.into(), "WRLCK", 0, 0);
+    assert_blocker(b_evs[0], w.holder.into(), "WRLCK", 0, 0);
     let end = b_evs
         .iter()
         .find(|e| e["event"] == "wait_end")
@@ -384,31 +420,23 @@ fn flock_conflict() {
 /// kernel's retry of the request, with no syscall hook attached.
 #[test]
 fn flock_wait_granted_without_syscall_hooks() {
-    let dir = Scratch::new("vfs");
-    let f = dir.file("flockwait");
-    let t = Tracer::start(&[]);
-    let mut a = Locker::spawn(&f);
-    let mut b = Locker::spawn(&f);
-    assert_eq!(a.cmd("flock ex"), "ok");
-    b.send("flock sh");
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(a.cmd("flock un"), "ok");
-    assert_eq!(b.read_line(), "ok");
-    let (apid, bpid) = (a.pid, b.pid);
-    a.exit();
-    b.exit();
-    let (events, stderr) = t.stop();
-    assert_nothing_dropped(&events, &stderr);
+    let w = wait_behind(
+        "flockwait",
+        &[],
+        "flock ex",
+        "flock sh",
+        End::Unlock("flock un"),
+    );
     assert!(
-        stderr
+        w.stderr
             .iter()
             .any(|l| l.contains("flock_exit") && l.contains("not attached")),
-        "{stderr:?}"
+        "{:?}",
+        w.stderr
     );
-    let evs = events_for(&events, &f);
-    let b_evs = by_pid(&evs, bpid);
+    let b_evs = w.of(w.waiter);
     assert_lock(b_evs[0], "LOCK_SH", "RDLCK", 0, i64::MAX, "WAIT");
-    assert_blocker(b_evs[0], apid.into(), "WRLCK", 0, i64::MAX);
+    assert_blocker(b_evs[0], w.holder.into(), "WRLCK", 0, i64::MAX);
     let ends: Vec<_> = b_evs.iter().filter(|e| e["event"] == "wait_end").collect();
     assert_eq!(ends.len(), 1, "{b_evs:?}");
     assert_eq!(ends[0]["ret"], 0);
@@ -421,23 +449,8 @@ fn flock_wait_granted_without_syscall_hooks() {
 /// with flock's ERESTARTSYS.
 #[test]
 fn flock_wait_interrupted_is_found_by_looking() {
-    let dir = Scratch::new("vfs");
-    let f = dir.file("flockeintr");
-    let t = Tracer::start(&[]);
-    let mut a = Locker::spawn(&f);
-    let mut b = Locker::spawn(&f);
-    assert_eq!(a.cmd("flock ex"), "ok");
-    b.send("flock ex");
-    thread::sleep(Duration::from_millis(1500));
-    b.signal(libc::SIGUSR1);
-    assert_eq!(b.read_line(), "err EINTR");
-    // Two looks after the signal, while the tracer runs (not its last look at exit).
-    thread::sleep(Duration::from_millis(2500));
-    let bpid = b.pid;
-    let (events, stderr) = t.stop();
-    assert_nothing_dropped(&events, &stderr);
-    let evs = events_for(&events, &f);
-    let b_evs = by_pid(&evs, bpid);
+    let w = wait_behind("flockeintr", &[], "flock ex", "flock ex", End::Signal(1500));
+    let b_evs = w.of(w.waiter);
     assert_lock(b_evs[0], "LOCK_EX", "WRLCK", 0, i64::MAX, "WAIT");
     let ends: Vec<_> = b_evs.iter().filter(|e| e["event"] == "wait_end").collect();
     assert_eq!(ends.len(), 1, "{b_evs:?}");
@@ -448,8 +461,6 @@ fn flock_wait_interrupted_is_found_by_looking() {
         (1_400_000_000..4_000_000_000).contains(&waited),
         "signalled after 1.5 s, ended {waited} ns after the wait began"
     );
-    a.exit();
-    b.exit();
 }
 
 /// lockf(3) is fcntl underneath: F_LOCK → F_SETLKW, F_TLOCK → F_SETLK.
