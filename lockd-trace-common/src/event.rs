@@ -50,8 +50,8 @@ pub mod counter {
 
 /// What the programs send (the `FILTER` global, set by the agent at load time).
 pub mod filter {
-    /// Of granted requests only NFS files' and lockd's; waits and failures always. The rest
-    /// is counted, not sent.
+    /// Of granted requests only NFS files' and an NFS server's (lockd, nfsd); waits and
+    /// failures always. The rest is counted, not sent.
     pub const NFS_ONLY: u32 = 1;
 }
 

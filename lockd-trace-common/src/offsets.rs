@@ -13,6 +13,8 @@ pub struct Offsets {
     pub fl_list: u32,
     pub fl_start: u32,
     pub fl_end: u32,
+    /// The lock manager's callbacks: set on lockd's and nfsd's locks, not on local ones.
+    pub fl_lmops: u32,
     // struct inode, super_block, file_lock_context
     pub i_ino: u32,
     pub i_sb: u32,
@@ -35,6 +37,11 @@ pub struct Offsets {
     pub dentry_name: u32,
     pub dentry_parent: u32,
     pub dentry_flags: u32,
+    /// task_struct.comm, read through bpf_get_current_task_btf where the kernel has it.
+    pub task_comm: u32,
+    /// Non-zero when the kernel has bpf_get_current_task_btf (5.11+): the BTF-typed programs
+    /// then read the command name with two loads, not a helper call copying it (15 ns).
+    pub task_btf: u32,
     /// Non-zero once filled in by the agent; programs send nothing before that.
     pub valid: u32,
 }

@@ -38,6 +38,12 @@ pub fn count(index: u32) {
 
 #[inline(always)]
 pub fn header(kind: u16, hook: u16) -> Header {
+    header_with(kind, hook, bpf_get_current_comm().unwrap_or_default())
+}
+
+/// A header with the command name the caller read (kread::Mem::comm).
+#[inline(always)]
+pub fn header_with(kind: u16, hook: u16, comm: [u8; 16]) -> Header {
     let pid_tgid = bpf_get_current_pid_tgid();
     Header {
         kind,
@@ -47,7 +53,7 @@ pub fn header(kind: u16, hook: u16) -> Header {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm,
     }
 }
 

@@ -1,6 +1,10 @@
 //! Reading kernel structs at offsets the agent resolved from the running kernel's BTF.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::map, maps::Array};
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_task_btf, bpf_probe_read_kernel},
+    macros::map,
+    maps::Array,
+};
 use lockd_trace_common::{LockInfo, NlmOffsets, Offsets, counter, kernel::NFS_SUPER_MAGIC};
 
 use crate::emit::count;
@@ -15,6 +19,7 @@ static OFFSETS: Offsets = Offsets {
     fl_list: 0,
     fl_start: 0,
     fl_end: 0,
+    fl_lmops: 0,
     i_ino: 0,
     i_sb: 0,
     i_flctx: 0,
@@ -32,6 +37,8 @@ static OFFSETS: Offsets = Offsets {
     dentry_name: 0,
     dentry_parent: 0,
     dentry_flags: 0,
+    task_comm: 0,
+    task_btf: 0,
     valid: 0,
 };
 
@@ -57,6 +64,12 @@ pub fn filter_bits() -> u32 {
 /// so the verifier sees `ptr + offset` as a constant offset into the typed struct.
 pub trait Mem {
     fn read<T: Copy + Default>(base: u64, off: u32) -> T;
+
+    /// The current task's command name.
+    #[inline(always)]
+    fn comm() -> [u8; 16] {
+        bpf_get_current_comm().unwrap_or_default()
+    }
 }
 
 pub struct Probe;
@@ -80,6 +93,25 @@ impl Mem for Btf {
         // its type and the load is fault-tolerant (BPF_PROBE_MEM).
         unsafe { core::ptr::read_volatile((base + u64::from(off)) as *const T) }
     }
+
+    /// Two loads from the BTF-typed current task where the kernel has the helper for it
+    /// (5.11+; on 5.10 the verifier never walks this branch: task_btf is a frozen 0).
+    #[inline(always)]
+    fn comm() -> [u8; 16] {
+        let o = offsets();
+        if o.task_btf == 0 {
+            return bpf_get_current_comm().unwrap_or_default();
+        }
+        // SAFETY: plain helper call; the result is a BTF-typed task pointer.
+        let task = unsafe { bpf_get_current_task_btf() } as u64;
+        // Two 8-byte loads: a [u8; 16] read is compiled into sixteen byte loads.
+        let head: u64 = Btf::read(task, o.task_comm);
+        let tail: u64 = Btf::read(task, o.task_comm + 8);
+        let mut comm = [0; 16];
+        comm[..8].copy_from_slice(&head.to_ne_bytes());
+        comm[8..].copy_from_slice(&tail.to_ne_bytes());
+        comm
+    }
 }
 
 /// Whether a lock on `inode` is an NFS file's.
@@ -89,10 +121,15 @@ pub fn on_nfs<M: Mem>(inode: u64, o: &Offsets) -> bool {
     M::read::<u64>(sb, o.sb_magic) == NFS_SUPER_MAGIC
 }
 
+/// The offsets, each read where it is used: copying the whole struct up front cost every
+/// program run a hundred bytes of loads and stack stores.
 #[inline(always)]
-pub fn offsets() -> Offsets {
-    // SAFETY: a static; volatile so the compiler does not fold the zero initialiser.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+pub fn offsets() -> &'static Offsets {
+    let p: *const Offsets = &OFFSETS;
+    // SAFETY: a volatile read of a pointer to the static, so the compiler cannot fold the
+    // zero initialiser into the loads through it; the verifier still sees them as loads from
+    // the frozen read-only map, known constants.
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 /// lockd's offsets, None until the agent has written valid ones.

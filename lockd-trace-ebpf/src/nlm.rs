@@ -181,7 +181,7 @@ fn set_rqst(e: &mut NlmEvent, req: u64, o: &Offsets, n: &NlmOffsets) {
 
 /// The layouts, or None (counted against `op`: the probe fired and could not say anything).
 #[inline(always)]
-fn ready(op: u16) -> Option<(Offsets, NlmOffsets)> {
+fn ready(op: u16) -> Option<(&'static Offsets, NlmOffsets)> {
     let o = offsets();
     match nlm_offsets() {
         Some(n) if o.valid != 0 => Some((o, n)),
@@ -204,7 +204,7 @@ pub fn clnt_proc_enter(ctx: &ProbeContext, op: u16) {
     let e = ev(&mut r);
     set_host(e, ctx.arg(0).unwrap_or(0), &n);
     e.cmd = ctx.arg::<u64>(1).unwrap_or(0) as u32;
-    set_fl(e, ctx.arg(2).unwrap_or(0), &o);
+    set_fl(e, ctx.arg(2).unwrap_or(0), o);
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -221,7 +221,7 @@ pub fn clnt_proc_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     e.ret = ctx.ret::<i64>() as i32;
     set_host(e, host, &n);
     e.cmd = cmd as u32;
-    set_fl(e, fl, &o);
+    set_fl(e, fl, o);
     if e.ret == 0 && e.lock.lock_type != F_UNLCK {
         exits::took_lock(e.hdr.ts_ns);
     }
@@ -239,7 +239,7 @@ pub fn clnt_call_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let e = ev(&mut r);
     e.ret = ctx.ret::<i64>() as i32;
     e.cmd = proc_ as u32;
-    set_rqst(e, req, &o, &n);
+    set_rqst(e, req, o, &n);
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -252,7 +252,7 @@ pub fn clnt_unlock_cb(ctx: &ProbeContext, op: u16) {
     let e = ev(&mut r);
     e.ret = read(task, n.task_status);
     e.cmd = proc_num::UNLOCK;
-    set_rqst(e, ctx.arg(1).unwrap_or(0), &o, &n);
+    set_rqst(e, ctx.arg(1).unwrap_or(0), o, &n);
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -267,10 +267,10 @@ pub fn clnt_reclaim_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let e = ev(&mut r);
     e.ret = ctx.ret::<i64>() as i32;
     e.cmd = proc_num::LOCK;
-    set_rqst(e, req, &o, &n);
+    set_rqst(e, req, o, &n);
     e.flags |= nlm_flag::RECLAIM;
     set_host(e, host, &n);
-    set_fl(e, fl, &o);
+    set_fl(e, fl, o);
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -286,7 +286,7 @@ pub fn clnt_grant_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let e = ev(&mut r);
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
     e.cmd = proc_num::GRANTED;
-    set_nlm_lock(e, lock, &o, &n);
+    set_nlm_lock(e, lock, o, &n);
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -301,10 +301,10 @@ pub fn clnt_vfs_exit<C: EbpfContext>(ctx: &C, ret: i64, enter: u16, op: u16) {
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.ret = ret as i32;
-    set_fl(e, fl, &o);
+    set_fl(e, fl, o);
     if e.ret < 0 {
         let req: LockInfo = e.lock;
-        if let Some(b) = find_blocker(ctx, inode, &req, false, &o) {
+        if let Some(b) = find_blocker(ctx, inode, &req, false, o) {
             e.blocker = b;
             e.has_blocker = 1;
         }
@@ -335,7 +335,7 @@ pub fn svc_test_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
     e.cmd = proc_num::TEST;
     set_host(e, host, &n);
-    set_nlm_lock(e, lock, &o, &n);
+    set_nlm_lock(e, lock, o, &n);
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -371,7 +371,7 @@ pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16
         }
     }
     set_host(e, host, &n);
-    set_nlm_lock(e, lock, &o, &n);
+    set_nlm_lock(e, lock, o, &n);
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -386,7 +386,7 @@ pub fn svc_no_host_exit(ctx: &RetProbeContext, enter: u16, op: u16, proc_: u32) 
     let e = ev(&mut r);
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
     e.cmd = proc_;
-    set_nlm_lock(e, lock, &o, &n);
+    set_nlm_lock(e, lock, o, &n);
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -401,7 +401,7 @@ pub fn svc_grant(ctx: &ProbeContext, op: u16) {
     set_host(e, read(block, n.block_host), &n);
     let call: u64 = read(block, n.block_call);
     if call != 0 {
-        set_nlm_lock(e, call + u64::from(n.rqst_lock), &o, &n);
+        set_nlm_lock(e, call + u64::from(n.rqst_lock), o, &n);
     }
     r.submit(submit_flags::<NlmEvent>());
 }

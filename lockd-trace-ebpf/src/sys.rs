@@ -122,14 +122,14 @@ fn getlk_answer(p: &PendingGetlk, ret: i32) {
     // SAFETY: bpf_probe_read_user checks the address.
     let answer = unsafe { bpf_probe_read_user(p.arg as *const UserFlock) }.unwrap_or_default();
     let inode = fd_inode(p.fd);
-    if filter_bits() & filter::NFS_ONLY != 0 && ret >= 0 && !on_nfs::<Probe>(inode, &o) {
+    if filter_bits() & filter::NFS_ONLY != 0 && ret >= 0 && !on_nfs::<Probe>(inode, o) {
         count(counter::FILTERED_GETLK);
         return;
     }
     let (dev, ino) = if inode == 0 {
         (0, 0)
     } else {
-        inode_id::<Probe>(inode, &o)
+        inode_id::<Probe>(inode, o)
     };
     let ev = GetlkEvent {
         hdr: header(kind::GETLK, hook::SYS_FCNTL),

@@ -1,11 +1,6 @@
 //! The local VFS lock layer: one record per lock request that reached an inode's lock list.
 
-use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
-    macros::map,
-    maps::LruHashMap,
-};
+use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
 use lockd_trace_common::{
     LockInfo, Offsets, VfsLockEvent, counter, filter, hook,
     kernel::{EAGAIN, EDEADLK, F_UNLCK, F_WRLCK, FILE_LOCK_DEFERRED, FL_SLEEP, MAX_WALK},
@@ -13,7 +8,7 @@ use lockd_trace_common::{
 };
 
 use crate::{
-    emit::{EVENTS, count, count_lost, header, send, submit_flags},
+    emit::{EVENTS, count, count_lost, header, header_with, send, submit_flags},
     exits,
     kread::{Mem, Probe, filter_bits, inode_id, lock_info, offsets, on_nfs, read},
     names,
@@ -38,17 +33,17 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
     // Only granted requests are filtered: waits and failures always go out, and the filter's
     // branches never reach the blocker search (6.1's verifier walks it once per branch and
     // gave up at a million instructions when they did).
-    if ret == 0 && filtered_out::<M>(inode, fl, hook_id, &o) {
+    if ret == 0 && filtered_out::<M>(inode, fl, hook_id, o) {
         if wait_ended {
             retried_wait_end(fl, ret, hook_id);
         }
         return;
     }
-    let (dev, ino) = inode_id::<M>(inode, &o);
-    names::name_once(fl, dev, ino, &o);
-    let lock = lock_info::<M>(fl, &o);
+    let (dev, ino) = inode_id::<M>(inode, o);
+    names::name_once(fl, dev, ino, o);
+    let lock = lock_info::<M>(fl, o);
     let mut ev = VfsLockEvent {
-        hdr: header(kind::VFS_LOCK, hook_id),
+        hdr: header_with(kind::VFS_LOCK, hook_id, M::comm()),
         dev,
         ret,
         ino,
@@ -57,7 +52,7 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
         ..Default::default()
     };
     if ret == FILE_LOCK_DEFERRED || ret == -EAGAIN || ret == -EDEADLK {
-        match find_blocker(ctx, inode, &lock, hook_id == hook::FLOCK_LOCK_INODE, &o) {
+        match find_blocker(ctx, inode, &lock, hook_id == hook::FLOCK_LOCK_INODE, o) {
             Some(b) => {
                 ev.blocker = b;
                 ev.has_blocker = 1;
@@ -118,25 +113,23 @@ fn retried_wait_end(fl: u64, ret: i32, hook_id: u16) {
     entry.submit(submit_flags::<VfsLockEvent>());
 }
 
-/// Monitor mode sends, of granted requests, those on NFS files, lockd's (an NFS server's
-/// clients' locks) and unlocks of someone else's lock (unlock_filesystem releasing lockd's);
-/// the others are counted per hook, at the cost of these reads.
+/// Monitor mode sends, of granted requests, those on NFS files, an NFS server's (lockd's for
+/// its clients, nfsd's: the lock manager's callbacks are set) and unlocks made for another
+/// process (unlock_filesystem releasing lockd's); the others are counted per hook. Plain loads
+/// (and for unlocks the pid helper): no comm copy nor task walk on a local lock call.
 #[inline(always)]
 fn filtered_out<M: Mem>(inode: u64, fl: u64, hook_id: u16, o: &Offsets) -> bool {
-    if filter_bits() & filter::NFS_ONLY == 0 || on_nfs::<M>(inode, o) {
+    if filter_bits() & filter::NFS_ONLY == 0
+        || on_nfs::<M>(inode, o)
+        || M::read::<u64>(fl, o.fl_lmops) != 0
+    {
         return false;
     }
-    let comm = bpf_get_current_comm().unwrap_or_default();
-    if comm[..6] == *b"lockd\0" {
+    // The kernel's own releases (close, exit) carry the closing process's tgid too.
+    if u32::from(M::read::<u8>(fl, o.fl_type)) == F_UNLCK
+        && M::read::<u32>(fl, o.fl_pid) != (bpf_get_current_pid_tgid() >> 32) as u32
+    {
         return false;
-    }
-    if u32::from(M::read::<u8>(fl, o.fl_type)) == F_UNLCK {
-        // SAFETY: plain helper call.
-        let files: u64 = read(unsafe { bpf_get_current_task() }, o.task_files);
-        // No files: an exiting task closing its own (exit_files clears them first).
-        if files != 0 && M::read::<u64>(fl, o.fl_owner) != files {
-            return false;
-        }
     }
     count(if hook_id == hook::FLOCK_LOCK_INODE {
         counter::FILTERED_FLOCK

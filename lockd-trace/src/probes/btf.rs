@@ -30,6 +30,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<Offsets> {
         fl_list: f("file_lock", &["c.flc_list", "fl_list"])?,
         fl_start: f("file_lock", &["fl_start"])?,
         fl_end: f("file_lock", &["fl_end"])?,
+        fl_lmops: f("file_lock", &["fl_lmops"])?,
         i_ino: f("inode", &["i_ino"])?,
         i_sb: f("inode", &["i_sb"])?,
         i_flctx: f("inode", &["i_flctx"])?,
@@ -47,11 +48,27 @@ pub fn kernel_offsets(btf: &Btf) -> Result<Offsets> {
         dentry_name: f("dentry", &["d_name.name"])?,
         dentry_parent: f("dentry", &["d_parent"])?,
         dentry_flags: f("dentry", &["d_flags"])?,
+        task_comm: f("task_struct", &["comm"])?,
+        task_btf: u32::from(has_helper(btf, "BPF_FUNC_get_current_task_btf")),
         valid: 1,
     })
 }
 
 /// Byte offset of the first of `paths` (dot-separated members) that `ty` has.
+/// Whether the kernel's enum bpf_func_id names helper `name`.
+fn has_helper(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name("bpf_func_id")
+        .unwrap_or_default()
+        .iter()
+        .any(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .any(|m| btf.resolve_name(m).is_ok_and(|n| n == name)),
+            _ => false,
+        })
+}
+
 pub fn field_offset(btf: &Btf, ty: &str, paths: &[&str]) -> Result<u32> {
     let root = named_struct(btf, ty)?;
     paths
@@ -134,6 +151,8 @@ mod tests {
         let btf = load_vmlinux().expect("host BTF");
         let o = kernel_offsets(&btf).expect("offsets");
         assert_eq!(o.valid, 1);
+        assert_eq!(o.task_btf, 1, "6.18 has bpf_get_current_task_btf");
+        assert!(o.task_comm > 0);
         assert!(o.fl_owner < o.fl_start && o.fl_flags < o.fl_start && o.fl_type < o.fl_start);
         assert_eq!(
             o.fl_end,
