@@ -14,10 +14,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// Set by the agent: a quarter of the ring shared by the CPUs. Each CPU wakes the agent once
 /// per this many bytes it sent, not per record: the kernel's default wakes it whenever it has
-/// caught up, which a fast reader nearly always has (an irq_work per lock call), and asking the
-/// ring how much waits reads the reader's position, a cache line the other CPU keeps writing
-/// (30 ns a record here). The agent also drains on a short timer, so a trickle below the mark
-/// arrives within 50 ms.
+/// caught up, which a fast reader nearly always has (an irq_work per lock call), and a count
+/// per CPU spares asking the ring how much waits (a helper call per record). The agent also
+/// drains on a short timer, so a trickle below the mark arrives within 50 ms.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
