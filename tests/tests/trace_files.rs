@@ -278,7 +278,8 @@ fn locks_checks_the_traced_table_against_proc_locks() {
 }
 
 /// A 16 KiB ring buffer holds about a hundred records: 6000 lock calls wrap it dozens of
-/// times, and every record is read whole, in order, or counted lost.
+/// times, and every record is read whole, in order, or counted lost (a busy machine's reader
+/// falls behind: the count then also takes in other processes' records, so it bounds).
 #[test]
 fn a_small_ring_wraps_with_every_record_read_or_counted() {
     let dir = Scratch::public("tf");
@@ -311,15 +312,37 @@ fn a_small_ring_wraps_with_every_record_read_or_counted() {
         .iter()
         .filter(|e| e["event"] == "lock" && e["pid"] == pid)
         .collect();
-    let lost: u64 = events
+    // Losses are counted per kind as running totals, for every process's records.
+    let lost = events
         .iter()
         .filter(|e| e["event"] == "lost" && e["kind"] == "lock")
-        .map(|e| e["total"].as_u64().unwrap())
-        .sum();
+        .filter_map(|e| e["total"].as_u64())
+        .max()
+        .unwrap_or(0);
     eprintln!("{} lock records read, {lost} lost", locks.len());
-    assert_eq!(locks.len() as u64 + lost, 6000, "{stderr:?}");
+    assert!(locks.len() <= 6000);
+    assert!(
+        locks.len() as u64 + lost >= 6000,
+        "records missing without a count: {stderr:?}"
+    );
+    for e in &locks {
+        assert!(
+            e["lock"]["type"] == "WRLCK" || e["lock"]["type"] == "UNLCK",
+            "{e}"
+        );
+        assert_eq!(
+            (&e["lock"]["start"], &e["result"]),
+            (&Value::from(0), &Value::from("ok"))
+        );
+    }
+    assert!(
+        locks
+            .windows(2)
+            .all(|w| w[0]["ts_ns"].as_u64() < w[1]["ts_ns"].as_u64()),
+        "read in the order they were written"
+    );
     if lost == 0 {
-        // In order: each file locked, then unlocked, before the next.
+        // Each file locked, then unlocked, before the next.
         for pair in locks.chunks(2) {
             assert_eq!(pair[0]["lock"]["type"], "WRLCK", "{:?}", pair[0]);
             assert_eq!(pair[1]["lock"]["type"], "UNLCK", "{:?}", pair[1]);

@@ -197,6 +197,9 @@ impl Histories {
         // Already the most recently used (a storm on one file): nothing to note.
         let newest = self.newest == Some(key);
         if !newest {
+            if let Some(last) = self.newest {
+                self.forget_if_idle(last);
+            }
             self.tick += 1;
             if self.files.len() >= self.limits.max_files.max(1) && !self.files.contains_key(&key) {
                 self.evict();
@@ -218,6 +221,21 @@ impl Histories {
             f.path_cut = cut(p);
         }
         f
+    }
+
+    /// A file that holds nothing, has nothing waiting on it and no NFS file handle leaves the
+    /// table once another file is touched (unless `history` keeps every step): all it has left
+    /// is history, and a million files locked once each would keep a million entries. An event
+    /// on it later starts a new entry; its path comes with the event.
+    fn forget_if_idle(&mut self, key: FileKey) {
+        if self.limits.keep_idle_steps {
+            return;
+        }
+        if self.files.get(&key).is_some_and(|f| {
+            f.local.is_empty() && f.nlm.is_empty() && f.fh.is_empty() && !waits::on(self, key)
+        }) {
+            self.files.remove(&key);
+        }
     }
 
     /// Makes room: the least recently used sixteenth of the files goes, idle files before

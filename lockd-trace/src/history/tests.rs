@@ -758,26 +758,33 @@ fn histories_are_bounded_and_evictions_counted() {
 }
 
 #[test]
-fn a_file_holding_a_lock_outlives_idle_files_in_the_lru() {
+fn an_idle_file_leaves_the_table_once_another_is_touched() {
     let mut t = Trace::with(Limits {
         max_files: 2,
         ..Limits::default()
     });
-    // The oldest file holds a lock; the next one's lock was released.
+    // The first file holds a lock; the second one's lock was released.
     t.vfs(1, "a", (9, 1), lk(1, 1, F_WRLCK, 0, 9), 0, None);
     t.vfs(1, "a", (9, 2), lk(1, 1, F_WRLCK, 0, 9), 0, None);
     t.vfs(1, "a", (9, 2), lk(1, 1, F_UNLCK, 0, 9), 0, None);
+    assert!(t.h.file((9, 2)).is_some(), "the file touched last stays");
     t.vfs(1, "a", (9, 3), lk(1, 1, F_WRLCK, 0, 9), 0, None);
-    assert_eq!(t.h.evicted, 1);
     assert!(t.h.file((9, 2)).is_none(), "the idle file went");
+    assert_eq!((t.h.len(), t.h.evicted), (2, 0), "not an eviction");
     let held = &t.h.file((9, 1)).expect("the holder stays").local.held;
     assert_eq!((held.len(), held[0].start, held[0].end), (1, 0, 9));
+    // Locked again, it starts over.
+    t.vfs(1, "a", (9, 2), lk(1, 1, F_WRLCK, 5, 6), 0, None);
+    let held = &t.h.file((9, 2)).expect("back").local.held;
+    assert_eq!((held.len(), held[0].start, held[0].end), (1, 5, 6));
 }
 
 #[test]
 fn eviction_takes_the_oldest_sixteenth_idle_files_first() {
+    // `history` keeps idle files (and their steps) until the table is full.
     let mut t = Trace::with(Limits {
         max_files: 32,
+        keep_idle_steps: true,
         ..Limits::default()
     });
     // The two oldest hold locks; the others locked and unlocked.

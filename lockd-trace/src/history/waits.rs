@@ -46,6 +46,11 @@ pub(super) fn queued(h: &mut Histories, ev: &Event, r: &LockRecord, key: FileKey
     );
 }
 
+/// Whether a request on `key` is waiting.
+pub(super) fn on(h: &Histories, key: FileKey) -> bool {
+    h.waits.values().any(|w| w.file == key)
+}
+
 /// The request behind lock `fl` got its lock or gave up.
 pub(super) fn ended(h: &mut Histories, fl: u64) {
     h.waits.remove(&fl);

@@ -61,7 +61,9 @@ pub struct Reader {
     strings: Strings,
     /// The last command name decoded, by string id: most events repeat the one before.
     last_comm: Option<(u32, Comm)>,
-    paths: HashMap<(u32, u64), u32>,
+    /// Path string ids by file: (dev, ino) packed in 12 bytes, a 16-byte slot where the
+    /// tuple took 24 (a million files: 2 M slots).
+    paths: HashMap<Packed, u32>,
     deltas: Deltas,
     pub header: Header,
     /// Records of kinds newer than this reader knows (intact, skipped).
@@ -131,7 +133,7 @@ impl Reader {
 
     /// The path recorded for a file, if any.
     pub fn path(&self, dev: u32, ino: u64) -> Option<&str> {
-        let id = *self.paths.get(&(dev, ino))?;
+        let id = *self.paths.get(&packed(dev, ino))?;
         std::str::from_utf8(self.strings.get(id)?).ok()
     }
 
@@ -244,7 +246,9 @@ impl Reader {
                     if id as usize != self.strings.len() {
                         return Err(damaged("string ids out of sequence"));
                     }
-                    self.strings.push(bytes);
+                    if !self.strings.push(bytes) {
+                        return Err(damaged("the string table passes 4 GiB"));
+                    }
                 }
                 rec::PATH => {
                     let dev = d.u32().map_err(damaged)?;
@@ -253,7 +257,7 @@ impl Reader {
                     if id as usize >= self.strings.len() {
                         return Err(damaged("path names an unknown string"));
                     }
-                    self.paths.insert((dev, ino), id);
+                    self.paths.insert(packed(dev, ino), id);
                 }
                 rec::LOCK | rec::WAIT_END | rec::GETLK | rec::NLM | rec::EXIT | rec::STATD => {
                     let (mut ev, comm, fh, host) = d.event(kind).map_err(damaged)?;
@@ -308,12 +312,28 @@ impl Reader {
     }
 }
 
+/// A file's (dev, ino) in three words, hashed as numbers (an array hashes as a byte slice).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Packed {
+    dev: u32,
+    ino_low: u32,
+    ino_high: u32,
+}
+
+fn packed(dev: u32, ino: u64) -> Packed {
+    Packed {
+        dev,
+        ino_low: ino as u32,
+        ino_high: (ino >> 32) as u32,
+    }
+}
+
 /// The file's string table, by id, in one buffer: a million paths as a million vectors cost
 /// twice their bytes in headers and allocator rounding.
 struct Strings {
     bytes: Vec<u8>,
     /// Where each string ends in `bytes`; id 0 is the empty string.
-    ends: Vec<usize>,
+    ends: Vec<u32>,
 }
 
 impl Default for Strings {
@@ -330,15 +350,20 @@ impl Strings {
         self.ends.len()
     }
 
-    fn push(&mut self, s: &[u8]) {
+    /// Adds `s`; false if the table would pass 4 GiB (its ends are u32s: 4 bytes a path).
+    fn push(&mut self, s: &[u8]) -> bool {
+        let Ok(end) = u32::try_from(self.bytes.len() + s.len()) else {
+            return false;
+        };
         self.bytes.extend_from_slice(s);
-        self.ends.push(self.bytes.len());
+        self.ends.push(end);
+        true
     }
 
     fn get(&self, id: u32) -> Option<&[u8]> {
         let id = id as usize;
-        let end = *self.ends.get(id)?;
-        let start = id.checked_sub(1).map_or(0, |i| self.ends[i]);
+        let end = *self.ends.get(id)? as usize;
+        let start = id.checked_sub(1).map_or(0, |i| self.ends[i] as usize);
         self.bytes.get(start..end)
     }
 }
