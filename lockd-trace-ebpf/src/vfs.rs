@@ -115,8 +115,9 @@ fn retried_wait_end(fl: u64, ret: i32, hook_id: u16) {
 
 /// Monitor mode sends, of granted requests, those on NFS files, an NFS server's (lockd's for
 /// its clients, nfsd's: the lock manager's callbacks are set) and unlocks made for another
-/// process (unlock_filesystem releasing lockd's); the others are counted per hook. Plain loads
-/// (and for unlocks the pid helper): no comm copy nor task walk on a local lock call.
+/// process or by lockd (unlock_filesystem, a client's reboot); the others are counted per
+/// hook. Plain loads (and for unlocks the pid and the command name, two loads off the BTF
+/// task where the kernel has it): no helper call nor task walk on a local lock.
 #[inline(always)]
 fn filtered_out<M: Mem>(inode: u64, fl: u64, hook_id: u16, o: &Offsets) -> bool {
     if filter_bits() & filter::NFS_ONLY == 0
@@ -125,9 +126,11 @@ fn filtered_out<M: Mem>(inode: u64, fl: u64, hook_id: u16, o: &Offsets) -> bool 
     {
         return false;
     }
-    // The kernel's own releases (close, exit) carry the closing process's tgid too.
+    // The kernel's own releases (close, exit) carry the closing process's tgid too; lockd
+    // releasing its clients' locks (a client rebooted) builds a bare request with its own.
     if u32::from(M::read::<u8>(fl, o.fl_type)) == F_UNLCK
-        && M::read::<u32>(fl, o.fl_pid) != (bpf_get_current_pid_tgid() >> 32) as u32
+        && (M::read::<u32>(fl, o.fl_pid) != (bpf_get_current_pid_tgid() >> 32) as u32
+            || M::comm()[..6] == *b"lockd\0")
     {
         return false;
     }

@@ -66,6 +66,8 @@ pub struct FileHistory {
     path_cut: bool,
     /// NFS file handle, once an NLM step named it.
     pub fh: ThinVec<u8>,
+    /// An NLM step was about this file: never forgotten as idle (only evicted).
+    nfs: bool,
     pub steps: VecDeque<Event>,
     pub steps_dropped: u64,
     /// What the local VFS holds.
@@ -84,6 +86,7 @@ impl FileHistory {
             path: None,
             path_cut: false,
             fh: ThinVec::new(),
+            nfs: false,
             steps: VecDeque::new(),
             steps_dropped: 0,
             local: LockTable::default(),
@@ -223,16 +226,17 @@ impl Histories {
         f
     }
 
-    /// A file that holds nothing, has nothing waiting on it and no NFS file handle leaves the
-    /// table once another file is touched (unless `history` keeps every step): all it has left
-    /// is history, and a million files locked once each would keep a million entries. An event
-    /// on it later starts a new entry; its path comes with the event.
+    /// A local file that holds nothing and has nothing waiting on it leaves the table once
+    /// another file is touched (unless `history` keeps every step): all it has left is
+    /// history, and a million files locked once each would keep a million entries. An event
+    /// on it later starts a new entry; its path comes with the event. Files an NLM step was
+    /// about stay (pending NLM requests and findings name them).
     fn forget_if_idle(&mut self, key: FileKey) {
         if self.limits.keep_idle_steps {
             return;
         }
         if self.files.get(&key).is_some_and(|f| {
-            f.local.is_empty() && f.nlm.is_empty() && f.fh.is_empty() && !waits::on(self, key)
+            !f.nfs && f.local.is_empty() && f.nlm.is_empty() && !waits::on(self, key)
         }) {
             self.files.remove(&key);
         }
@@ -331,6 +335,9 @@ impl Histories {
                 };
                 if let Some(key) = key {
                     self.record(key, path, ev);
+                    if let Some(f) = self.files.get_mut(&key) {
+                        f.nfs = true;
+                    }
                 }
                 use nlm_op::*;
                 match n.op {

@@ -780,6 +780,29 @@ fn an_idle_file_leaves_the_table_once_another_is_touched() {
 }
 
 #[test]
+fn a_file_an_nlm_step_was_about_is_not_forgotten_as_idle() {
+    let mut t = Trace::new();
+    // A request on an NFS file enters the NLM client (and waits there, holding nothing).
+    t.nlm(
+        7,
+        "app",
+        CLNT_PROC_ENTER,
+        0,
+        None,
+        0,
+        (9, 1),
+        lk(7, 7, F_WRLCK, 0, 9),
+        0,
+        "srv",
+    );
+    t.vfs(1, "a", (9, 2), lk(1, 1, F_WRLCK, 0, 9), 0, None);
+    t.vfs(1, "a", (9, 2), lk(1, 1, F_UNLCK, 0, 9), 0, None);
+    t.vfs(1, "a", (9, 3), lk(1, 1, F_WRLCK, 0, 9), 0, None);
+    assert!(t.h.file((9, 1)).is_some(), "the NFS file stays");
+    assert!(t.h.file((9, 2)).is_none(), "the idle local file went");
+}
+
+#[test]
 fn eviction_takes_the_oldest_sixteenth_idle_files_first() {
     // `history` keeps idle files (and their steps) until the table is full.
     let mut t = Trace::with(Limits {
