@@ -803,6 +803,31 @@ fn a_file_an_nlm_step_was_about_is_not_forgotten_as_idle() {
 }
 
 #[test]
+fn a_file_with_a_waiter_stays_until_the_wait_ends() {
+    let mut t = Trace::new();
+    let held = lk(0xa000, 10, F_WRLCK, 0, 99);
+    let waiter = lk(0xb000, 11, F_WRLCK, 5, 5);
+    t.vfs(10, "holder", (9, 1), held, 0, None);
+    t.vfs(11, "waiter", (9, 1), waiter, 1, Some(held));
+    t.vfs(
+        10,
+        "holder",
+        (9, 1),
+        lk(0xa000, 10, F_UNLCK, 0, 99),
+        0,
+        None,
+    );
+    // Nothing held on (9, 1) now, but the waiter is queued there still.
+    t.vfs(1, "a", (9, 2), lk(1, 1, F_WRLCK, 0, 9), 0, None);
+    assert!(t.h.file((9, 1)).is_some(), "a file with a waiter stays");
+    // Woken, the waiter takes its lock and lets it go: the file is idle.
+    t.vfs(11, "waiter", (9, 1), waiter, 0, None);
+    t.vfs(11, "waiter", (9, 1), lk(0xb000, 11, F_UNLCK, 5, 5), 0, None);
+    t.vfs(1, "a", (9, 3), lk(1, 1, F_WRLCK, 0, 9), 0, None);
+    assert!(t.h.file((9, 1)).is_none(), "idle once the wait ended");
+}
+
+#[test]
 fn eviction_takes_the_oldest_sixteenth_idle_files_first() {
     // `history` keeps idle files (and their steps) until the table is full.
     let mut t = Trace::with(Limits {

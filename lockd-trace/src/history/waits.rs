@@ -2,6 +2,8 @@
 //! with the lock in its way as the file's table knew it, reported once it has waited longer
 //! than the limit.
 
+use foldhash::HashMap;
+
 use super::{FileKey, Histories};
 use crate::{
     event::{Event, LockRecord},
@@ -17,6 +19,38 @@ pub(super) struct Wait {
     range: Range,
     blocker: Option<Held>,
     reported: bool,
+}
+
+/// The waiting requests by lock (struct file_lock address), and how many wait on each file:
+/// whether a file has a waiter is asked whenever an idle file is left behind.
+#[derive(Default)]
+pub(super) struct Waits {
+    by_lock: HashMap<u64, Wait>,
+    per_file: HashMap<FileKey, u32>,
+}
+
+impl Waits {
+    fn insert(&mut self, fl: u64, w: Wait) {
+        *self.per_file.entry(w.file).or_insert(0) += 1;
+        if let Some(old) = self.by_lock.insert(fl, w) {
+            self.forget(old.file);
+        }
+    }
+
+    fn remove(&mut self, fl: u64) {
+        if let Some(old) = self.by_lock.remove(&fl) {
+            self.forget(old.file);
+        }
+    }
+
+    fn forget(&mut self, file: FileKey) {
+        if let Some(n) = self.per_file.get_mut(&file) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_file.remove(&file);
+            }
+        }
+    }
 }
 
 /// `ev` (the request `r` on `key` for `range`) waits: its blocker is the table's entry for
@@ -48,19 +82,19 @@ pub(super) fn queued(h: &mut Histories, ev: &Event, r: &LockRecord, key: FileKey
 
 /// Whether a request on `key` is waiting.
 pub(super) fn on(h: &Histories, key: FileKey) -> bool {
-    h.waits.values().any(|w| w.file == key)
+    h.waits.per_file.contains_key(&key)
 }
 
 /// The request behind lock `fl` got its lock or gave up.
 pub(super) fn ended(h: &mut Histories, fl: u64) {
-    h.waits.remove(&fl);
+    h.waits.remove(fl);
 }
 
 /// Requests waiting longer than the limit at `now_ns`, each reported once.
 pub(super) fn advance(h: &mut Histories, now_ns: u64, out: &mut Vec<Finding>) {
     let limit = h.limits.blocked_after_ns;
     let clock = h.clock;
-    for w in h.waits.values_mut() {
+    for w in h.waits.by_lock.values_mut() {
         if w.reported || now_ns.saturating_sub(w.since_ns) < limit {
             continue;
         }

@@ -312,8 +312,14 @@ fn analyzer_rss(a: &Analyzer) -> Verdict {
         .find(|r| r.trace == 1 && r.max_files >= a.files)
         .ok_or("no run with every file kept")?;
     Ok((
-        format!("{} with {} files in history", mib(r.maxrss_kib), r.files),
-        r.maxrss_kib <= 64 * 1024 && r.files >= 1_000_000,
+        // Idle files leave the histories as the trace goes: what counts is how many it had.
+        format!(
+            "{} over a trace of {} files ({} still in history at its end)",
+            mib(r.maxrss_kib),
+            a.files,
+            r.files
+        ),
+        r.maxrss_kib <= 64 * 1024 && a.files >= 1_000_000,
     ))
 }
 
