@@ -27,6 +27,12 @@ pub mod hook {
     pub const SYS_FLOCK: u16 = 4;
     /// Not a kernel hook: a lock /proc/locks listed when tracing began (user space only).
     pub const PROC_LOCKS: u16 = 5;
+    /// __locks_insert_block: a request now waits behind a granted lock (the NFS-only
+    /// monitor's view of contention, where no program runs on every lock call).
+    pub const INSERT_BLOCK: u16 = 6;
+    /// __locks_wake_up_blocks: a wait recorded at INSERT_BLOCK ended, `ret` 0: the lock in
+    /// its way went or changed, and the request is retried (queued again if still in the way).
+    pub const WAKE_UP_BLOCKS: u16 = 7;
 }
 
 /// Indexes of the per-CPU counters in the `COUNTERS` map.
@@ -42,6 +48,9 @@ pub mod counter {
     pub const FILTERED_POSIX: u32 = 10;
     pub const FILTERED_FLOCK: u32 = 11;
     pub const FILTERED_GETLK: u32 = 12;
+    /// Waits behind a lock on another filesystem, neither side an NFS server's (NFS-only
+    /// monitor's contention probe).
+    pub const FILTERED_WAIT: u32 = 13;
     /// An NLM probe fired while lockd's layout was not known (module going, or none given):
     /// `NO_LAYOUT + nlm_op`.
     pub const NO_LAYOUT: u32 = 16;
@@ -176,8 +185,10 @@ pub mod nlm_op {
     /// nlmsvc_unlock_all_by_ip: /proc/fs/nfsd/unlock_ip was written; `addr` is the server
     /// address whose clients' locks lockd now drops.
     pub const SVC_UNLOCK_ALL_IP: u16 = 17;
+    /// nlmsvc_match_ip returned true: unlock_ip drops this client's (`host`) locks.
+    pub const SVC_MATCH_IP: u16 = 18;
     /// Ops, for per-op counters.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
 }
 
 /// `NlmEvent::flags` bits.

@@ -15,6 +15,9 @@ pub struct Offsets {
     pub fl_end: u32,
     /// The lock manager's callbacks: set on lockd's and nfsd's locks, not on local ones.
     pub fl_lmops: u32,
+    /// The list_head of requests waiting on this lock, and the one linking a waiter there.
+    pub fl_blocked_requests: u32,
+    pub fl_blocked_member: u32,
     // struct inode, super_block, file_lock_context
     pub i_ino: u32,
     pub i_sb: u32,

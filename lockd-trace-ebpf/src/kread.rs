@@ -20,6 +20,8 @@ static OFFSETS: Offsets = Offsets {
     fl_start: 0,
     fl_end: 0,
     fl_lmops: 0,
+    fl_blocked_requests: 0,
+    fl_blocked_member: 0,
     i_ino: 0,
     i_sb: 0,
     i_flctx: 0,

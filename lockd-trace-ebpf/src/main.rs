@@ -8,6 +8,7 @@
               to the key where it is, not to a copy"
 )]
 
+mod contention;
 mod emit;
 mod exits;
 mod kread;
@@ -117,6 +118,22 @@ pub fn sys_exit_flock(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     exits::exited();
+    0
+}
+
+// --- Contention (the NFS-only monitor): kprobes on functions only a waiting request reaches
+
+// __locks_insert_block(blocker, waiter, conflict): static, out of line 5.10-7.2.
+#[kprobe]
+pub fn locks_insert_block(ctx: ProbeContext) -> u32 {
+    contention::queued(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    0
+}
+
+// __locks_wake_up_blocks(blocker): static, out of line 5.10-7.2.
+#[kprobe]
+pub fn locks_wake_up_blocks(ctx: ProbeContext) -> u32 {
+    contention::woken(ctx.arg(0).unwrap_or(0));
     0
 }
 
@@ -249,6 +266,14 @@ pub fn nlmsvc_grant_blocked(ctx: ProbeContext) -> u32 {
     0
 }
 
+// nlmsvc_grant_callback(task, call): the GRANTED callback's RPC ended, so the lock was
+// granted; where nlmsvc_grant_blocked is inlined, the grant is seen here.
+#[kprobe]
+pub fn nlmsvc_grant_callback(ctx: ProbeContext) -> u32 {
+    nlm::svc_grant_callback(&ctx, SVC_GRANT);
+    0
+}
+
 // The admin's "forget": /proc/fs/nfsd/unlock_filesystem and unlock_ip call these.
 #[kprobe]
 pub fn nlmsvc_unlock_all_by_sb(ctx: ProbeContext) -> u32 {
@@ -259,6 +284,18 @@ pub fn nlmsvc_unlock_all_by_sb(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn nlmsvc_unlock_all_by_ip(ctx: ProbeContext) -> u32 {
     nlm::svc_unlock_all_ip(&ctx, SVC_UNLOCK_ALL_IP);
+    0
+}
+
+#[kprobe]
+pub fn nlmsvc_match_ip_entry(ctx: ProbeContext) -> u32 {
+    nlm::save(&ctx, SVC_MATCH_IP);
+    0
+}
+
+#[kretprobe]
+pub fn nlmsvc_match_ip_return(ctx: RetProbeContext) -> u32 {
+    nlm::svc_match_ip_exit(&ctx, SVC_MATCH_IP, SVC_MATCH_IP);
     0
 }
 

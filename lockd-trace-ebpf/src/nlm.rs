@@ -9,14 +9,14 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
     },
     macros::map,
-    maps::{LruHashMap, ring_buf::RingBufEntry},
+    maps::{LruHashMap, PerCpuArray, ring_buf::RingBufEntry},
     programs::{ProbeContext, RetProbeContext},
 };
 use lockd_trace_common::{
     LockInfo, NO_STATUS, NlmEvent, NlmOffsets, Offsets, counter,
     kernel::{AF_INET, AF_INET6, F_UNLCK},
     kind,
-    nlm::proc_num,
+    nlm::{proc_num, status},
     nlm_flag,
 };
 
@@ -37,6 +37,10 @@ pub struct Args {
 
 #[map]
 static ENTRY: LruHashMap<u64, Args> = LruHashMap::with_max_entries(8192, 0);
+
+/// The client host this CPU last reported unlock_ip matching (nlmsvc_match_ip).
+#[map]
+static LAST_MATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Threads inside nlmclnt_proc: their locks_lock_inode_wait calls are do_vfs_lock's.
 #[map]
@@ -131,6 +135,19 @@ fn set_nlm_lock(e: &mut NlmEvent, lock: u64, o: &Offsets, n: &NlmOffsets) {
     let _ =
         unsafe { bpf_probe_read_kernel_buf((fh + u64::from(n.fh_data)) as *const u8, &mut e.fh) };
     set_fl(e, lock + u64::from(n.lock_fl), o);
+}
+
+/// Names the file of nlm_lock `lock` before its record is reserved: a name record reserved
+/// after it reaches the agent after the record, and lockd's threads have no open file the
+/// agent could find the path by.
+#[inline(always)]
+fn name_lock(lock: u64, o: &Offsets, n: &NlmOffsets) {
+    if lock == 0 {
+        return;
+    }
+    let fl = lock + u64::from(n.lock_fl);
+    let (dev, ino) = fl_inode_id(fl, o);
+    names::name_once(fl, dev, ino, o);
 }
 
 #[inline(always)]
@@ -330,6 +347,7 @@ pub fn svc_test_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     let Some([_, _, host, lock]) = take(enter) else {
         return;
     };
+    name_lock(lock, o, &n);
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
@@ -358,6 +376,7 @@ pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16
     let Some([_, _, host, lock]) = take(enter) else {
         return;
     };
+    name_lock(lock, o, &n);
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
@@ -372,6 +391,16 @@ pub fn svc_lock_exit(ctx: &RetProbeContext, enter: u16, flags_slot: u16, op: u16
     }
     set_host(e, host, &n);
     set_nlm_lock(e, lock, o, &n);
+    if lock != 0 && (e.nlm_status == status::DENIED || e.nlm_status == status::BLOCKED) {
+        // The lock in the way, still held at this return: a server-local process's or another
+        // client's (lockd's), named without a hook on every local lock.
+        let file: u64 = read(lock + u64::from(n.lock_fl), o.fl_file);
+        let req: LockInfo = e.lock;
+        if let Some(b) = find_blocker(ctx, read(file, o.file_inode), &req, false, o) {
+            e.blocker = b;
+            e.has_blocker = 1;
+        }
+    }
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -382,6 +411,7 @@ pub fn svc_no_host_exit(ctx: &RetProbeContext, enter: u16, op: u16, proc_: u32) 
     let Some([_, _, lock, _]) = take(enter) else {
         return;
     };
+    name_lock(lock, o, &n);
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.nlm_status = be32(ctx.ret::<u64>() as u32);
@@ -395,14 +425,37 @@ pub fn svc_no_host_exit(ctx: &RetProbeContext, enter: u16, op: u16, proc_: u32) 
 pub fn svc_grant(ctx: &ProbeContext, op: u16) {
     let Some((o, n)) = ready(op) else { return };
     let block: u64 = ctx.arg(0).unwrap_or(0);
+    let call: u64 = read(block, n.block_call);
+    if call != 0 {
+        name_lock(call + u64::from(n.rqst_lock), o, &n);
+    }
     let Some(mut r) = reserve(op) else { return };
     let e = ev(&mut r);
     e.cmd = proc_num::GRANTED;
     set_host(e, read(block, n.block_host), &n);
-    let call: u64 = read(block, n.block_call);
     if call != 0 {
         set_nlm_lock(e, call + u64::from(n.rqst_lock), o, &n);
     }
+    r.submit(submit_flags::<NlmEvent>());
+}
+
+/// nlmsvc_grant_callback(task, call) entry: the GRANTED callback for `call`'s lock ended
+/// (`ret`: the RPC's status, 0 when the client answered); the server holds the lock.
+#[inline(always)]
+pub fn svc_grant_callback(ctx: &ProbeContext, op: u16) {
+    let Some((o, n)) = ready(op) else { return };
+    let task: u64 = ctx.arg(0).unwrap_or(0);
+    let call: u64 = ctx.arg(1).unwrap_or(0);
+    if call == 0 {
+        return;
+    }
+    name_lock(call + u64::from(n.rqst_lock), o, &n);
+    let Some(mut r) = reserve(op) else { return };
+    let e = ev(&mut r);
+    e.cmd = proc_num::GRANTED;
+    e.ret = read(task, n.task_status);
+    set_host(e, read(call, n.rqst_host), &n);
+    set_nlm_lock(e, call + u64::from(n.rqst_lock), o, &n);
     r.submit(submit_flags::<NlmEvent>());
 }
 
@@ -452,6 +505,32 @@ pub fn svc_unlock_all_ip(ctx: &ProbeContext, op: u16) {
     let addr: u64 = ctx.arg(0).unwrap_or(0);
     let Some(mut r) = reserve(op) else { return };
     set_addr(ev(&mut r), addr);
+    r.submit(submit_flags::<NlmEvent>());
+}
+
+/// nlmsvc_match_ip(server_addr, host) return: unlock_ip asks it of every client lock and
+/// block it walks; true means lockd now drops the locks of `host`. Sent once per run of
+/// calls about the same host.
+#[inline(always)]
+pub fn svc_match_ip_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
+    let Some([_, host, _, _]) = take(enter) else {
+        return;
+    };
+    if ctx.ret::<u64>() as u32 == 0 {
+        return;
+    }
+    let Some(last) = LAST_MATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    if unsafe { *last } == host {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { *last = host };
+    let Some((_, n)) = ready(op) else { return };
+    let Some(mut r) = reserve(op) else { return };
+    set_host(ev(&mut r), host, &n);
     r.submit(submit_flags::<NlmEvent>());
 }
 

@@ -366,6 +366,7 @@ impl TracingArgs {
             skipped: self.skip_probe.clone(),
             lean: !self.all_hooks,
             hooks_follow_nfs: false,
+            nfs_only: false,
             btf_dir: self.btf_dir.clone(),
         }
     }
@@ -376,6 +377,10 @@ pub struct ProbesArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The plan as `monitor` takes it: NFS-only where the contention kprobes attach (they
+    /// stand in for the lock hooks), else the lock hooks with the in-kernel filter.
+    #[arg(long)]
+    pub monitor: bool,
     #[command(flatten)]
     pub tracing: TracingArgs,
 }

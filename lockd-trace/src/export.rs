@@ -9,12 +9,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use lockd_trace_common::{
+    kernel::{F_UNLCK, FL_ACCESS, FL_CLOSE},
+    nlm_op,
+};
 use serde_json::{Value, json};
 
 use crate::{
     cli::{ExportArgs, ExportFormat},
     clock::Clock,
-    event::{Body, Event},
+    event::{Body, Event, Lock},
     kmsg::KernelLine,
     names,
     sinks::{Context, json::event_json},
@@ -188,6 +192,29 @@ impl<W: Write> Perfetto<'_, W> {
         Ok(())
     }
 
+    /// A granted request on `key`: an unlock (or close) ends its owner's hold slice, a lock
+    /// opens one (an access check does neither).
+    fn hold(&mut self, ev: &Event, key: (u32, u64), track: u64, l: &Lock) -> io::Result<()> {
+        if l.lock_type == F_UNLCK || l.flags & FL_CLOSE != 0 {
+            if let Some((start, name, pid)) = self.holds.remove(&(key, l.owner)) {
+                let dur = us(ev.ts_ns) - start;
+                self.emit(json!({"ph": "X", "name": name, "ts": start, "dur": dur,
+                                 "pid": track, "tid": pid}))?;
+            }
+        } else if l.flags & FL_ACCESS == 0 {
+            let name = format!(
+                "{} holds {} {}",
+                ev.comm,
+                names::lock_type_name(l.lock_type),
+                names::lock_range(l)
+            );
+            self.holds
+                .entry((key, l.owner))
+                .or_insert((us(ev.ts_ns), name, ev.pid));
+        }
+        Ok(())
+    }
+
     fn event(&mut self, ev: &Event, path: Option<&str>) -> io::Result<()> {
         self.process(ev)?;
         let ts = us(ev.ts_ns);
@@ -205,17 +232,8 @@ impl<W: Write> Perfetto<'_, W> {
                     names::lock_range(&r.lock)
                 );
                 match r.ret {
-                    0 if r.lock.lock_type == 2 || r.lock.flags & 64 != 0 => {
-                        if let Some((start, name, pid)) = self.holds.remove(&(key, r.lock.owner)) {
-                            self.emit(json!({"ph": "X", "name": name, "ts": start,
-                                             "dur": ts - start, "pid": track, "tid": pid}))?;
-                        }
-                    }
-                    0 if r.lock.flags & 8 == 0 => {
-                        let name = format!("{} holds {what}", ev.comm);
-                        self.holds
-                            .entry((key, r.lock.owner))
-                            .or_insert((ts, name, ev.pid));
+                    0 => {
+                        self.hold(ev, key, track, &r.lock)?;
                         if let Some((start, name, pid, tid)) = self.waits.remove(&r.fl) {
                             self.emit(json!({"ph": "X", "name": name, "ts": start,
                                              "dur": ts - start, "pid": pid, "tid": tid}))?;
@@ -245,6 +263,12 @@ impl<W: Write> Perfetto<'_, W> {
                 }
             }
             Body::Nlm(n) => {
+                // do_vfs_lock's local lock on an NFS client: a hold, also where no lock hook
+                // ran (the NFS-only monitor).
+                if n.op == nlm_op::CLNT_VFS && n.ret == 0 && (n.dev, n.ino) != (0, 0) {
+                    let track = self.file_track((n.dev, n.ino), path)?;
+                    self.hold(ev, (n.dev, n.ino), track, &n.lock)?;
+                }
                 let name = format!(
                     "{} {}",
                     names::nlm_op_name(n.op),

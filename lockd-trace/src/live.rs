@@ -171,6 +171,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<()> {
     if !args.all_fs {
         s.tracing.filter = lockd_trace_common::filter::NFS_ONLY;
         s.tracing.hooks_follow_nfs = !args.always_hook;
+        s.tracing.nfs_only = !args.always_hook;
     }
     run(Session {
         write: args.write.map(|p| {
@@ -325,7 +326,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
             client = accept(&mut metrics) => if let Ok(client) = client {
                 let refused = metrics.as_ref().map_or(0, |m| m.refused);
                 let missed = tracer.missed_returns();
-                let body = scrape(&p, &counters, &lost, &probes, refused, missed, tracer.hooks_idle());
+                let body = scrape(&p, &counters, &lost, &probes, refused, missed, &tracer);
                 tokio::spawn(client.answer(body));
             },
             () = &mut deadline => break,
@@ -463,7 +464,7 @@ fn scrape(
     probes: &[(&'static str, Option<String>)],
     refused: u64,
     missed_returns: Vec<(&'static str, u64)>,
-    hooks_idle: bool,
+    tracer: &Tracer,
 ) -> String {
     let snapshot = crate::metrics::Snapshot {
         counter: &|i| counters.get(i),
@@ -474,7 +475,8 @@ fn scrape(
             .collect(),
         evicted: p.engine.histories.evicted,
         histories: p.engine.histories.len(),
-        hooks_idle,
+        hooks_idle: tracer.hooks_idle(),
+        nfs_only: tracer.nfs_only(),
         probes: probes.to_vec(),
         outputs: [
             (&p.sink_health, p.sink_health.missed),
@@ -542,6 +544,9 @@ async fn next_kmsg(k: &mut Option<Kmsg>) -> io::Result<Vec<kmsg::Read>> {
 /// Unattached probes, grouped by reason (24 NLM probes on a kernel without kprobes is one
 /// line, not 24).
 fn announce(tracer: &Tracer) {
+    if let Some(mode) = tracer.mode_said() {
+        crate::say!("lockd-trace: {mode}");
+    }
     if let Some(hooks) = tracer.hooks_said() {
         crate::say!("lockd-trace: {hooks}");
     }
@@ -657,7 +662,7 @@ fn summary(
         counters.get(counter::READ_FAILED),
         counters.get(counter::BLOCKER_NOT_FOUND),
         p.engine.histories.evicted,
-        (counter::FILTERED_POSIX..=counter::FILTERED_GETLK)
+        (counter::FILTERED_POSIX..=counter::FILTERED_WAIT)
             .map(|i| counters.get(i))
             .sum::<u64>(),
         t.out_of_scope,

@@ -244,6 +244,7 @@ pub fn nlm_op_name(op: u16) -> &'static str {
         HOST_REBOOTED => "nsm_reboot_notification",
         SVC_UNLOCK_ALL_SB => "nfsd_unlock_filesystem",
         SVC_UNLOCK_ALL_IP => "nfsd_unlock_ip",
+        SVC_MATCH_IP => "nfsd_unlock_ip_client",
         _ => "nlm_unknown",
     }
 }

@@ -5,7 +5,12 @@ use anyhow::Result;
 use crate::{cli::ProbesArgs, probes::Tracer};
 
 pub fn run(args: &ProbesArgs) -> Result<()> {
-    let tracer = Tracer::start(&args.tracing.options())?;
+    let mut opts = args.tracing.options();
+    if args.monitor {
+        opts.filter = lockd_trace_common::filter::NFS_ONLY;
+        opts.nfs_only = true;
+    }
+    let tracer = Tracer::start(&opts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&tracer.report)?);
         return Ok(());
@@ -43,6 +48,10 @@ pub fn run(args: &ProbesArgs) -> Result<()> {
         kernel_release()
     );
     println!("{}", tracer.layout_said());
+    match tracer.mode_said() {
+        Some(mode) => println!("{mode}"),
+        None => println!("monitor: `lockd-trace probes --monitor` shows the plan it takes"),
+    }
     println!("{}", crate::probes::monitor_hooks_said());
     Ok(())
 }

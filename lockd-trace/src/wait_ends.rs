@@ -8,7 +8,10 @@
 //! within about two seconds of the real one.
 
 use foldhash::HashMap;
-use lockd_trace_common::{hook, kernel::FILE_LOCK_DEFERRED};
+use lockd_trace_common::{
+    hook,
+    kernel::{FILE_LOCK_DEFERRED, FL_FLOCK},
+};
 
 use crate::event::{Body, Event};
 
@@ -117,7 +120,7 @@ fn ended(wait: &Event, at: u64) -> Event {
     end.ts_ns = at;
     if let Body::Lock(r) = &wait.body {
         let mut r = r.clone();
-        r.hook = if r.hook == hook::FLOCK_LOCK_INODE {
+        r.hook = if r.hook == hook::FLOCK_LOCK_INODE || r.lock.flags & FL_FLOCK != 0 {
             hook::SYS_FLOCK
         } else {
             hook::SYS_FCNTL
@@ -134,6 +137,8 @@ fn syscalls(hook: u16) -> &'static [i64] {
     match hook {
         hook::FLOCK_LOCK_INODE => &[libc::SYS_flock, 143],
         hook::POSIX_LOCK_INODE => &[libc::SYS_fcntl, 55, 221],
+        // The NFS-only monitor's waits: fcntl or flock, whichever it is.
+        hook::INSERT_BLOCK => &[libc::SYS_fcntl, 55, 221, libc::SYS_flock, 143],
         _ => &[],
     }
 }

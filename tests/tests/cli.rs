@@ -111,6 +111,36 @@ fn probes_table_shows_this_kernel() {
 }
 
 #[test]
+fn probes_monitor_says_which_monitor_runs_here() {
+    require_root();
+    // Outside the monitor the contention kprobes are left out, for the lock hooks.
+    let (code, out, err) = run(&["probes"], None);
+    assert_eq!(code, 0, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("locks_insert_block"))
+        .unwrap_or_else(|| panic!("no row: {out}"));
+    assert!(row.contains("only the NFS-only monitor uses it"), "{row}");
+    assert!(out.contains("`lockd-trace probes --monitor`"), "{out}");
+    // The monitor's plan: no kprobes on this host, so the generic lock hooks, and why.
+    let (code, out, err) = run(&["probes", "--monitor"], None);
+    assert_eq!(code, 0, "{err}");
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row: {out}"))
+            .to_string()
+    };
+    assert!(row("locks_insert_block").contains("no kprobes"));
+    assert!(row("posix_lock_inode").contains("tp_btf"));
+    let said = out
+        .lines()
+        .find(|l| l.starts_with("generic monitor: "))
+        .unwrap_or_else(|| panic!("no mode line: {out}"));
+    assert!(said.contains("no kprobes"), "{said}");
+}
+
+#[test]
 fn duration_stops_live() {
     require_root();
     let start = std::time::Instant::now();

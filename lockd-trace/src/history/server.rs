@@ -80,19 +80,15 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
             s.lockd_owner.insert(n.lock.owner, (n.peer(), n.svid));
             if let Some(f) = h.files.get_mut(&key) {
                 f.fh = n.fh.as_slice().into();
-                if n.nlm_status == Some(status::GRANTED) {
-                    let l = n.lock;
-                    f.nlm.apply(
-                        &client_holder(&n.peer(), n.svid, l.owner),
-                        l.lock_type,
-                        l.start,
-                        l.end,
-                        ev.ts_ns,
-                    );
-                }
                 tag_lockd_locks(&h.server, f);
             }
+            if n.nlm_status == Some(status::GRANTED) {
+                granted(h, ev, key, n);
+            }
         }
+        // A lock the client waited for, granted (seen at the grant, or where that is inlined at
+        // its GRANTED callback: the lock is the server's either way).
+        SVC_GRANT => granted(h, ev, key, n),
         SVC_UNLOCK | SVC_CANCEL if n.ret >= 0 => {
             if let Some(f) = h.files.get_mut(&key) {
                 let holders: Vec<Holder> = f
@@ -134,6 +130,10 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
                     .into(),
             );
             out.push(f);
+        }
+        SVC_MATCH_IP => {
+            let peer = n.peer();
+            forget_all(h, ev, |_, x| x.holder.host.as_deref() == Some(&peer), out);
         }
         HOST_REBOOTED => {
             room(&mut h.server.reboots);
@@ -187,6 +187,16 @@ fn rebooted_finding(h: &Histories, ev: &Event, n: &NlmRecord) -> Finding {
 }
 
 /// How a client's lock shows in the server's NLM table.
+/// The server holds `n`'s lock for its client now.
+fn granted(h: &mut Histories, ev: &Event, key: FileKey, n: &NlmRecord) {
+    if let Some(f) = h.files.get_mut(&key) {
+        let l = n.lock;
+        let holder = client_holder(&n.peer(), n.svid, l.owner);
+        f.nlm.apply(&holder, l.lock_type, l.start, l.end, ev.ts_ns);
+        tag_lockd_locks(&h.server, f);
+    }
+}
+
 fn client_holder(host: &str, svid: u32, owner: u64) -> Holder {
     Holder {
         owner,
@@ -246,14 +256,25 @@ pub(super) fn released(
 /// matches the superblock), whether or not the releases are traced (the lean monitor does
 /// not see them; when they are, they find these gone already).
 fn unlock_all_sb(h: &mut Histories, ev: &Event, dev: u32, out: &mut Vec<Finding>) {
+    forget_all(h, ev, |k, _| k.0 == dev, out);
+}
+
+/// lockd drops every client lock `which` picks (unlock_filesystem's device, unlock_ip's
+/// client as nlmsvc_match_ip named it), whether or not the releases are traced.
+fn forget_all(
+    h: &mut Histories,
+    ev: &Event,
+    which: impl Fn(FileKey, &Held) -> bool,
+    out: &mut Vec<Finding>,
+) {
     let mut gone: Vec<(FileKey, String, u32)> = h
         .files
         .iter()
-        .filter(|(k, _)| k.0 == dev)
         .flat_map(|(k, f)| {
             f.nlm
                 .held
                 .iter()
+                .filter(|x| which(*k, x))
                 .filter_map(|x| Some((*k, x.holder.host.clone()?, x.holder.svid?)))
         })
         .collect();

@@ -249,6 +249,94 @@ fn unlock_filesystem_forgets_the_clients_locks_on_that_device_and_names_the_act(
 }
 
 #[test]
+fn unlock_ip_forgets_the_locks_of_the_clients_it_matched() {
+    // The NFS-only monitor: lockd's grants known from nlmsvc_lock alone.
+    let mut t = Trace::new();
+    let l = lk(0xc000, 180, F_WRLCK, 0, 99);
+    t.nlm(180, "lockd", SVC_LOCK, 2, Some(0), 5, SERVER, l, 0, "cli");
+    let other = lk(0xd000, 180, F_WRLCK, 200, 299);
+    t.nlm(
+        180,
+        "lockd",
+        SVC_LOCK,
+        2,
+        Some(0),
+        6,
+        SERVER,
+        other,
+        0,
+        "cli2",
+    );
+    t.nlm(
+        234,
+        "python3",
+        SVC_UNLOCK_ALL_IP,
+        0,
+        None,
+        0,
+        (0, 0),
+        l,
+        0,
+        "",
+    );
+    t.nlm(
+        234,
+        "python3",
+        SVC_MATCH_IP,
+        0,
+        None,
+        0,
+        (0, 0),
+        l,
+        0,
+        "cli",
+    );
+    let f = t.only(Kind::ServerForgot);
+    assert_eq!((f.pid, f.svid), (234, Some(5)));
+    let held = &t.h.file(SERVER).expect("the file").nlm.held;
+    assert_eq!(held.len(), 1, "the unmatched client's lock stays");
+    assert_eq!(held[0].holder.svid, Some(6));
+}
+
+#[test]
+fn a_wait_behind_a_clients_lock_names_it_from_the_nlm_grant() {
+    // The NFS-only monitor sees no lockd lock call: the wait names the blocker by its owner.
+    let mut t = Trace::new();
+    let l = lk(0xc000, 180, F_WRLCK, 0, 99);
+    t.nlm(180, "lockd", SVC_LOCK, 2, Some(0), 5, SERVER, l, 0, "cli");
+    let r = LockRecord {
+        hook: hook::INSERT_BLOCK,
+        dev: SERVER.0,
+        ino: SERVER.1,
+        fl: 0xf1,
+        lock: lk(0xb000, 11, F_WRLCK, 0, 99),
+        ret: 1,
+        blocker: Some(l),
+    };
+    t.ev(11, "waiter", Body::Lock(r.clone()));
+    let now = t.ts;
+    t.h.advance(now + 11 * S, &mut t.out);
+    let f = t.only(Kind::BlockedLong);
+    let b = f.blocker.as_ref().expect("blocker");
+    assert_eq!((f.pid, b.holder.svid), (11, Some(5)));
+    assert_eq!(b.holder.host.as_deref(), Some("cli"));
+    // Woken (its blocker went), the wait is over.
+    t.ev(
+        11,
+        "waiter",
+        Body::WaitEnd(LockRecord {
+            ret: 0,
+            hook: hook::WAKE_UP_BLOCKS,
+            ..r
+        }),
+    );
+    assert_eq!(
+        t.h.file(SERVER).map(|_| super::waits::on(&t.h, SERVER)),
+        Some(false)
+    );
+}
+
+#[test]
 fn do_vfs_lock_keeps_the_local_table_without_posix_lock_inode() {
     let mut t = Trace::new();
     let l = lk(0xa000, 236, F_WRLCK, 0, 99);

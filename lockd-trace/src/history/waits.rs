@@ -58,13 +58,17 @@ impl Waits {
 pub(super) fn queued(h: &mut Histories, ev: &Event, r: &LockRecord, key: FileKey, range: Range) {
     let f = h.files.get(&key).expect("just recorded");
     let blocker = r.blocker.map(|b| {
+        let it = |h: &&Held| h.holder.is(b.owner, b.pid) && h.overlaps(b.start, b.end);
+        // The NFS-only monitor does not see lockd take a client's lock: its NLM grant has it.
         let since = f
             .local
             .held
             .iter()
-            .find(|h| h.holder.is(b.owner, b.pid) && h.overlaps(b.start, b.end))
-            .cloned();
-        since.unwrap_or_else(|| Held::described(&b, ev.ts_ns))
+            .find(it)
+            .or_else(|| f.nlm.held.iter().find(it));
+        since
+            .cloned()
+            .unwrap_or_else(|| Held::described(&b, ev.ts_ns))
     });
     h.waits.insert(
         r.fl,

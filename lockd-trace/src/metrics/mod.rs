@@ -43,6 +43,8 @@ pub struct Snapshot<'a> {
     pub histories: usize,
     /// The lock hooks are detached while no NFS module is loaded (monitor).
     pub hooks_idle: bool,
+    /// The NFS-only monitor runs (contention kprobes instead of the lock hooks).
+    pub nfs_only: bool,
     /// Each probe and the method it attached with, if it did.
     pub probes: Vec<(&'static str, Option<String>)>,
     /// The outputs (stdout or log, trace file) and how they fare.
@@ -177,16 +179,17 @@ impl Metrics {
                 .map(|(k, v)| (labels(&[("kind", k)]), *v)),
         );
         let filtered = [
-            ("posix", counter::FILTERED_POSIX),
-            ("flock", counter::FILTERED_FLOCK),
-            ("getlk", counter::FILTERED_GETLK),
+            ("posix", "ok", counter::FILTERED_POSIX),
+            ("flock", "ok", counter::FILTERED_FLOCK),
+            ("getlk", "ok", counter::FILTERED_GETLK),
+            ("insert_block", "waiting", counter::FILTERED_WAIT),
         ];
         x.counter(
             "filtered",
             "Requests on non-NFS filesystems counted in the kernel and not sent, by hook and result",
             filtered
                 .iter()
-                .map(|(h, i)| (labels(&[("hook", h), ("result", "ok")]), (s.counter)(*i))),
+                .map(|(h, r, i)| (labels(&[("hook", h), ("result", r)]), (s.counter)(*i))),
         );
         x.counter(
             "probe_no_layout",
@@ -215,6 +218,12 @@ impl Metrics {
             "1 while the lock hooks are detached because no NFS module (nfs, nfsd, lockd) is \
              loaded",
             u64::from(s.hooks_idle),
+        );
+        x.level(
+            "monitor_nfs_only",
+            "1 while the NFS-only monitor runs: lockd's probes and the contention kprobes stand \
+             in for the lock hooks, which run on every lock call",
+            u64::from(s.nfs_only),
         );
         let sink = |o: &OutputState| labels(&[("sink", o.name)]);
         x.counter(

@@ -31,6 +31,11 @@ pub fn kernel_offsets(btf: &Btf) -> Result<Offsets> {
         fl_start: f("file_lock", &["fl_start"])?,
         fl_end: f("file_lock", &["fl_end"])?,
         fl_lmops: f("file_lock", &["fl_lmops"])?,
+        fl_blocked_requests: f(
+            "file_lock",
+            &["c.flc_blocked_requests", "fl_blocked_requests"],
+        )?,
+        fl_blocked_member: f("file_lock", &["c.flc_blocked_member", "fl_blocked_member"])?,
         i_ino: f("inode", &["i_ino"])?,
         i_sb: f("inode", &["i_sb"])?,
         i_flctx: f("inode", &["i_flctx"])?,

@@ -94,6 +94,34 @@ impl Tracer {
         )
     }
 
+    /// Which monitor runs, and what it does not see, in a sentence (None: not the monitor's
+    /// NFS-only plan).
+    pub fn mode_said(&self) -> Option<String> {
+        if !self.opts.nfs_only {
+            return None;
+        }
+        if self.nfs_only() {
+            return Some(
+                "NFS-only monitor: no program runs on a lock call that gets its lock at once; \
+                 NFS locks are seen through lockd's probes, waits through locks_insert_block \
+                 (not seen: granted locks on other filesystems, NFSv4's locks unless someone \
+                 waits behind one, a server-local process's lock until it is in someone's way; \
+                 --always-hook runs the lock hooks)"
+                    .to_string(),
+            );
+        }
+        let why = self
+            .report
+            .iter()
+            .find(|r| r.probe == "locks_insert_block")
+            .and_then(|r| r.refused.last())
+            .map_or("not attached".to_string(), |x| x.reason.clone());
+        Some(format!(
+            "generic monitor: the contention kprobes did not attach ({why}); the lock hooks run \
+             on every lock call, filtered in the kernel"
+        ))
+    }
+
     pub fn hooks_idle(&self) -> bool {
         self.hooks == State::Idle
     }

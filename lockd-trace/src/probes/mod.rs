@@ -47,7 +47,29 @@ pub struct Options {
     /// Keep the lock hooks (the vmlinux probes) detached while no NFS module is loaded
     /// (monitor): they would run on every lock call for nothing it reports.
     pub hooks_follow_nfs: bool,
+    /// The NFS-only monitor: where the contention kprobes attach, they stand in for every
+    /// hook that runs on each lock call or syscall (NFS_ONLY_OUT).
+    pub nfs_only: bool,
 }
+
+/// The contention kprobes: only the NFS-only monitor attaches them.
+const CONTENTION: [&str; 2] = ["locks_insert_block", "locks_wake_up_blocks"];
+
+/// What the NFS-only monitor leaves out once the contention kprobes attached: an NFS lock
+/// is seen by the NLM probes, contention by those kprobes.
+const NFS_ONLY_OUT: [&str; 6] = [
+    "posix_lock_inode",
+    "flock_lock_inode",
+    "fcntl_setlk",
+    "fcntl_enter",
+    "fcntl_exit",
+    "flock_exit",
+];
+const NFS_ONLY_WHY: &str = "left out: the NFS-only monitor sees NFS locks through lockd's \
+                            probes and waits through locks_insert_block (--all-fs or \
+                            --always-hook keeps this hook, on every lock call)";
+const CONTENTION_WHY: &str = "left out: only the NFS-only monitor uses it (the lock hooks \
+                              see every wait)";
 
 /// Hooks left out for their cost (kept by --all-hooks), each with the probe that stands in
 /// for it and what is then not seen.
@@ -152,6 +174,12 @@ impl Tracer {
     ) -> ProbeReport {
         if self.opts.skipped.iter().any(|s| s == p.name) {
             return plan::skipped(p, "skipped (--skip-probe)");
+        }
+        if CONTENTION.contains(&p.name) && !self.opts.nfs_only {
+            return plan::skipped(p, CONTENTION_WHY);
+        }
+        if NFS_ONLY_OUT.contains(&p.name) && self.nfs_only() {
+            return plan::skipped(p, NFS_ONLY_WHY);
         }
         if self.opts.lean
             && let Some((_, by, why)) = LEAN_OUT.iter().find(|l| l.0 == p.name)
@@ -260,6 +288,17 @@ impl Tracer {
             l.detach(&mut self.ebpf);
         }
         n
+    }
+
+    /// Whether the NFS-only monitor runs: both contention kprobes attached (or idle, to
+    /// attach again with the other hooks when an NFS module loads).
+    pub fn nfs_only(&self) -> bool {
+        self.opts.nfs_only
+            && CONTENTION.iter().all(|c| {
+                self.report
+                    .iter()
+                    .any(|r| r.probe == *c && (r.attached.is_some() || idle(r)))
+            })
     }
 
     pub fn attached(&self) -> usize {

@@ -78,6 +78,29 @@ const fn way(method: Method, program: &'static str, target: &'static str) -> Way
 use Method::*;
 
 pub const PROBES: &[Probe] = &[
+    // First: where they attach, the NFS-only monitor leaves out the lock hooks below.
+    kprobe!(
+        Kprobe,
+        "locks_insert_block",
+        "",
+        "__locks_insert_block",
+        "locks_insert_block",
+        0,
+        "static, out of line 5.10-7.2 (6.9+: struct file_lock_core); NFS-only monitor",
+        "a request queued behind a lock, on NFS or with an NFS server's lock on either side: \
+         both locks (runs only when a request must wait)",
+    ),
+    kprobe!(
+        Kprobe,
+        "locks_wake_up_blocks",
+        "",
+        "__locks_wake_up_blocks",
+        "locks_wake_up_blocks",
+        0,
+        "static, out of line 5.10-7.2 (6.9+: struct file_lock_core); NFS-only monitor",
+        "the end of those waits: the lock in the way went (the waiters retry) or a waiter gave \
+         up",
+    ),
     Probe {
         name: "posix_lock_inode",
         module: "",
@@ -341,16 +364,19 @@ pub const PROBES: &[Probe] = &[
         "5.10-7.2; 7.2 renamed its nlm_lock lockd_lock",
         "NLM server CANCEL of a blocked request",
     ),
-    kprobe!(
-        Kprobe,
-        "nlmsvc_grant_blocked",
-        "lockd",
-        "nlmsvc_grant_blocked",
-        "nlmsvc_grant_blocked",
-        HOST | RQST | LOCK | BLOCK,
-        "inlined in Debian's 5.10-7.2 builds (no symbol): attaches only where a build keeps it",
-        "the server granting a lock a client waited for (GRANTED callback follows)",
-    ),
+    Probe {
+        name: "nlmsvc_grant_blocked",
+        module: "lockd",
+        captures: "the server granting a lock a client waited for: at the grant, or where that \
+                   is inlined at its GRANTED callback's end (with the client's answer)",
+        kernels: "nlmsvc_grant_blocked inlined in Debian's 5.10-7.2 builds (no symbol); \
+                  nlmsvc_grant_callback, an RPC callback, always out of line",
+        needs: HOST | RQST | LOCK | BLOCK | TASK,
+        ways: &[
+            way(Kprobe, "nlmsvc_grant_blocked", "nlmsvc_grant_blocked"),
+            way(Kprobe, "nlmsvc_grant_callback", "nlmsvc_grant_callback"),
+        ],
+    },
     kprobe!(
         Kprobe,
         "nlmsvc_unlock_all_by_sb",
@@ -370,6 +396,27 @@ pub const PROBES: &[Probe] = &[
         0,
         "exported; 5.10-7.2",
         "a write to /proc/fs/nfsd/unlock_ip: who, and which server address's clients lose locks",
+    ),
+    kprobe!(
+        Kprobe,
+        "nlmsvc_match_ip",
+        "lockd",
+        "nlmsvc_match_ip",
+        "nlmsvc_match_ip_entry",
+        HOST,
+        "static callback, out of line 5.10-7.2",
+        "(entry of nlmsvc_match_ip:ret)",
+    ),
+    kprobe!(
+        Kretprobe,
+        "nlmsvc_match_ip:ret",
+        "lockd",
+        "nlmsvc_match_ip",
+        "nlmsvc_match_ip_return",
+        HOST,
+        "static callback, out of line 5.10-7.2",
+        "each client whose locks unlock_ip drops (its locks are released without a trace of \
+         each in the NFS-only monitor)",
     ),
     kprobe!(
         Kprobe,
@@ -535,8 +582,12 @@ pub fn choose(
 mod tests {
     use super::*;
 
+    /// A probe with two ways (tp_btf, then raw_tp).
     fn probe() -> &'static Probe {
-        &PROBES[0]
+        PROBES
+            .iter()
+            .find(|p| p.name == "posix_lock_inode")
+            .expect("in the plan")
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub struct RoundTrip {
     pub record_us: f64,
     /// Events the monitor and the recorder lost over all rounds (0 expected).
     pub lost: u64,
+    /// The local lock storm on the exported tmpfs (lockstorm, fcntl calls/s), medians.
+    pub none_local: f64,
+    pub monitor_local: f64,
+    /// The monitor ran NFS-only in every round (its first line said so).
+    pub nfs_only: bool,
 }
 
 /// Boots the lab's newest kernel and measures; `smoke` runs one short round.
@@ -51,14 +56,14 @@ fn summarize(facts: &Value) -> Result<RoundTrip> {
     if let Some(bad) = runs.iter().find(|r| !r["exit"].is_null() && r["exit"] != 0) {
         bail!("a tracer exited with an error during the benchmark: {bad}");
     }
-    let median = |mode: &str| -> Result<f64> {
+    let median = |mode: &str, what: &str| -> Result<f64> {
         let mut v: Vec<f64> = runs
             .iter()
             .filter(|r| r["mode"] == mode)
-            .filter_map(|r| r["mean_us"].as_f64())
+            .filter_map(|r| r[what].as_f64())
             .collect();
         if v.is_empty() {
-            bail!("no {mode} runs in the facts");
+            bail!("no {mode} runs with {what} in the facts");
         }
         v.sort_by(f64::total_cmp);
         Ok(v[v.len() / 2])
@@ -72,10 +77,16 @@ fn summarize(facts: &Value) -> Result<RoundTrip> {
         kernel: facts["kernel"].as_str().unwrap_or("?").to_string(),
         rounds: u32::try_from(num("rounds")?)?,
         per_round: u32::try_from(num("per_round")?)?,
-        none_us: median("none")?,
-        monitor_us: median("monitor")?,
-        record_us: median("record")?,
+        none_us: median("none", "mean_us")?,
+        monitor_us: median("monitor", "mean_us")?,
+        record_us: median("record", "mean_us")?,
         lost: runs.iter().filter_map(|r| r["lost"].as_u64()).sum(),
+        none_local: median("none", "local_ops_per_s")?,
+        monitor_local: median("monitor", "local_ops_per_s")?,
+        nfs_only: runs
+            .iter()
+            .filter(|r| r["mode"] == "monitor")
+            .all(|r| r["nfs_only"] == true),
     })
 }
 
@@ -87,17 +98,23 @@ mod tests {
     fn medians_per_mode() {
         let facts = serde_json::json!({
             "kernel": "6.12.0", "rounds": 3, "per_round": 10, "runs": [
-                {"mode": "none", "mean_us": 100.0, "lost": 0},
-                {"mode": "none", "mean_us": 300.0, "lost": 0},
-                {"mode": "none", "mean_us": 200.0, "lost": 0},
-                {"mode": "monitor", "mean_us": 210.0, "lost": 0, "exit": 0},
-                {"mode": "record", "mean_us": 220.0, "lost": 2, "exit": 0},
+                {"mode": "none", "mean_us": 100.0, "lost": 0, "local_ops_per_s": 9.0},
+                {"mode": "none", "mean_us": 300.0, "lost": 0, "local_ops_per_s": 7.0},
+                {"mode": "none", "mean_us": 200.0, "lost": 0, "local_ops_per_s": 8.0},
+                {"mode": "monitor", "mean_us": 210.0, "lost": 0, "exit": 0,
+                 "local_ops_per_s": 7.9, "nfs_only": true},
+                {"mode": "record", "mean_us": 220.0, "lost": 2, "exit": 0,
+                 "local_ops_per_s": 2.0, "nfs_only": false},
             ]
         });
         let r = summarize(&facts).unwrap();
         assert_eq!(
             (r.none_us, r.monitor_us, r.record_us, r.lost),
             (200.0, 210.0, 220.0, 2)
+        );
+        assert_eq!(
+            (r.none_local, r.monitor_local, r.nfs_only),
+            (8.0, 7.9, true)
         );
         let failed = serde_json::json!({"error": "TimeoutError()"});
         assert!(

@@ -113,6 +113,13 @@ impl Results {
             .with_context(|| format!("no event: {what} ({} events)", self.events.len()))
     }
 
+    /// The NFS-only monitor ran (its metric says so): no lock hook, contention kprobes.
+    pub fn nfs_only(&self) -> bool {
+        self.metrics
+            .as_ref()
+            .is_some_and(|m| m.lines().any(|l| l == "lockd_trace_monitor_nfs_only 1"))
+    }
+
     pub fn dmesg_has(&self, line: &str) -> Result<()> {
         if !self.dmesg.contains(line) {
             bail!("dmesg lacks `{line}`:\n{}", self.dmesg);
@@ -149,12 +156,21 @@ fn conflict(r: &Results) -> Result<()> {
     r.fact("b", "setlk w 50 10", "err EAGAIN")?;
     r.fact("c", "setlk w 50 10", "err EAGAIN")?;
     r.fact("c", "setlkw w 50 10", "ok")?;
-    // Same client: nlmclnt_lock's local FL_ACCESS pre-check refuses, naming the local holder.
+    // Same client: nlmclnt_lock's local FL_ACCESS pre-check refuses, naming the local holder
+    // (the lock hook's record of it; the NFS-only monitor has do_vfs_lock's).
+    let nfs_only = r.nfs_only();
     r.find(
         "b's local pre-check refused with EAGAIN, blocked by a [0-99]",
         |e| {
-            e["pid"] == b
-                && e["op"] == "access-check"
+            let access_check = if nfs_only {
+                nlm(e, "nlmclnt_do_vfs_lock", b)
+                    && e["lock"]["flags"]
+                        .as_array()
+                        .is_some_and(|f| f.contains(&"FL_ACCESS".into()))
+            } else {
+                e["pid"] == b && e["op"] == "access-check"
+            };
+            access_check
                 && e["result"] == "EAGAIN"
                 && range(e, 50, 59)
                 && e["blocker"]["pid"] == a
@@ -175,21 +191,32 @@ fn conflict(r: &Results) -> Result<()> {
     r.find("nlmclnt_proc returned EAGAIN to c", |e| {
         nlm(e, "nlmclnt_result", c) && e["ret"] == -11 && e["cmd"] == "F_SETLK"
     })?;
+    if !nfs_only {
+        r.find(
+            "server lockd refused with the server-local holder x as blocker",
+            |e| {
+                e["comm"] == "lockd"
+                    && e["event"] == "lock"
+                    && e["result"] == "EAGAIN"
+                    && e["blocker"]["pid"] == x
+            },
+        )?;
+    }
+    if let Some(m) = &r.metrics {
+        filtered(r, m, x, nfs_only)?;
+    }
     r.find(
-        "server lockd refused with the server-local holder x as blocker",
+        "server nlmsvc_lock answered DENIED, naming x's lock [0-99]",
         |e| {
-            e["comm"] == "lockd"
-                && e["event"] == "lock"
-                && e["result"] == "EAGAIN"
+            e["event"] == "nlm"
+                && e["op"] == "nlmsvc_lock"
+                && e["nlm_status"] == 1
+                && range(e, 50, 59)
                 && e["blocker"]["pid"] == x
+                && e["blocker"]["start"] == 0
+                && e["blocker"]["end"] == 99
         },
     )?;
-    if let Some(m) = &r.metrics {
-        filtered(r, m, x)?;
-    }
-    r.find("server nlmsvc_lock answered DENIED", |e| {
-        e["event"] == "nlm" && e["op"] == "nlmsvc_lock" && e["nlm_status"] == 1 && range(e, 50, 59)
-    })?;
     // The blocking request: BLOCKED at the server, then its GRANTED callback, then success.
     let blocked = r.find("c's blocking LOCK answered BLOCKED (3)", |e| {
         nlm(e, "nlmclnt_call", c) && e["nlm_status"] == 3 && e["nlm_flags"][0] == "block"
@@ -224,14 +251,26 @@ fn conflict(r: &Results) -> Result<()> {
 }
 
 /// The monitor's kernel filter: x's granted lock on the server's tmpfs was counted, not sent,
-/// while its refusals of others (lockd's EAGAIN naming x, above) were sent.
-fn filtered(r: &Results, metrics: &str, x: u64) -> Result<()> {
+/// while its refusals of others (lockd's EAGAIN naming x, above) were sent. The NFS-only
+/// monitor runs no program on it at all.
+fn filtered(r: &Results, metrics: &str, x: u64, nfs_only: bool) -> Result<()> {
     if let Some(e) = r
         .events
         .iter()
         .find(|e| e["event"] == "lock" && e["pid"] == x && e["result"] == "ok")
     {
         bail!("the monitor sent x's granted lock on tmpfs: {e}");
+    }
+    if nfs_only {
+        let hooked = metrics.lines().any(|l| {
+            l.starts_with("lockd_trace_probe_attached{")
+                && l.contains("posix_lock_inode")
+                && l.ends_with(" 1")
+        });
+        if hooked {
+            bail!("the NFS-only monitor attached posix_lock_inode:\n{metrics}");
+        }
+        return Ok(());
     }
     let counted = metrics
         .lines()
@@ -249,6 +288,18 @@ fn out_of_sync(r: &Results) -> Result<()> {
     // The application is told success although its local lock was never recorded.
     r.fact("q", "setlkw w 0 100", "ok")?;
     r.dmesg_has("VFS is out of sync with lock manager!")?;
+    let x = r.pid("x")?;
+    r.find(
+        "server nlmsvc_lock answered BLOCKED, naming x's lock [0-99]",
+        |e| {
+            e["event"] == "nlm"
+                && e["op"] == "nlmsvc_lock"
+                && e["nlm_status"] == 3
+                && e["blocker"]["pid"] == x
+                && e["blocker"]["start"] == 0
+                && e["blocker"]["end"] == 99
+        },
+    )?;
     r.find("the server granted q's LOCK", |e| {
         nlm(e, "nlmclnt_call", q) && e["nlm_proc"] == "LOCK" && e["nlm_status"] == 0
     })?;
@@ -375,6 +426,11 @@ pub fn vanished(
         );
     }
     let blocked = finding(r, "blocked_long", |f| f["pid"] == x)?;
+    // Its end came from the kernel (the lock hook's retry, or the NFS-only monitor's
+    // wake-up probe), not from a look at the thread (which would say a signal ended it).
+    r.find("x's wait ended by the lock's release (ok)", |e| {
+        e["event"] == "wait_end" && e["pid"] == x && e["result"] == "ok"
+    })?;
     let b = &blocked["blocker"];
     if b["svid"] != *svid || !b["host"].as_str().is_some_and(|h| h.contains(client)) {
         bail!("x's wait should name the vanished client's lock (svid {svid}): {blocked:#}");

@@ -232,12 +232,13 @@ fn tracer_args(k: &Kernel, share: &Path, dir: &str) -> Result<String> {
     Ok(format!("--btf-dir /share/{dir}"))
 }
 
-/// lockd-trace and the locker, from the release build, into the share.
+/// lockd-trace, the locker and lockstorm, from the release build, into the share.
 fn copy_tools(share: &Path) -> Result<()> {
     let release = workspace::binary();
     for (src, name) in [
         (release.clone(), "lockd-trace"),
         (release.with_file_name("locker"), "locker"),
+        (release.with_file_name("lockstorm"), "lockstorm"),
     ] {
         fs::copy(&src, share.join(name))
             .with_context(|| format!("{} missing: build the workspace first", src.display()))?;

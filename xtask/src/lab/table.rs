@@ -19,17 +19,18 @@ pub fn verdict_path(results: &Path, scenario: &str) -> std::path::PathBuf {
 }
 
 pub fn write(kernels: &[Kernel]) -> Result<()> {
-    let host = host_probes();
-    let mut columns: Vec<(String, Option<Vec<Value>>)> = kernels
-        .iter()
-        .map(|k| {
-            let file = share_dir(k).join("results/boot/probes.json");
-            let probes = fs::read_to_string(file)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).ok());
-            (format!("Debian {}", k.name), probes)
-        })
-        .collect();
+    let read = |k: &Kernel, f: &str| {
+        fs::read_to_string(share_dir(k).join("results/boot").join(f))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).ok())
+    };
+    let mut columns: Vec<(String, Option<Vec<Value>>)> = Vec::new();
+    for k in kernels {
+        let probes =
+            read(k, "probes.json").map(|p| monitor_only(p, read(k, "probes-monitor.json")));
+        columns.push((format!("Debian {}", k.name), probes));
+    }
+    let host = host_probes(&[]).map(|p| monitor_only(p, host_probes(&["--monitor"])));
     columns.push(("host 6.18".into(), host));
     let mut t = String::new();
     t.push_str(&format!("| probe | {} |\n", names(&columns).join(" | ")));
@@ -97,6 +98,15 @@ fn names(columns: &[(String, Option<Vec<Value>>)]) -> Vec<String> {
 
 /// How one kernel took one probe, in a few words.
 fn cell(r: &Value) -> String {
+    let c = plain_cell(r);
+    if r["monitor"] == true {
+        format!("{c} (monitor)")
+    } else {
+        c
+    }
+}
+
+fn plain_cell(r: &Value) -> String {
     if let Some(m) = r["attached"]["method"].as_str() {
         return match r["layout"].as_str() {
             Some(l) if l.starts_with("supplied") => format!("{m} (BTF supplied)"),
@@ -123,10 +133,36 @@ fn cell(r: &Value) -> String {
     )
 }
 
-/// `lockd-trace probes --json` on this host (root), if it can run.
-fn host_probes() -> Option<Vec<Value>> {
+/// The probes only the NFS-only monitor attaches, as its plan (`probes --monitor`) took them.
+fn monitor_only(mut rows: Vec<Value>, monitor: Option<Vec<Value>>) -> Vec<Value> {
+    for r in &mut rows {
+        let only = r["refused"].as_array().is_some_and(|v| {
+            v.iter().any(|x| {
+                x["reason"]
+                    .as_str()
+                    .is_some_and(|w| w.contains(MONITOR_ONLY))
+            })
+        });
+        if let Some(m) = monitor
+            .iter()
+            .flatten()
+            .find(|m| only && m["probe"] == r["probe"])
+        {
+            *r = m.clone();
+            r["monitor"] = true.into();
+        }
+    }
+    rows
+}
+
+/// How `probes` says a probe is the NFS-only monitor's alone.
+const MONITOR_ONLY: &str = "only the NFS-only monitor";
+
+/// `lockd-trace probes --json ARGS` on this host (root), if it can run.
+fn host_probes(args: &[&str]) -> Option<Vec<Value>> {
     let out = Command::new(workspace::binary())
         .args(["probes", "--json"])
+        .args(args)
         .output()
         .ok()?;
     out.status

@@ -51,6 +51,7 @@ python3 /share/scenarios.py --wait-grace /mnt/nfs/.grace || { echo "LAB: grace n
 echo "LAB: grace period over"
 # How this kernel takes each probe, with the lab's arguments and without them.
 /share/lockd-trace probes --json $TA > $B/probes.json 2> $B/probes.err
+/share/lockd-trace probes --json --monitor $TA > $B/probes-monitor.json 2>> $B/probes.err
 [ -n "$TA" ] && /share/lockd-trace probes --json > $B/probes-bare.json 2>> $B/probes.err
 metrics > $B/metrics.txt; kill -INT $M; wait $M; echo $? > $B/monitor.exit
 # A killed agent cannot remove its kretprobe events: the next one to start (the first

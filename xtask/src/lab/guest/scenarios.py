@@ -348,10 +348,12 @@ def lost(log):
 
 def bench(facts, results):
     """Benchmark section 2: lock+unlock round trips on the NFS mount with no tracer, monitor
-    and record, alternating within each round (the order rotates)."""
+    and record, alternating within each round (the order rotates), and a local lock storm on
+    the exported tmpfs under each."""
     rounds, per_round = map(int, open("/share/bench.txt").read().split())
     facts.update(rounds=rounds, per_round=per_round, runs=[])
     touch("/mnt/nfs/bench")
+    touch("/export/storm")
     modes = ["none", "monitor", "record"]
     with open("/mnt/nfs/bench", "r+") as f:
         for r in range(rounds):
@@ -364,7 +366,13 @@ def bench(facts, results):
                     fcntl.lockf(f, fcntl.LOCK_UN, 1, 0)
                 mean_us = (time.perf_counter() - start) * 1e6 / per_round
                 run = {"round": r, "mode": mode, "mean_us": round(mean_us, 1), "lost": 0}
+                # The local lock storm the NFS-only monitor must not slow (exported tmpfs).
+                storm = subprocess.run(["/share/lockstorm", "--seconds", "1", "--file", "/export/storm"],
+                                       capture_output=True, text=True, check=True)
+                run["local_ops_per_s"] = json.loads(storm.stdout)["ops_per_s"]
                 if t:
+                    err.seek(0)
+                    run["nfs_only"] = "NFS-only monitor" in err.read()
                     t.send_signal(2)
                     run["exit"] = t.wait(120)
                     err.seek(0)
