@@ -187,8 +187,11 @@ pub mod nlm_op {
     pub const SVC_UNLOCK_ALL_IP: u16 = 17;
     /// nlmsvc_match_ip returned true: unlock_ip drops this client's (`host`) locks.
     pub const SVC_MATCH_IP: u16 = 18;
+    /// nlmsvc_free_host_resources: lockd drops every lock of client `host` (its reboot, or,
+    /// since 6.2, nfsd stopping with the client's locks held).
+    pub const SVC_FREE_HOST: u16 = 19;
     /// Ops, for per-op counters.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
 }
 
 /// `NlmEvent::flags` bits.

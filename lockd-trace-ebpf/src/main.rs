@@ -299,6 +299,12 @@ pub fn nlmsvc_match_ip_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+#[kprobe]
+pub fn nlmsvc_free_host_resources(ctx: ProbeContext) -> u32 {
+    nlm::svc_free_host(&ctx, SVC_FREE_HOST);
+    0
+}
+
 // --- NSM (statd) ---
 
 #[kprobe]

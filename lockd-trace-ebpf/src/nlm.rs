@@ -534,6 +534,15 @@ pub fn svc_match_ip_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     r.submit(submit_flags::<NlmEvent>());
 }
 
+/// nlmsvc_free_host_resources(host) entry: lockd drops the client's locks.
+#[inline(always)]
+pub fn svc_free_host(ctx: &ProbeContext, op: u16) {
+    let Some((_, n)) = ready(op) else { return };
+    let Some(mut r) = reserve(op) else { return };
+    set_host(ev(&mut r), ctx.arg(0).unwrap_or(0), &n);
+    r.submit(submit_flags::<NlmEvent>());
+}
+
 /// nlm_host_rebooted(net, info) entry: a reboot notification for info->mon, new state.
 #[inline(always)]
 pub fn host_rebooted(ctx: &ProbeContext, op: u16) {

@@ -245,6 +245,7 @@ pub fn nlm_op_name(op: u16) -> &'static str {
         SVC_UNLOCK_ALL_SB => "nfsd_unlock_filesystem",
         SVC_UNLOCK_ALL_IP => "nfsd_unlock_ip",
         SVC_MATCH_IP => "nfsd_unlock_ip_client",
+        SVC_FREE_HOST => "nlmsvc_free_host_resources",
         _ => "nlm_unknown",
     }
 }

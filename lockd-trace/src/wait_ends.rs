@@ -254,6 +254,25 @@ mod tests {
     }
 
     #[test]
+    fn the_nfs_only_monitors_waits_are_followed_and_end_as_their_syscall() {
+        for (flags, syscall) in [(FL_FLOCK, hook::SYS_FLOCK), (0, hook::SYS_FCNTL)] {
+            let mut f = WaitEnds::default();
+            let mut w = wait(13, 0xf7);
+            if let Body::Lock(r) = &mut w.body {
+                r.hook = hook::INSERT_BLOCK;
+                r.lock.flags = flags;
+            }
+            assert!(f.observe(&w));
+            assert!(f.look(100, 1).is_empty());
+            let ends = f.look(200, 2);
+            let Some(Body::WaitEnd(r)) = ends.first().map(|e| &e.body) else {
+                panic!("no end: {ends:?}")
+            };
+            assert_eq!((r.hook, r.ret), (syscall, -512));
+        }
+    }
+
+    #[test]
     fn lockd_is_not_followed() {
         let mut f = WaitEnds::default();
         let mut w = wait(12, 0xf6);

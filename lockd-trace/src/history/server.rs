@@ -131,7 +131,9 @@ pub(super) fn observe(h: &mut Histories, ev: &Event, n: &NlmRecord, out: &mut Ve
             );
             out.push(f);
         }
-        SVC_MATCH_IP => {
+        // unlock_ip's clients, and a client's locks dropped outside NLM by another process
+        // (nfsd stopping); lockd dropping a rebooted client's is the reboot finding's.
+        SVC_MATCH_IP | SVC_FREE_HOST if ev.comm != "lockd" => {
             let peer = n.peer();
             forget_all(h, ev, |_, x| x.holder.host.as_deref() == Some(&peer), out);
         }

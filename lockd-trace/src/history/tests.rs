@@ -299,6 +299,30 @@ fn unlock_ip_forgets_the_locks_of_the_clients_it_matched() {
 }
 
 #[test]
+fn a_clients_locks_dropped_by_nfsd_stopping_are_forgotten_not_by_its_reboot() {
+    let mut t = Trace::new();
+    let l = lk(0xc000, 180, F_WRLCK, 0, 99);
+    t.nlm(180, "lockd", SVC_LOCK, 2, Some(0), 5, SERVER, l, 0, "cli");
+    // lockd dropping them (the client rebooted) is the reboot finding's, not this one's.
+    t.nlm(180, "lockd", SVC_FREE_HOST, 0, None, 0, (0, 0), l, 0, "cli");
+    assert!(t.kinds().is_empty(), "{:?}", t.kinds());
+    t.nlm(
+        300,
+        "rpc.nfsd",
+        SVC_FREE_HOST,
+        0,
+        None,
+        0,
+        (0, 0),
+        l,
+        0,
+        "cli",
+    );
+    let f = t.only(Kind::ServerForgot);
+    assert_eq!((f.pid, f.svid, f.comm.as_str()), (300, Some(5), "rpc.nfsd"));
+}
+
+#[test]
 fn a_wait_behind_a_clients_lock_names_it_from_the_nlm_grant() {
     // The NFS-only monitor sees no lockd lock call: the wait names the blocker by its owner.
     let mut t = Trace::new();

@@ -105,8 +105,9 @@ impl Tracer {
                 "NFS-only monitor: no program runs on a lock call that gets its lock at once; \
                  NFS locks are seen through lockd's probes, waits through locks_insert_block \
                  (not seen: granted locks on other filesystems, NFSv4's locks unless someone \
-                 waits behind one, a server-local process's lock until it is in someone's way; \
-                 --always-hook runs the lock hooks)"
+                 waits behind one, a server-local process's lock until it is in someone's way, \
+                 a local request a client's lock refused at once; --always-hook runs the lock \
+                 hooks)"
                     .to_string(),
             );
         }

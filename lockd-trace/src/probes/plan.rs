@@ -399,6 +399,16 @@ pub const PROBES: &[Probe] = &[
     ),
     kprobe!(
         Kprobe,
+        "nlmsvc_free_host_resources",
+        "lockd",
+        "nlmsvc_free_host_resources",
+        "nlmsvc_free_host_resources",
+        HOST,
+        "exported; 5.10-7.2 (nfsd's stop calls it since 6.2)",
+        "lockd dropping every lock of a client: its reboot, or nfsd stopping (who stopped it)",
+    ),
+    kprobe!(
+        Kprobe,
         "nlmsvc_match_ip",
         "lockd",
         "nlmsvc_match_ip",

@@ -27,15 +27,16 @@ def hear(step, timeout=300):
 
 
 class Tracer:
-    """This side's tracer: the server's monitor (findings as JSON lines, trace file with -w),
-    the client's recorder."""
+    """This side's tracer: the server's monitor (findings as JSON lines, trace file with -w)
+    with its lock hooks (--always-hook: the generic monitor, which the single-guest scenarios,
+    NFS-only on their monitor kernels, do not run), the client's recorder."""
 
     def __init__(self, role, d):
         self.d, self.monitor = d, role == "server"
         extra = open(f"/share/tracer-args-{role}.txt").read().split()
         if self.monitor:
-            args = ["monitor", "--json", "--blocked-after", "20s", "--unanswered-after", "20s",
-                    "-w", f"{d}/trace.ldt"]
+            args = ["monitor", "--always-hook", "--json", "--blocked-after", "20s",
+                    "--unanswered-after", "20s", "-w", f"{d}/trace.ldt"]
             touch(f"{d}/monitor")
         else:
             args = ["record", "-o", f"{d}/trace.ldt"]

@@ -372,7 +372,7 @@ def bench(facts, results):
                 run["local_ops_per_s"] = json.loads(storm.stdout)["ops_per_s"]
                 if t:
                     err.seek(0)
-                    run["nfs_only"] = "NFS-only monitor" in err.read()
+                    run["nfs_only"] = "lockd-trace: NFS-only monitor:" in err.read()
                     t.send_signal(2)
                     run["exit"] = t.wait(120)
                     err.seek(0)
