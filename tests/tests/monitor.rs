@@ -164,7 +164,7 @@ fn without_an_nfs_module_no_lock_hook_runs() {
     let f = fs.file("idle");
     let addr = port(4);
     let mut t = Tracer::command(&["monitor", "--metrics", &addr, "--mount", fs.path()]);
-    let said = t.wait_stderr("lock hooks");
+    let said = t.wait_stderr("no NFS module is loaded");
     assert!(
         said.contains("no NFS module is loaded (nfs, nfsd, lockd)")
             && said.contains("(posix_lock_inode, flock_lock_inode, process_exit)"),
