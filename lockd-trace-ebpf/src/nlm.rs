@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, ring_buf::RingBufEntry},
+    maps::{LruHashMap, ring_buf::RingBufEntry},
     programs::{ProbeContext, RetProbeContext},
 };
 use lockd_trace_common::{
@@ -38,9 +38,10 @@ pub struct Args {
 #[map]
 static ENTRY: LruHashMap<u64, Args> = LruHashMap::with_max_entries(8192, 0);
 
-/// The client host this CPU last reported unlock_ip matching (nlmsvc_match_ip).
+/// By thread inside an unlock_ip walk (nlmsvc_unlock_all_by_ip): the client host last
+/// reported matching (nlmsvc_match_ip), 0 at the walk's start so every walk reports afresh.
 #[map]
-static LAST_MATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LAST_MATCH: LruHashMap<u32, u64> = LruHashMap::with_max_entries(64, 0);
 
 /// Threads inside nlmclnt_proc: their locks_lock_inode_wait calls are do_vfs_lock's.
 #[map]
@@ -503,31 +504,33 @@ pub fn svc_unlock_all_sb(ctx: &ProbeContext, op: u16) {
 #[inline(always)]
 pub fn svc_unlock_all_ip(ctx: &ProbeContext, op: u16) {
     let addr: u64 = ctx.arg(0).unwrap_or(0);
+    let _ = LAST_MATCH.insert(&tid(), &0, 0);
     let Some(mut r) = reserve(op) else { return };
     set_addr(ev(&mut r), addr);
     r.submit(submit_flags::<NlmEvent>());
 }
 
-/// nlmsvc_match_ip(server_addr, host) return: unlock_ip asks it of every client lock and
-/// block it walks; true means lockd now drops the locks of `host`. Sent once per run of
-/// calls about the same host.
+/// nlmsvc_match_ip(host, server_addr) return (lockd's walk passes the lock's host first,
+/// whatever the parameter names say): unlock_ip asks it of every client lock and block it
+/// walks; true means lockd now drops the locks of `host`. Kernels without the upstream fix
+/// to nlmsvc_match_ip compare the two swapped (since 4373ea84c84d) and practically never
+/// match: there unlock_ip releases nothing (the lab's 6.1). Sent once per run of
+/// calls about the same host within one walk (every call if the walk's start was not seen).
 #[inline(always)]
 pub fn svc_match_ip_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
-    let Some([_, host, _, _]) = take(enter) else {
+    let Some([host, _, _, _]) = take(enter) else {
         return;
     };
     if ctx.ret::<u64>() as u32 == 0 {
         return;
     }
-    let Some(last) = LAST_MATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot.
-    if unsafe { *last } == host {
-        return;
+    // SAFETY: a plain u64 value, written only by this thread.
+    if let Some(last) = unsafe { LAST_MATCH.get(&tid()) } {
+        if *last == host {
+            return;
+        }
+        let _ = LAST_MATCH.insert(&tid(), &host, 0);
     }
-    // SAFETY: as above.
-    unsafe { *last = host };
     let Some((_, n)) = ready(op) else { return };
     let Some(mut r) = reserve(op) else { return };
     set_host(ev(&mut r), host, &n);

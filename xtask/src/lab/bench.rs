@@ -28,6 +28,21 @@ pub struct RoundTrip {
     pub monitor_local: f64,
     /// The monitor ran NFS-only in every round (its first line said so).
     pub nfs_only: bool,
+    /// The monitor's programs as the kernel counted them (kernel.bpf_stats_enabled=1) in one
+    /// extra run of `per_round` round trips, then a 1 s local storm; busiest first.
+    pub programs: Vec<Program>,
+    /// lockstorm's fcntl calls during that storm.
+    pub local_calls: u64,
+}
+
+/// One eBPF program's share of the extra run.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub name: String,
+    pub runs_per_round_trip: f64,
+    pub ns_per_run: f64,
+    /// Runs during the local storm (0 for the NFS-only monitor's programs but contention's).
+    pub local_runs: u64,
 }
 
 /// Boots the lab's newest kernel and measures; `smoke` runs one short round.
@@ -73,7 +88,32 @@ fn summarize(facts: &Value) -> Result<RoundTrip> {
             .as_u64()
             .with_context(|| format!("no {k} in the facts"))
     };
+    let p = &facts["programs"];
+    let pairs = p["pairs"]
+        .as_f64()
+        .context("no programs.pairs in the facts")?;
+    let mut programs: Vec<Program> = p["by_name"]
+        .as_object()
+        .context("no programs.by_name in the facts")?
+        .iter()
+        .map(|(name, v)| {
+            let (runs, ns) = (
+                v["round_trip_runs"].as_f64().unwrap_or(0.0),
+                v["round_trip_ns"].as_f64().unwrap_or(0.0),
+            );
+            Program {
+                name: name.clone(),
+                runs_per_round_trip: runs / pairs,
+                ns_per_run: if runs > 0.0 { ns / runs } else { 0.0 },
+                local_runs: v["local_runs"].as_u64().unwrap_or(0),
+            }
+        })
+        .filter(|p| p.runs_per_round_trip > 0.0 || p.local_runs > 0)
+        .collect();
+    programs.sort_by(|a, b| b.runs_per_round_trip.total_cmp(&a.runs_per_round_trip));
     Ok(RoundTrip {
+        programs,
+        local_calls: p["local_calls"].as_u64().unwrap_or(0),
         kernel: facts["kernel"].as_str().unwrap_or("?").to_string(),
         rounds: u32::try_from(num("rounds")?)?,
         per_round: u32::try_from(num("per_round")?)?,
@@ -105,7 +145,12 @@ mod tests {
                  "local_ops_per_s": 7.9, "nfs_only": true},
                 {"mode": "record", "mean_us": 220.0, "lost": 2, "exit": 0,
                  "local_ops_per_s": 2.0, "nfs_only": false},
-            ]
+            ],
+            "programs": {"pairs": 10, "local_calls": 1000, "by_name": {
+                "nlmclnt_proc": {"round_trip_runs": 20, "round_trip_ns": 40000, "local_runs": 0},
+                "idle": {"round_trip_runs": 0, "round_trip_ns": 0, "local_runs": 0},
+                "insert_block": {"round_trip_runs": 0, "round_trip_ns": 0, "local_runs": 3},
+            }}
         });
         let r = summarize(&facts).unwrap();
         assert_eq!(
@@ -116,6 +161,26 @@ mod tests {
             (r.none_local, r.monitor_local, r.nfs_only),
             (8.0, 7.9, true)
         );
+        let p: Vec<(&str, f64, f64, u64)> = r
+            .programs
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.runs_per_round_trip,
+                    p.ns_per_run,
+                    p.local_runs,
+                )
+            })
+            .collect();
+        assert_eq!(
+            p,
+            [
+                ("nlmclnt_proc", 2.0, 2000.0, 0),
+                ("insert_block", 0.0, 0.0, 3)
+            ]
+        );
+        assert_eq!(r.local_calls, 1000);
         let failed = serde_json::json!({"error": "TimeoutError()"});
         assert!(
             summarize(&failed)
