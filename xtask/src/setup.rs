@@ -40,7 +40,13 @@ pub const TEST_PACKAGES: &[&str] = &["prometheus", "man-db", "systemd"];
 /// Debian packages for `cargo xtask bench`: stress-ng's lock stressors and bpftrace (the
 /// reference tracer; bookworm's 0.17 attaches and prints on the 6.18 host kernel), taskset,
 /// bpftool (the kernel's per-program statistics).
-pub const BENCH_PACKAGES: &[&str] = &["stress-ng", "bpftrace", "util-linux", "bpftool"];
+pub const BENCH_PACKAGES: &[&str] = &[
+    "stress-ng",
+    "bpftrace",
+    "util-linux",
+    "bpftool",
+    "linux-perf",
+];
 
 /// Everything needed to build the workspace, eBPF object included.
 pub fn toolchain() -> Result<()> {

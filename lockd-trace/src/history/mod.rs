@@ -146,6 +146,9 @@ pub struct Histories {
     spare_held: ThinVec<Held>,
     /// Command names as lock holders carry them, one allocation per name.
     comms: HashMap<Comm, Rc<str>>,
+    /// The last name asked for: a storm repeats one, and hashing 24 bytes per event showed.
+    last_comm: Option<(Comm, Rc<str>)>,
+    unnamed: Rc<str>,
 }
 
 impl Histories {
@@ -165,18 +168,28 @@ impl Histories {
             spare_steps: VecDeque::new(),
             spare_held: ThinVec::new(),
             comms: HashMap::new(),
+            last_comm: None,
+            unnamed: Rc::from(""),
         }
     }
 
     /// `c` as a lock holder's command name.
     fn comm(&mut self, c: Comm) -> Rc<str> {
+        if let Some((last, s)) = &self.last_comm
+            && *last == c
+        {
+            return s.clone();
+        }
         if self.comms.len() >= 4096 && !self.comms.contains_key(&c) {
             self.comms.clear();
         }
-        self.comms
+        let s = self
+            .comms
             .entry(c)
             .or_insert_with(|| c.as_str().into())
-            .clone()
+            .clone();
+        self.last_comm = Some((c, s.clone()));
+        s
     }
 
     pub fn file(&self, key: FileKey) -> Option<&FileHistory> {
@@ -355,17 +368,22 @@ impl Histories {
 
     fn lock(&mut self, ev: &Event, r: &LockRecord, path: Option<&str>, out: &mut Vec<Finding>) {
         let key = (r.dev, r.ino);
-        let holder = Holder {
-            owner: r.lock.owner,
-            pid: r.lock.pid,
-            comm: self.comm(ev.comm),
-            svid: None,
-            host: None,
-        };
         let (start, end, lock_type) = if r.lock.flags & FL_CLOSE != 0 {
             (0, i64::MAX, F_UNLCK)
         } else {
             (r.lock.start, r.lock.end, r.lock.lock_type)
+        };
+        let holder = Holder {
+            owner: r.lock.owner,
+            pid: r.lock.pid,
+            // An unlock's holder only matches locks by owner: no name to look up.
+            comm: if lock_type == F_UNLCK {
+                self.unnamed.clone()
+            } else {
+                self.comm(ev.comm)
+            },
+            svid: None,
+            host: None,
         };
         self.record(key, path, ev);
         if r.lock.flags & FL_ACCESS != 0 {

@@ -6,6 +6,7 @@ mod codec;
 mod merged;
 mod pairing;
 mod reader;
+mod strings;
 mod writer;
 
 pub use merged::{Merged, replay};

@@ -3,13 +3,12 @@
 //! record are both reported with their offset; everything before them is usable.
 
 use std::{
+    borrow::Cow,
     fmt,
     fs::File,
     io::{self, Read},
     path::Path,
 };
-
-use foldhash::{HashMap, HashMapExt as _};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -17,6 +16,7 @@ use super::{
     FORMAT_VERSION, Header, MAGIC,
     codec::{Dec, Deltas, get_varint},
     rec,
+    strings::{Files, Strings},
 };
 use crate::{
     event::{Body, Comm, Event},
@@ -61,9 +61,8 @@ pub struct Reader {
     strings: Strings,
     /// The last command name decoded, by string id: most events repeat the one before.
     last_comm: Option<(u32, Comm)>,
-    /// Path string ids by file: (dev, ino) packed in 12 bytes, a 16-byte slot where the
-    /// tuple took 24 (a million files: 2 M slots).
-    paths: HashMap<Packed, u32>,
+    /// Path string ids by file.
+    paths: Files,
     deltas: Deltas,
     pub header: Header,
     /// Records of kinds newer than this reader knows (intact, skipped).
@@ -97,7 +96,7 @@ impl Reader {
             eof: false,
             strings: Strings::default(),
             last_comm: None,
-            paths: HashMap::new(),
+            paths: Files::default(),
             deltas: Deltas::default(),
             header: Header::default(),
             skipped: 0,
@@ -132,9 +131,12 @@ impl Reader {
     }
 
     /// The path recorded for a file, if any.
-    pub fn path(&self, dev: u32, ino: u64) -> Option<&str> {
-        let id = *self.paths.get(&packed(dev, ino))?;
-        std::str::from_utf8(self.strings.get(id)?).ok()
+    pub fn path(&self, dev: u32, ino: u64) -> Option<Cow<'_, str>> {
+        let id = self.paths.get((dev, ino))?;
+        match self.strings.get(id)? {
+            Cow::Borrowed(b) => std::str::from_utf8(b).ok().map(Cow::Borrowed),
+            Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
+        }
     }
 
     /// Makes `want` bytes from `pos` on available in the window, or as many as the file has
@@ -257,7 +259,7 @@ impl Reader {
                     if id as usize >= self.strings.len() {
                         return Err(damaged("path names an unknown string"));
                     }
-                    self.paths.insert(packed(dev, ino), id);
+                    self.paths.insert((dev, ino), id);
                 }
                 rec::LOCK | rec::WAIT_END | rec::GETLK | rec::NLM | rec::EXIT | rec::STATD => {
                     let (mut ev, comm, fh, host) = d.event(kind).map_err(damaged)?;
@@ -269,12 +271,12 @@ impl Reader {
                     ev.comm = match self.last_comm {
                         Some((id, c)) if id == comm => c,
                         _ => {
-                            let c = Comm::from_bytes(get(comm)?);
+                            let c = Comm::from_bytes(&get(comm)?);
                             self.last_comm = Some((comm, c));
                             c
                         }
                     };
-                    let text = |id| get(id).map(|b| String::from_utf8_lossy(b).into_owned());
+                    let text = |id| get(id).map(|b| String::from_utf8_lossy(&b).into_owned());
                     match &mut ev.body {
                         Body::Nlm(n) => {
                             n.fh = get(fh)?.to_vec();
@@ -301,7 +303,7 @@ impl Reader {
                         .get(id)
                         .ok_or_else(|| damaged("unknown string id"))?;
                     return Ok(Some(Item::Lost {
-                        kind: String::from_utf8_lossy(kind).into_owned(),
+                        kind: String::from_utf8_lossy(&kind).into_owned(),
                         total,
                     }));
                 }
@@ -309,61 +311,5 @@ impl Reader {
                 _ => self.skipped += 1,
             }
         }
-    }
-}
-
-/// A file's (dev, ino) in three words, hashed as numbers (an array hashes as a byte slice).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct Packed {
-    dev: u32,
-    ino_low: u32,
-    ino_high: u32,
-}
-
-fn packed(dev: u32, ino: u64) -> Packed {
-    Packed {
-        dev,
-        ino_low: ino as u32,
-        ino_high: (ino >> 32) as u32,
-    }
-}
-
-/// The file's string table, by id, in one buffer: a million paths as a million vectors cost
-/// twice their bytes in headers and allocator rounding.
-struct Strings {
-    bytes: Vec<u8>,
-    /// Where each string ends in `bytes`; id 0 is the empty string.
-    ends: Vec<u32>,
-}
-
-impl Default for Strings {
-    fn default() -> Self {
-        Strings {
-            bytes: Vec::new(),
-            ends: vec![0],
-        }
-    }
-}
-
-impl Strings {
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Adds `s`; false if the table would pass 4 GiB (its ends are u32s: 4 bytes a path).
-    fn push(&mut self, s: &[u8]) -> bool {
-        let Ok(end) = u32::try_from(self.bytes.len() + s.len()) else {
-            return false;
-        };
-        self.bytes.extend_from_slice(s);
-        self.ends.push(end);
-        true
-    }
-
-    fn get(&self, id: u32) -> Option<&[u8]> {
-        let id = id as usize;
-        let end = *self.ends.get(id)? as usize;
-        let start = id.checked_sub(1).map_or(0, |i| self.ends[i] as usize);
-        self.bytes.get(start..end)
     }
 }

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     Ctx,
     load::{self, Load},
-    procfs, tracer,
+    procfs, profile, tracer,
 };
 
 /// Ring buffer for these recordings: the largest of section 3, so the traces are complete.
@@ -51,6 +51,8 @@ pub struct Analyzer {
     pub traces: Vec<Trace>,
     pub runs: Vec<Run>,
     pub files: u64,
+    /// Where the one-file analysis spends its time: (percent of samples, function).
+    pub profile: Result<Vec<(f64, String)>, String>,
 }
 
 pub fn run(ctx: &Ctx) -> Result<Analyzer> {
@@ -91,10 +93,16 @@ pub fn run(ctx: &Ctx) -> Result<Analyzer> {
         analyze(ctx, &files_file, 1, 2 * ctx.files)?,
         analyze(ctx, &files_file, 1, 100_000)?,
     ];
+    let profile = profile::hot_functions(
+        &analyze_cmd(ctx, &storm_file, 100_000),
+        &ctx.work.join("analyze.perf"),
+    )
+    .map_err(|e| format!("{e:#}"));
     Ok(Analyzer {
         traces,
         runs,
         files: ctx.files,
+        profile,
     })
 }
 
@@ -126,13 +134,8 @@ fn record(ctx: &Ctx, out: &Path, work: impl FnOnce(&Ctx) -> Result<()>) -> Resul
 
 fn analyze(ctx: &Ctx, file: &Path, trace: usize, max_files: u64) -> Result<Run> {
     let log = ctx.work.join("analyze.err");
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0"])
-        .arg(&ctx.agent)
-        .args(["analyze", "--max-files", &max_files.to_string()])
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(File::create(&log)?);
+    let mut cmd = analyze_cmd(ctx, file, max_files);
+    cmd.stdout(Stdio::null()).stderr(File::create(&log)?);
     let start = Instant::now();
     let child = cmd
         .spawn()
@@ -167,4 +170,14 @@ fn analyze(ctx: &Ctx, file: &Path, trace: usize, max_files: u64) -> Result<Run> 
         maxrss_kib
     );
     Ok(run)
+}
+
+/// `analyze` of `file` on one core.
+fn analyze_cmd(ctx: &Ctx, file: &Path, max_files: u64) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
+        .arg(&ctx.agent)
+        .args(["analyze", "--max-files", &max_files.to_string()])
+        .arg(file);
+    cmd
 }

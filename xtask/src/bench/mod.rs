@@ -14,6 +14,7 @@ mod load;
 mod longrun;
 mod machine;
 mod procfs;
+mod profile;
 mod report;
 mod soak;
 mod storm;

@@ -816,6 +816,22 @@ fn analyzer_section(o: &mut String, a: &Section<Analyzer>) -> Result<()> {
         )?;
     }
     writeln!(o)?;
+    match &a.profile {
+        Ok(hot) => {
+            writeln!(
+                o,
+                "Where analyze spends its time on the one-file trace (`perf record -F 999`, \
+                 self time per function, those with ≥ 2 % of the samples): what stands between \
+                 it and 10 M events/s.\n"
+            )?;
+            table(o, &["share of samples", "function"])?;
+            for (share, f) in hot {
+                writeln!(o, "| {share:.1} % | `{f}` |")?;
+            }
+            writeln!(o)?;
+        }
+        Err(e) => writeln!(o, "No profile of the one-file analysis: {e}.\n")?,
+    }
     Ok(())
 }
 
