@@ -333,9 +333,10 @@ pub struct LiveArgs {
 
 #[derive(Args)]
 pub struct TracingArgs {
-    /// Kernel ring buffer size in KiB (a power of two).
-    #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
-    pub ring_kib: u32,
+    /// Kernel ring buffer size in KiB (a power of two) [default: 4096; record: 16384, which
+    /// rides out the recorder's pauses at millions of events a second].
+    #[arg(long, value_parser = parse_ring_kib)]
+    pub ring_kib: Option<u32>,
     /// Attach PROBE only with METHOD (tp_btf, raw_tp, tracepoint, kprobe, kretprobe), to test
     /// a fallback. Repeatable.
     #[arg(long, value_name = "PROBE=METHOD", value_parser = parse_forced)]
@@ -357,11 +358,20 @@ pub struct TracingArgs {
     pub all_hooks: bool,
 }
 
+/// Ring buffer sizes by default, in KiB: `record` keeps every event of a lock storm.
+pub const RING_KIB: u32 = 4096;
+pub const RECORD_RING_KIB: u32 = 16384;
+
 impl TracingArgs {
     pub fn options(&self) -> crate::probes::Options {
+        self.options_ring(RING_KIB)
+    }
+
+    /// The options, with a ring of `default_kib` unless --ring-kib says otherwise.
+    pub fn options_ring(&self, default_kib: u32) -> crate::probes::Options {
         crate::probes::Options {
             filter: 0,
-            ring_bytes: self.ring_kib * 1024,
+            ring_bytes: self.ring_kib.unwrap_or(default_kib) * 1024,
             forced: self.probe_method.iter().cloned().collect::<HashMap<_, _>>(),
             skipped: self.skip_probe.clone(),
             lean: !self.all_hooks,

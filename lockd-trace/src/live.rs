@@ -211,6 +211,10 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         recording: true,
         duration: args.duration,
         on_write_error: args.on_write_error,
+        tracing: args
+            .sources
+            .tracing
+            .options_ring(crate::cli::RECORD_RING_KIB),
         ..Session::new(filter, Box::new(Null), &args.sources)
     })
     .await

@@ -46,6 +46,7 @@ struct Input {
     /// The last event's file and its path as handed out: the next event is most often on
     /// the same file, and then costs no copy.
     last_path: Option<(FileKey, Option<Rc<str>>)>,
+    scratch: String,
 }
 
 type FileKey = (u32, u64);
@@ -56,10 +57,17 @@ impl Input {
         match &self.last_path {
             Some((key, p)) if *key == (dev, ino) => p.clone(),
             _ => {
-                let p = self.reader.path(dev, ino).map(|p| match &self.host {
-                    Some((name, _)) => Rc::from(format!("{name}:{p}")),
-                    None => Rc::from(&*p),
-                });
+                // Built in a buffer kept for it: one allocation per file, the Rc's.
+                let buf = &mut self.scratch;
+                buf.clear();
+                if let Some((name, _)) = &self.host {
+                    buf.push_str(name);
+                    buf.push(':');
+                }
+                let p = self
+                    .reader
+                    .path_into(dev, ino, buf)
+                    .then(|| Rc::from(buf.as_str()));
                 self.last_path = Some(((dev, ino), p.clone()));
                 p
             }
@@ -137,6 +145,7 @@ impl Merged {
                 boot: 0,
                 devs: HashMap::new(),
                 last_path: None,
+                scratch: String::new(),
             });
         }
         let clock = inputs[0].reader.header.clock();

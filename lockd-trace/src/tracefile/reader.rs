@@ -3,7 +3,6 @@
 //! record are both reported with their offset; everything before them is usable.
 
 use std::{
-    borrow::Cow,
     fmt,
     fs::File,
     io::{self, Read},
@@ -131,12 +130,17 @@ impl Reader {
     }
 
     /// The path recorded for a file, if any.
-    pub fn path(&self, dev: u32, ino: u64) -> Option<Cow<'_, str>> {
-        let id = self.paths.get((dev, ino))?;
-        match self.strings.get(id)? {
-            Cow::Borrowed(b) => std::str::from_utf8(b).ok().map(Cow::Borrowed),
-            Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
-        }
+    #[cfg(test)]
+    pub fn path(&self, dev: u32, ino: u64) -> Option<String> {
+        let mut p = String::new();
+        self.path_into(dev, ino, &mut p).then_some(p)
+    }
+
+    /// Appends the path recorded for a file to `out`; false if there is none.
+    pub fn path_into(&self, dev: u32, ino: u64, out: &mut String) -> bool {
+        self.paths
+            .get((dev, ino))
+            .is_some_and(|id| self.strings.append_str(id, out))
     }
 
     /// Makes `want` bytes from `pos` on available in the window, or as many as the file has

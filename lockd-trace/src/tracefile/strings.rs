@@ -72,15 +72,38 @@ impl Strings {
         (id + 1, leaf)
     }
 
-    pub(super) fn get(&self, id: u32) -> Option<Cow<'_, [u8]>> {
+    /// (its directory, if kept apart; the rest).
+    fn parts(&self, id: u32) -> Option<(&[u8], &[u8])> {
         let id = id as usize;
         let end = *self.ends.get(id)? as usize;
         let start = id.checked_sub(1).map_or(0, |i| self.ends[i] as usize);
         let rest = self.bytes.get(start..end)?;
         Some(match self.dir[id] {
-            0 => Cow::Borrowed(rest),
-            d => Cow::Owned([&self.dirs[d as usize - 1][..], rest].concat()),
+            0 => (&[][..], rest),
+            d => (&self.dirs[d as usize - 1][..], rest),
         })
+    }
+
+    pub(super) fn get(&self, id: u32) -> Option<Cow<'_, [u8]>> {
+        Some(match self.parts(id)? {
+            ([], rest) => Cow::Borrowed(rest),
+            (dir, rest) => Cow::Owned([dir, rest].concat()),
+        })
+    }
+
+    /// Appends string `id` to `out` if it is UTF-8 (a path, without a copy in between).
+    pub(super) fn append_str(&self, id: u32, out: &mut String) -> bool {
+        let Some((dir, rest)) = self.parts(id) else {
+            return false;
+        };
+        match (std::str::from_utf8(dir), std::str::from_utf8(rest)) {
+            (Ok(dir), Ok(rest)) => {
+                out.push_str(dir);
+                out.push_str(rest);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
