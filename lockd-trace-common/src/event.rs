@@ -106,12 +106,16 @@ pub struct VfsLockEvent {
     /// Kernel address of the request's struct file_lock, to tie a wait to its end.
     pub fl: u64,
     pub lock: LockInfo,
-    /// For a refused or deferred request: the granted lock in the way.
-    pub blocker: LockInfo,
-    /// 1 when `blocker` is filled in.
+    /// 1 when `blocker` is filled in; a record without one may end before it
+    /// ([`VFS_LOCK_NO_BLOCKER`] bytes): nearly every record, and 40 bytes less of ring.
     pub has_blocker: u32,
     pub _pad: u32,
+    /// For a refused or deferred request: the granted lock in the way.
+    pub blocker: LockInfo,
 }
+
+/// The bytes of a [`VfsLockEvent`] sent without its blocker.
+pub const VFS_LOCK_NO_BLOCKER: usize = core::mem::offset_of!(VfsLockEvent, blocker);
 
 /// struct flock as x86_64 user space lays it out.
 #[repr(C)]

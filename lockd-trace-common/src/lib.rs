@@ -14,7 +14,7 @@ pub use event::*;
 pub use offsets::{NlmOffsets, Offsets, nlm_group};
 
 /// Version of the record layouts below; written into trace files.
-pub const CONTRACT_VERSION: u32 = 7;
+pub const CONTRACT_VERSION: u32 = 8;
 
 /// The ring buffer's size in the eBPF object; the agent may resize it (--ring-kib) before load.
 pub const RING_BYTES: u32 = 1 << 22;

@@ -8,6 +8,8 @@ use aya_ebpf::{
 };
 use lockd_trace_common::{Header, RING_BYTES, counter};
 
+use crate::kread::Mem;
+
 /// Resized by the agent at load time (`--ring-kib`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -37,12 +39,6 @@ pub fn count(index: u32) {
 
 #[inline(always)]
 pub fn header(kind: u16, hook: u16) -> Header {
-    header_with(kind, hook, bpf_get_current_comm().unwrap_or_default())
-}
-
-/// A header with the command name the caller read (kread::Mem::comm).
-#[inline(always)]
-pub fn header_with(kind: u16, hook: u16, comm: [u8; 16]) -> Header {
     let pid_tgid = bpf_get_current_pid_tgid();
     Header {
         kind,
@@ -52,7 +48,23 @@ pub fn header_with(kind: u16, hook: u16, comm: [u8; 16]) -> Header {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
-        comm,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    }
+}
+
+/// Fills in the header of a record being written in place (no stack copy to move).
+#[inline(always)]
+pub fn write_header<M: Mem>(h: *mut Header, kind: u16, hook: u16, ts_ns: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: `h` points at a whole Header the caller is filling in.
+    unsafe {
+        (*h).kind = kind;
+        (*h).hook = hook;
+        (*h)._pad = 0;
+        (*h).ts_ns = ts_ns;
+        (*h).pid = pid_tgid as u32;
+        (*h).tgid = (pid_tgid >> 32) as u32;
+        M::write_comm(&raw mut (*h).comm);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reading kernel structs at offsets the agent resolved from the running kernel's BTF.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_task_btf, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_comm, bpf_get_current_task_btf, bpf_probe_read_kernel, generated},
     macros::map,
     maps::Array,
 };
@@ -72,6 +72,13 @@ pub trait Mem {
     fn comm() -> [u8; 16] {
         bpf_get_current_comm().unwrap_or_default()
     }
+
+    /// The current task's command name written to `dst` (a record being filled in place).
+    #[inline(always)]
+    fn write_comm(dst: *mut [u8; 16]) {
+        // SAFETY: the helper writes at most 16 bytes, NUL-padded, into `dst`.
+        unsafe { generated::bpf_get_current_comm(dst.cast(), 16) };
+    }
 }
 
 pub struct Probe;
@@ -100,19 +107,28 @@ impl Mem for Btf {
     /// (5.11+; on 5.10 the verifier never walks this branch: task_btf is a frozen 0).
     #[inline(always)]
     fn comm() -> [u8; 16] {
+        let mut comm = [0; 16];
+        Self::write_comm(&mut comm);
+        comm
+    }
+
+    /// Two 8-byte loads and stores: a [u8; 16] copy is compiled into sixteen of each.
+    #[inline(always)]
+    fn write_comm(dst: *mut [u8; 16]) {
         let o = offsets();
+        let dst = dst.cast::<u64>();
         if o.task_btf == 0 {
-            return bpf_get_current_comm().unwrap_or_default();
+            // SAFETY: the helper writes at most 16 bytes, NUL-padded, into `dst`.
+            unsafe { generated::bpf_get_current_comm(dst.cast(), 16) };
+            return;
         }
         // SAFETY: plain helper call; the result is a BTF-typed task pointer.
         let task = unsafe { bpf_get_current_task_btf() } as u64;
-        // Two 8-byte loads: a [u8; 16] read is compiled into sixteen byte loads.
-        let head: u64 = Btf::read(task, o.task_comm);
-        let tail: u64 = Btf::read(task, o.task_comm + 8);
-        let mut comm = [0; 16];
-        comm[..8].copy_from_slice(&head.to_ne_bytes());
-        comm[8..].copy_from_slice(&tail.to_ne_bytes());
-        comm
+        // SAFETY: `dst` is 16 writable bytes, 8-aligned (comm sits at offset 24 of Header).
+        unsafe {
+            dst.write(Btf::read(task, o.task_comm));
+            dst.add(1).write(Btf::read(task, o.task_comm + 8));
+        }
     }
 }
 

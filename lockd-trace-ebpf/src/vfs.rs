@@ -1,14 +1,21 @@
 //! The local VFS lock layer: one record per lock request that reached an inode's lock list.
 
-use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::LruHashMap,
+};
 use lockd_trace_common::{
-    LockInfo, Offsets, VfsLockEvent, counter, filter, hook,
+    LockInfo, Offsets, VFS_LOCK_NO_BLOCKER, VfsLockEvent, counter, filter, hook,
     kernel::{EAGAIN, EDEADLK, F_UNLCK, F_WRLCK, FILE_LOCK_DEFERRED, FL_SLEEP, MAX_WALK},
     kind,
 };
 
 use crate::{
-    emit::{EVENTS, count, count_lost, header, header_with, send, submit_flags},
+    emit::{EVENTS, count, count_lost, header, send, submit_flags, write_header},
     exits,
     kread::{Mem, Probe, filter_bits, inode_id, lock_info, offsets, on_nfs, read},
     names,
@@ -42,36 +49,95 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
     let (dev, ino) = inode_id::<M>(inode, o);
     names::name_once(fl, dev, ino, o);
     let lock = lock_info::<M>(fl, o);
-    let mut ev = VfsLockEvent {
-        hdr: header_with(kind::VFS_LOCK, hook_id, M::comm()),
-        dev,
-        ret,
-        ino,
-        fl,
-        lock,
-        ..Default::default()
-    };
+    // A flag and a zeroed lock, not an Option: LLVM copies an Option's undefined payload
+    // from registers the verifier then finds never written.
+    let (mut has_blocker, mut blocker) = (0, LockInfo::default());
     if ret == FILE_LOCK_DEFERRED || ret == -EAGAIN || ret == -EDEADLK {
         match find_blocker(ctx, inode, &lock, hook_id == hook::FLOCK_LOCK_INODE, o) {
-            Some(b) => {
-                ev.blocker = b;
-                ev.has_blocker = 1;
-            }
+            Some(b) => (has_blocker, blocker) = (1, b),
             None => count(counter::BLOCKER_NOT_FOUND),
         }
     }
+    let req = Request {
+        hook_id,
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        dev,
+        ino,
+        fl,
+        ret,
+        lock,
+        blocker,
+        has_blocker,
+    };
     if ret == 0 && lock.lock_type != F_UNLCK {
-        exits::took_lock(ev.hdr.ts_ns);
+        exits::took_lock(req.ts_ns);
     }
-    // lockd and nfsd do not wait in the kernel: they are called back when the lock is free,
-    // and retry it then, with no waiting thread whose end is to be told.
-    if ret == FILE_LOCK_DEFERRED && !nfs_server(&ev.hdr.comm) {
-        let tid = bpf_get_current_pid_tgid() as u32;
-        let _ = WAITING.insert(&tid, &ev, 0);
+    if ret == FILE_LOCK_DEFERRED {
+        // Kept for the wait's end as well: built on the stack, where a map update can take
+        // it from (before 5.19 the verifier refuses ring memory as a map value).
+        let mut ev = MaybeUninit::<VfsLockEvent>::uninit();
+        fill::<M, true>(ev.as_mut_ptr(), &req);
+        // SAFETY: fill wrote every field, padding included.
+        let ev = unsafe { ev.assume_init_ref() };
+        // lockd and nfsd do not wait in the kernel: they are called back when the lock is
+        // free, and retry it then, with no waiting thread whose end is to be told.
+        if !nfs_server(&ev.hdr.comm) {
+            let tid = bpf_get_current_pid_tgid() as u32;
+            let _ = WAITING.insert(&tid, ev, 0);
+        }
+        send(kind::VFS_LOCK, ev);
+    } else if has_blocker != 0 {
+        // Written where it will be read: no stack copy.
+        match EVENTS.reserve::<VfsLockEvent>(0) {
+            Some(mut entry) => {
+                fill::<M, true>(entry.as_mut_ptr(), &req);
+                entry.submit(submit_flags::<VfsLockEvent>());
+            }
+            None => count_lost(kind::VFS_LOCK),
+        }
+    } else if let Some(mut entry) = EVENTS.reserve_bytes(VFS_LOCK_NO_BLOCKER, 0) {
+        // Nearly every record: cut before the blocker.
+        fill::<M, false>(entry.as_mut_ptr().cast(), &req);
+        entry.submit(submit_flags::<[u8; VFS_LOCK_NO_BLOCKER]>());
+    } else {
+        count_lost(kind::VFS_LOCK);
     }
-    send(kind::VFS_LOCK, &ev);
     if wait_ended {
         retried_wait_end(fl, ret, hook_id);
+    }
+}
+
+/// What lock_result reports of one request.
+struct Request {
+    hook_id: u16,
+    ts_ns: u64,
+    dev: u32,
+    ino: u64,
+    fl: u64,
+    ret: i32,
+    lock: LockInfo,
+    blocker: LockInfo,
+    has_blocker: u32,
+}
+
+/// Writes every byte of the record for `req` at `p`, field by field; the blocker only WHOLE
+/// (`p` then a whole VfsLockEvent, else VFS_LOCK_NO_BLOCKER bytes).
+#[inline(always)]
+fn fill<M: Mem, const WHOLE: bool>(p: *mut VfsLockEvent, req: &Request) {
+    // SAFETY: `p` is a ring reservation or stack slot of the size above, being filled in.
+    unsafe {
+        write_header::<M>(&raw mut (*p).hdr, kind::VFS_LOCK, req.hook_id, req.ts_ns);
+        (*p).dev = req.dev;
+        (*p).ret = req.ret;
+        (*p).ino = req.ino;
+        (*p).fl = req.fl;
+        (*p).lock = req.lock;
+        (*p).has_blocker = req.has_blocker;
+        (*p)._pad = 0;
+        if WHOLE {
+            (*p).blocker = req.blocker;
+        }
     }
 }
 

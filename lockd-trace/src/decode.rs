@@ -3,12 +3,12 @@
 //! an error, never undefined behaviour. File-name records stop here: they teach [`Paths`],
 //! which names the files of the events after them.
 
-use std::{fmt, net::IpAddr};
+use std::{fmt, mem::offset_of, net::IpAddr};
 
 use bytes::Buf;
 use lockd_trace_common::{
     FileNameEvent, GetlkEvent, Header, LockInfo, NAME_DEPTH, NAME_LEN, NO_STATUS, NlmEvent,
-    UserFlock, VfsLockEvent,
+    UserFlock, VFS_LOCK_NO_BLOCKER, VfsLockEvent,
     kernel::{AF_INET, AF_INET6},
     kind,
 };
@@ -83,7 +83,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     }
     let kind = u16::from_le_bytes([buf[0], buf[1]]);
     let need = match kind {
-        kind::VFS_LOCK | kind::WAIT_END => size_of::<VfsLockEvent>(),
+        kind::VFS_LOCK | kind::WAIT_END if has_blocker(buf) => size_of::<VfsLockEvent>(),
+        kind::VFS_LOCK | kind::WAIT_END => VFS_LOCK_NO_BLOCKER,
         kind::GETLK => size_of::<GetlkEvent>(),
         kind::NLM => size_of::<NlmEvent>(),
         kind::FILE_NAME => size_of::<FileNameEvent>(),
@@ -115,6 +116,12 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         comm: comm(&hdr.comm),
         body,
     }))
+}
+
+/// A lock record's has_blocker flag (false when the record is too short to hold it).
+fn has_blocker(buf: &[u8]) -> bool {
+    let at = offset_of!(VfsLockEvent, has_blocker);
+    buf.get(at..at + 4).is_some_and(|f| f != [0; 4])
 }
 
 fn header(b: &mut &[u8]) -> Header {
@@ -160,8 +167,8 @@ fn lock_record(hook: u16, b: &mut &[u8]) -> LockRecord {
     let ino = b.get_u64_le();
     let fl = b.get_u64_le();
     let l = lock_info(b);
-    let blocker = lock_info(b);
     let has_blocker = b.get_u32_le();
+    b.advance(4);
     LockRecord {
         hook,
         dev,
@@ -169,7 +176,7 @@ fn lock_record(hook: u16, b: &mut &[u8]) -> LockRecord {
         fl,
         lock: lock(l),
         ret,
-        blocker: (has_blocker != 0).then(|| lock(blocker)),
+        blocker: (has_blocker != 0).then(|| lock(lock_info(b))),
     }
 }
 
@@ -376,21 +383,22 @@ mod tests {
     }
 
     #[test]
-    fn no_blocker_flag_means_none() {
-        let raw = VfsLockEvent {
+    fn no_blocker_flag_means_none_whole_or_cut_short() {
+        let raw = bytes_of(&VfsLockEvent {
             hdr: hdr(kind::WAIT_END, hook::SYS_FCNTL),
             ret: -4,
             ..Default::default()
-        };
-        let ev = event(&bytes_of(&raw));
-        assert!(matches!(
-            ev.body,
-            Body::WaitEnd(LockRecord {
-                blocker: None,
-                ret: -4,
-                ..
-            })
-        ));
+        });
+        for bytes in [&raw[..], &raw[..VFS_LOCK_NO_BLOCKER]] {
+            assert!(matches!(
+                event(bytes).body,
+                Body::WaitEnd(LockRecord {
+                    blocker: None,
+                    ret: -4,
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]
@@ -507,8 +515,22 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(
-            decode(&raw[..raw.len() - 1]),
+            decode(&raw[..VFS_LOCK_NO_BLOCKER - 1]),
             Err(DecodeError::Short { kind: 1, .. })
+        ));
+        // A record that says it has a blocker must hold it.
+        let flagged = bytes_of(&VfsLockEvent {
+            hdr: hdr(kind::VFS_LOCK, 1),
+            has_blocker: 1,
+            ..Default::default()
+        });
+        assert!(matches!(
+            decode(&flagged[..flagged.len() - 1]),
+            Err(DecodeError::Short {
+                kind: 1,
+                need: 152,
+                ..
+            })
         ));
         assert!(matches!(decode(&raw[..3]), Err(DecodeError::Short { .. })));
         let mut unknown = raw.clone();

@@ -151,7 +151,7 @@ pub struct FileName {
     pub complete: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Body {
     Lock(LockRecord),
     WaitEnd(LockRecord),
@@ -159,11 +159,12 @@ pub enum Body {
     // Boxed: the largest record by far, and the rarest; the others move at half the size.
     Nlm(Box<NlmRecord>),
     /// A process that had taken a lock exited (pid, comm and time are the event's).
+    #[default]
     Exit,
     Statd(StatdRecord),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,

@@ -95,6 +95,14 @@ impl FileHistory {
         }
     }
 
+    fn push_step(&mut self, ev: &Event, max: usize) {
+        if self.steps.len() >= max {
+            self.steps.pop_front();
+            self.steps_dropped += 1;
+        }
+        self.steps.push_back(ev.clone());
+    }
+
     /// The path as a finding carries it.
     pub fn path_owned(&self) -> Option<String> {
         self.path.as_deref().map(String::from)
@@ -290,11 +298,7 @@ impl Histories {
         if f.local.held.capacity() == 0 {
             std::mem::swap(&mut f.local.held, &mut spare_held);
         }
-        if f.steps.len() >= max {
-            f.steps.pop_front();
-            f.steps_dropped += 1;
-        }
-        f.steps.push_back(ev.clone());
+        f.push_step(ev, max);
         self.spare_held = spare_held;
         self.spare_steps = spare;
     }
@@ -385,7 +389,18 @@ impl Histories {
             svid: None,
             host: None,
         };
-        self.record(key, path, ev);
+        // An unlock that leaves the file idle has its step dropped at once (observe): it is
+        // counted, not copied in and out (half of a lock storm's events).
+        let unlock = r.ret == 0
+            && lock_type == F_UNLCK
+            && r.hook != hook::PROC_LOCKS
+            && r.lock.flags & FL_ACCESS == 0
+            && !self.limits.keep_idle_steps;
+        if unlock {
+            self.touch(key, path);
+        } else {
+            self.record(key, path, ev);
+        }
         if r.lock.flags & FL_ACCESS != 0 {
             return;
         }
@@ -405,6 +420,13 @@ impl Histories {
                 let f = self.files.get_mut(&key).expect("just recorded");
                 f.local.apply(&holder, lock_type, start, end, ev.ts_ns);
                 server::tag_lockd_locks(&self.server, f);
+                if unlock {
+                    if f.local.is_empty() && f.nlm.is_empty() {
+                        f.steps_dropped += 1;
+                    } else {
+                        f.push_step(ev, self.limits.max_steps);
+                    }
+                }
             }
             ret if ret < 0
                 && let Some(b) = &r.blocker =>

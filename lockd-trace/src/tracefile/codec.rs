@@ -178,6 +178,13 @@ pub type DecResult<T> = Result<T, &'static str>;
 
 impl Dec<'_> {
     pub fn u(&mut self) -> DecResult<u64> {
+        // Most fields fit in one byte (hooks, types, flags, pids' deltas, lengths).
+        if let [b, rest @ ..] = self.b
+            && *b < 0x80
+        {
+            self.b = rest;
+            return Ok(u64::from(*b));
+        }
         let (v, n) = get_varint(self.b).ok_or("truncated number")?;
         self.b = &self.b[n..];
         Ok(v)
@@ -247,33 +254,23 @@ impl Dec<'_> {
         })
     }
 
-    /// An event of `kind`; strings come back as ids for the reader to resolve:
-    /// (event with empty comm/host/fh, comm id, fh id, host id).
-    pub fn event(&mut self, kind: u8) -> DecResult<(Event, u32, u32, u32)> {
-        let ts_ns = self.ts()?;
-        let tid = self.u32()?;
-        let pid = u32::try_from(i64::from(tid) - self.i()?).map_err(|_| "bad pid")?;
+    /// An event of `kind` decoded into `ev` (a lock record into the one there, if any: a
+    /// storm's events are all lock records, and each moved in whole showed in the profile).
+    /// Strings come back as ids for the reader to resolve: (comm id, fh id, host id); `ev`'s
+    /// own comm, host and fh are left as they were.
+    pub fn event_into(&mut self, kind: u8, ev: &mut Event) -> DecResult<(u32, u32, u32)> {
+        ev.ts_ns = self.ts()?;
+        ev.tid = self.u32()?;
+        ev.pid = u32::try_from(i64::from(ev.tid) - self.i()?).map_err(|_| "bad pid")?;
         let comm = self.u32()?;
         let (mut fh, mut host) = (0, 0);
+        let ts_ns = ev.ts_ns;
         let body = match kind {
             rec::LOCK | rec::WAIT_END => {
-                let hook = u16::try_from(self.u()?).map_err(|_| "bad hook")?;
-                let r = LockRecord {
-                    hook,
-                    dev: self.u32()?,
-                    ino: self.u()?,
-                    fl: self.ptr()?,
-                    ret: self.i32()?,
-                    lock: self.lock()?,
-                    blocker: self.opt_lock()?,
-                };
-                if kind == rec::LOCK {
-                    Body::Lock(r)
-                } else {
-                    Body::WaitEnd(r)
-                }
+                self.lock_record(kind == rec::WAIT_END, &mut ev.body)?;
+                None
             }
-            rec::GETLK => Body::Getlk(GetlkRecord {
+            rec::GETLK => Some(Body::Getlk(GetlkRecord {
                 dev: self.u32()?,
                 ino: self.u()?,
                 fd: self.u32()?,
@@ -281,18 +278,18 @@ impl Dec<'_> {
                 ret: self.i32()?,
                 request: self.flock()?,
                 answer: self.flock()?,
-            }),
-            rec::EXIT => Body::Exit,
+            })),
+            rec::EXIT => Some(Body::Exit),
             rec::STATD => {
                 let change = StatdChange::from_u64(self.u()?).ok_or("bad statd change")?;
                 fh = self.u32()?;
                 host = self.u32()?;
-                Body::Statd(StatdRecord {
+                Some(Body::Statd(StatdRecord {
                     change,
                     list: String::new(),
                     host: String::new(),
                     since_ns: ts_ns.wrapping_add(self.i()? as u64),
-                })
+                }))
             }
             _ => {
                 let op = u16::try_from(self.u()?).map_err(|_| "bad op")?;
@@ -323,24 +320,51 @@ impl Dec<'_> {
                         <[u8; 16]>::try_from(v).map_err(|_| "bad address length")?,
                     )),
                 };
-                Body::Nlm(Box::new(NlmRecord { addr, ..n }))
+                Some(Body::Nlm(Box::new(NlmRecord { addr, ..n })))
             }
         };
+        if let Some(body) = body {
+            ev.body = body;
+        }
         if !self.b.is_empty() {
             return Err("trailing bytes");
         }
-        Ok((
-            Event {
-                ts_ns,
-                tid,
-                pid,
-                comm: Default::default(),
-                body,
-            },
-            comm,
-            fh,
-            host,
-        ))
+        Ok((comm, fh, host))
+    }
+
+    /// A lock record (or a wait's end) into `body`, in place when it holds one.
+    fn lock_record(&mut self, wait_end: bool, body: &mut Body) -> DecResult<()> {
+        match body {
+            Body::Lock(_) if !wait_end => {}
+            Body::WaitEnd(_) if wait_end => {}
+            Body::Lock(r) | Body::WaitEnd(r) => {
+                let r = std::mem::take(r);
+                *body = if wait_end {
+                    Body::WaitEnd(r)
+                } else {
+                    Body::Lock(r)
+                };
+            }
+            _ => {
+                let r = LockRecord::default();
+                *body = if wait_end {
+                    Body::WaitEnd(r)
+                } else {
+                    Body::Lock(r)
+                };
+            }
+        }
+        let (Body::Lock(r) | Body::WaitEnd(r)) = body else {
+            return Err("not a lock record");
+        };
+        r.hook = u16::try_from(self.u()?).map_err(|_| "bad hook")?;
+        r.dev = self.u32()?;
+        r.ino = self.u()?;
+        r.fl = self.ptr()?;
+        r.ret = self.i32()?;
+        r.lock = self.lock()?;
+        r.blocker = self.opt_lock()?;
+        Ok(())
     }
 }
 

@@ -192,8 +192,8 @@ impl Merged {
 
     fn fill(&mut self, i: usize) {
         let input = &mut self.inputs[i];
-        match input.reader.read() {
-            Ok(next) => input.next = next,
+        match input.reader.read_into(&mut input.next) {
+            Ok(()) => {}
             Err(d) => {
                 self.damage.push((input.path.clone(), d));
                 input.next = None;

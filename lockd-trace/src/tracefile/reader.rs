@@ -231,10 +231,19 @@ impl Reader {
     }
 
     pub fn read(&mut self) -> Result<Option<Item>, Damage> {
+        let mut slot = None;
+        self.read_into(&mut slot)?;
+        Ok(slot)
+    }
+
+    /// The next item into `slot` (None at the end); an event is decoded into the one the
+    /// slot holds, without moving a whole new one in. On damage the slot's content is void.
+    pub fn read_into(&mut self, slot: &mut Option<Item>) -> Result<(), Damage> {
         loop {
             let at = self.base + self.pos as u64;
             let Some((kind, (s, e))) = self.frame()? else {
-                return Ok(None);
+                *slot = None;
+                return Ok(());
             };
             let damaged = |what: &str| Damage {
                 offset: at,
@@ -266,7 +275,13 @@ impl Reader {
                     self.paths.insert((dev, ino), id);
                 }
                 rec::LOCK | rec::WAIT_END | rec::GETLK | rec::NLM | rec::EXIT | rec::STATD => {
-                    let (mut ev, comm, fh, host) = d.event(kind).map_err(damaged)?;
+                    if !matches!(slot, Some(Item::Event(_))) {
+                        *slot = Some(Item::Event(Event::default()));
+                    }
+                    let Some(Item::Event(ev)) = slot else {
+                        return Err(damaged("no event to decode into"));
+                    };
+                    let (comm, fh, host) = d.event_into(kind, ev).map_err(damaged)?;
                     let get = |id: u32| {
                         self.strings
                             .get(id)
@@ -292,12 +307,13 @@ impl Reader {
                         }
                         _ => {}
                     }
-                    return Ok(Some(Item::Event(ev)));
+                    return Ok(());
                 }
                 rec::KERNEL => {
                     let ts_ns = d.ts().map_err(damaged)?;
                     let text = String::from_utf8_lossy(d.bytes().map_err(damaged)?).into_owned();
-                    return Ok(Some(Item::Kernel(KernelLine { ts_ns, text })));
+                    *slot = Some(Item::Kernel(KernelLine { ts_ns, text }));
+                    return Ok(());
                 }
                 rec::LOST => {
                     let id = d.u32().map_err(damaged)?;
@@ -306,10 +322,11 @@ impl Reader {
                         .strings
                         .get(id)
                         .ok_or_else(|| damaged("unknown string id"))?;
-                    return Ok(Some(Item::Lost {
+                    *slot = Some(Item::Lost {
                         kind: String::from_utf8_lossy(&kind).into_owned(),
                         total,
-                    }));
+                    });
+                    return Ok(());
                 }
                 rec::HEADER => return Err(damaged("a second header record")),
                 _ => self.skipped += 1,

@@ -9,7 +9,6 @@
 //! path when the file was deleted), beginning with a record of how many events are missing.
 
 use std::{
-    collections::HashMap,
     fs::{self, File, OpenOptions},
     io,
     os::{
@@ -18,6 +17,8 @@ use std::{
     },
     path::{Path, PathBuf},
 };
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use super::{
     FORMAT_VERSION, Header, MAGIC,
@@ -61,6 +62,7 @@ pub struct Writer {
     batch: Vec<u8>,
     /// Bytes of the file written: where the next batch goes.
     written: u64,
+    /// Looked up twice per event (path, command name): foldhash, not SipHash.
     strings: HashMap<Vec<u8>, u32>,
     /// Each file's path string, and whether it was cut at the top.
     paths: HashMap<(u32, u64), (u32, bool)>,

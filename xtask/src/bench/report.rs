@@ -263,12 +263,16 @@ fn targets(o: &mut String, s: &Sections) -> Result<()> {
     Ok(())
 }
 
-fn monitor_kept(st: &Storm) -> Verdict {
-    let l = st
-        .workloads
+/// The share of lockstorm's throughput lost under `config` (section 1's first workload).
+fn lockstorm_loss(st: &Storm, config: &str) -> Result<f64, String> {
+    st.workloads
         .first()
-        .and_then(|w| w.loss("monitor"))
-        .ok_or("no successful lockstorm round")?;
+        .and_then(|w| w.loss(config))
+        .ok_or_else(|| format!("no successful lockstorm round with {config}"))
+}
+
+fn monitor_kept(st: &Storm) -> Verdict {
+    let l = lockstorm_loss(st, "monitor")?;
     let others: Vec<String> = st.workloads[1..]
         .iter()
         .filter_map(|w| Some(format!("{} {:.3}", w.load.name(), 1.0 - w.loss("monitor")?)))
@@ -284,11 +288,7 @@ fn monitor_kept(st: &Storm) -> Verdict {
 }
 
 fn record_kept(st: &Storm) -> Verdict {
-    let l = st
-        .workloads
-        .first()
-        .and_then(|w| w.loss("record"))
-        .ok_or("no successful lockstorm round with record")?;
+    let l = lockstorm_loss(st, "record")?;
     let (lost, of) = losses(st, "record");
     Ok((
         format!(
