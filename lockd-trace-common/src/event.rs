@@ -33,6 +33,10 @@ pub mod hook {
     /// __locks_wake_up_blocks: a wait recorded at INSERT_BLOCK ended, `ret` 0: the lock in
     /// its way went or changed, and the request is retried (queued again if still in the way).
     pub const WAKE_UP_BLOCKS: u16 = 7;
+    /// nfs_lock / nfs_flock returned (the NFS-only monitor): an NFS client lock request's
+    /// result as the process gets it, for those lockd does not carry (NFSv4, a local_lock
+    /// mount); NFSv3's through lockd are the NLM probes' to tell.
+    pub const NFS_LOCK: u16 = 8;
 }
 
 /// Indexes of the per-CPU counters in the `COUNTERS` map.

@@ -13,6 +13,7 @@ mod emit;
 mod exits;
 mod kread;
 mod names;
+mod nfs;
 mod nlm;
 mod sys;
 mod vfs;
@@ -134,6 +135,34 @@ pub fn locks_insert_block(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn locks_wake_up_blocks(ctx: ProbeContext) -> u32 {
     contention::woken(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+// --- NFS client: nfs.ko's lock entry points (the NFS-only monitor), kprobes (see nfs.rs) ---
+
+// nfs_lock(file, cmd, file_lock): fcntl locks (and close's unlock) on NFS files.
+#[kprobe]
+pub fn nfs_lock_entry(ctx: ProbeContext) -> u32 {
+    nfs::enter(&ctx);
+    0
+}
+
+#[kretprobe]
+pub fn nfs_lock_return(ctx: RetProbeContext) -> u32 {
+    nfs::exit(&ctx);
+    0
+}
+
+// nfs_flock(file, cmd, file_lock): flock(2) on NFS files.
+#[kprobe]
+pub fn nfs_flock_entry(ctx: ProbeContext) -> u32 {
+    nfs::enter(&ctx);
+    0
+}
+
+#[kretprobe]
+pub fn nfs_flock_return(ctx: RetProbeContext) -> u32 {
+    nfs::exit(&ctx);
     0
 }
 

@@ -215,6 +215,7 @@ fn ready(op: u16) -> Option<(&'static Offsets, NlmOffsets)> {
 /// nlmclnt_proc(host, cmd, fl, data) entry.
 #[inline(always)]
 pub fn clnt_proc_enter(ctx: &ProbeContext, op: u16) {
+    crate::nfs::through_lockd();
     let Some((o, n)) = ready(op) else { return };
     save(ctx, op);
     let _ = IN_PROC.insert(&tid(), &0, 0);

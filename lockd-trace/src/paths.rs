@@ -5,6 +5,7 @@ use std::{
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use foldhash::{HashMap, HashMapExt as _};
@@ -19,16 +20,17 @@ const GENERATION: usize = 32_768;
 pub struct Paths {
     known: HashMap<(u32, u64), String>,
     old: HashMap<(u32, u64), String>,
-    /// Kernel dev_t → mount point, read from /proc/self/mountinfo when first needed.
+    /// Kernel dev_t → mount point, read from /proc/self/mountinfo when first needed, and
+    /// again for a device it lacks (mounted since), at most once a second.
     mounts: Option<HashMap<u32, String>>,
+    mounts_read: Option<Instant>,
 }
 
 impl Paths {
     /// Learns a path from the kernel's FILE_NAME record: the mount point of `dev` joined
     /// with the dentry chain (leaf first, up to the filesystem root).
     pub fn learn(&mut self, f: &crate::event::FileName) {
-        let mounts = self.mounts.get_or_insert_with(read_mounts);
-        let mut path = mounts.get(&f.dev).cloned().unwrap_or_default();
+        let mut path = self.mount_point(f.dev);
         if !f.complete {
             path.push_str("/...");
         }
@@ -37,6 +39,24 @@ impl Paths {
             path.push_str(c);
         }
         self.remember((f.dev, f.ino), printable(&path));
+    }
+
+    /// Where filesystem `dev` is mounted ("" for the root, or when it is nowhere to be seen).
+    fn mount_point(&mut self, dev: u32) -> String {
+        let known =
+            |m: &Option<HashMap<u32, String>>| m.as_ref().and_then(|m| m.get(&dev).cloned());
+        if let Some(p) = known(&self.mounts) {
+            return p;
+        }
+        // A device mounted in no namespace of ours would otherwise cost a read per name.
+        if self
+            .mounts_read
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.mounts = Some(read_mounts());
+            self.mounts_read = Some(Instant::now());
+        }
+        known(&self.mounts).unwrap_or_default()
     }
 
     fn remember(&mut self, key: (u32, u64), path: String) -> &str {
@@ -166,6 +186,23 @@ mod tests {
         assert_eq!(p.resolve(45, 9, 0), Some("/mnt/nfs/dir/r"));
         p.learn(&f(false, &["r", "dir"]));
         assert_eq!(p.resolve(45, 9, 0), Some("/mnt/nfs/.../dir/r"));
+    }
+
+    #[test]
+    fn a_filesystem_mounted_since_the_last_read_is_looked_up_again() {
+        let dev = fs::metadata("/proc").unwrap().dev();
+        let kdev = (libc::major(dev) << 20) | libc::minor(dev);
+        let mut p = Paths {
+            mounts: Some(HashMap::new()),
+            ..Default::default()
+        };
+        p.learn(&crate::event::FileName {
+            dev: kdev,
+            ino: 1,
+            components: vec!["self".into(), "/".into()],
+            complete: true,
+        });
+        assert_eq!(p.resolve(kdev, 1, 0), Some("/proc/self"));
     }
 
     #[test]

@@ -1304,3 +1304,41 @@ fn a_grant_traced_after_its_request_ended_still_counts() {
         "the server holds p's lock for svid 5"
     );
 }
+
+#[test]
+fn nfs_lock_results_keep_the_local_table_of_nfsv4_files() {
+    // The NFS-only monitor's view of an NFSv4 file: nfs_lock's results, no VFS hook.
+    let mut t = Trace::new();
+    let nfs = |t: &mut Trace, pid: u32, lock: Lock, ret: i32| {
+        let r = LockRecord {
+            hook: hook::NFS_LOCK,
+            dev: CLIENT.0,
+            ino: CLIENT.1,
+            fl: 0xf1,
+            lock,
+            ret,
+            blocker: None,
+        };
+        t.ev(pid, "locker", Body::Lock(r));
+    };
+    let held = |t: &Trace| -> Vec<(i32, i64, i64)> {
+        t.h.file(CLIENT).map_or(vec![], |f| {
+            f.local
+                .held
+                .iter()
+                .map(|h| (h.holder.pid, h.start, h.end))
+                .collect()
+        })
+    };
+    nfs(&mut t, 300, lk(0xb000, 300, F_WRLCK, 0, 9), 0);
+    // Refused by the server: nothing held.
+    nfs(&mut t, 301, lk(0xc000, 301, F_WRLCK, 5, 14), -11);
+    assert_eq!(held(&t), [(300, 0, 9)]);
+    let close = Lock {
+        flags: FL_POSIX | FL_CLOSE,
+        ..lk(0xb000, 300, F_UNLCK, 0, i64::MAX)
+    };
+    nfs(&mut t, 300, close, 0);
+    assert_eq!(held(&t), []);
+    assert!(t.out.is_empty(), "{:?}", t.kinds());
+}

@@ -103,11 +103,11 @@ impl Tracer {
         if self.nfs_only() {
             return Some(
                 "NFS-only monitor: no program runs on a lock call that gets its lock at once; \
-                 NFS locks are seen through lockd's probes, waits through locks_insert_block \
-                 (not seen: granted locks on other filesystems, NFSv4's locks unless someone \
-                 waits behind one, a server-local process's lock until it is in someone's way, \
-                 a local request a client's lock refused at once; --always-hook runs the lock \
-                 hooks)"
+                 NFS locks are seen through lockd's probes (NFSv3) and nfs_lock/nfs_flock \
+                 (NFSv4, local_lock mounts), waits through locks_insert_block (not seen: \
+                 granted locks on other filesystems, a server-local process's lock until it is \
+                 in someone's way, a local request a client's lock refused at once; \
+                 --always-hook runs the lock hooks)"
                     .to_string(),
             );
         }

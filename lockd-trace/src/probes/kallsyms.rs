@@ -27,6 +27,10 @@ impl Symbols {
         Symbols { kprobes, functions }
     }
 
+    pub fn kprobes(&self) -> bool {
+        self.kprobes
+    }
+
     pub fn can_kprobe(&self, function: &str, module: &str) -> Result<(), String> {
         if !self.kprobes {
             return Err("this kernel has no kprobes (CONFIG_KPROBES is off)".into());

@@ -68,6 +68,8 @@ const NFS_ONLY_OUT: [&str; 6] = [
 const NFS_ONLY_WHY: &str = "left out: the NFS-only monitor sees NFS locks through lockd's \
                             probes and waits through locks_insert_block (--all-fs or \
                             --always-hook keeps this hook, on every lock call)";
+const NFS_CLIENT_WHY: &str = "left out: only the NFS-only monitor uses it (the lock hooks see \
+                              NFS locks as the local VFS takes them)";
 const CONTENTION_WHY: &str = "left out: only the NFS-only monitor uses it (the lock hooks \
                               see every wait)";
 
@@ -91,6 +93,8 @@ pub struct Tracer {
     opts: Options,
     /// The lockd module the lockd probes are attached to (None: not loaded).
     lockd: Option<modules::Instance>,
+    /// Likewise the nfs module, for its lock entry points (NFS-only monitor).
+    nfs: Option<modules::Instance>,
     /// Every attached probe's link: lockd's are detached when it unloads, the lock hooks while
     /// no NFS module is loaded (hooks.rs).
     links: Vec<Attachment>,
@@ -132,6 +136,7 @@ impl Tracer {
             report: Vec::new(),
             opts: opts.clone(),
             lockd: modules::Reading::lockd().instance(),
+            nfs: modules::Reading::of(modules::NFS).instance(),
             links: Vec::new(),
             hooks: hooks::State::Running,
             layout: Err(kallsyms::not_loaded(modules::LOCKD)),
@@ -178,6 +183,13 @@ impl Tracer {
         if CONTENTION.contains(&p.name) && !self.opts.nfs_only {
             return plan::skipped(p, CONTENTION_WHY);
         }
+        // Without kprobes the monitor's plan says so, as for the contention kprobes.
+        if p.module == modules::NFS
+            && !self.nfs_only()
+            && (symbols.kprobes() || !self.opts.nfs_only)
+        {
+            return plan::skipped(p, NFS_CLIENT_WHY);
+        }
         if NFS_ONLY_OUT.contains(&p.name) && self.nfs_only() {
             return plan::skipped(p, NFS_ONLY_WHY);
         }
@@ -193,12 +205,14 @@ impl Tracer {
         let forced = self.opts.forced.get(p.name).copied();
         // lockd coming or going (not live) is not loaded yet, whatever kallsyms says; loaded,
         // its probes need the fields they read.
-        let unreadable = match (&self.layout, p.module == modules::LOCKD) {
-            (_, false) => None,
-            (_, true) if self.lockd.is_none() => Some(kallsyms::not_loaded(p.module)),
-            (Err(why), true) => Some(format!("no layout for lockd: {why}")),
-            (Ok(l), true) => lockd_layout::lacking(l, p.needs)
+        let loaded = p.module.is_empty() || self.loaded(p.module);
+        let unreadable = match (&self.layout, p.module) {
+            (_, "") => None,
+            (_, m) if !loaded => Some(kallsyms::not_loaded(m)),
+            (Err(why), modules::LOCKD) => Some(format!("no layout for lockd: {why}")),
+            (Ok(l), modules::LOCKD) => lockd_layout::lacking(l, p.needs)
                 .map(|why| format!("lockd's layout lacks what it reads: {why}")),
+            _ => None,
         };
         let layout = match (&self.layout, p.module) {
             (Ok(l), modules::LOCKD) => Some(l.source.clone()),

@@ -12,6 +12,8 @@ use aya::Btf;
 use super::{PROBES, Tracer, btf, kallsyms::Symbols, plan::Refusal};
 
 pub const LOCKD: &str = "lockd";
+/// The NFS client: its lock entry points are the NFS-only monitor's (nfs.rs in the programs).
+pub const NFS: &str = "nfs";
 
 /// Any of these loaded (or built in) means NFS is in use here: the client, the server, or
 /// lockd for either.
@@ -36,7 +38,7 @@ impl Reading {
         Self::of(LOCKD)
     }
 
-    fn of(module: &str) -> Reading {
+    pub fn of(module: &str) -> Reading {
         Self::at(Path::new(&format!("/sys/module/{module}")), || {
             listed(module)
         })
@@ -90,73 +92,108 @@ fn listed(module: &str) -> bool {
 }
 
 impl Tracer {
-    /// Follows lockd's loads and unloads, and NFS's for the lock hooks (monitor); returns
-    /// what changed, a sentence each.
+    /// Follows the loads and unloads of lockd (and, for the NFS-only monitor, of nfs), and
+    /// NFS's for the lock hooks (monitor); returns what changed, a sentence each.
     pub fn watch_modules(&mut self) -> Vec<String> {
         let mut said: Vec<String> = self
-            .follow_lockd(Reading::lockd(), Reading::lockd)
+            .follow_module(LOCKD, Reading::lockd(), Reading::lockd)
             .into_iter()
             .collect();
+        if self.nfs_only() {
+            let nfs = || Reading::of(NFS);
+            said.extend(self.follow_module(NFS, nfs(), nfs));
+        }
         if self.opts.hooks_follow_nfs {
             said.extend(self.follow_nfs(nfs_loaded()));
         }
         said
     }
 
-    /// One step of following lockd: `now` is a fresh reading, `again` reads it after attaching.
-    fn follow_lockd(&mut self, now: Reading, again: impl Fn() -> Reading) -> Option<String> {
-        if now == Reading::Settling || now.instance() == self.lockd {
+    /// Whether `module`'s probes may attach: it was found loaded and live.
+    pub(super) fn loaded(&self, module: &str) -> bool {
+        if module == LOCKD {
+            self.lockd.is_some()
+        } else {
+            self.nfs.is_some()
+        }
+    }
+
+    /// The instance of `module` its probes are attached to (None: not loaded).
+    fn instance(&mut self, module: &str) -> &mut Option<Instance> {
+        if module == LOCKD {
+            &mut self.lockd
+        } else {
+            &mut self.nfs
+        }
+    }
+
+    /// One step of following `module`: `now` is a fresh reading, `again` reads it after
+    /// attaching.
+    fn follow_module(
+        &mut self,
+        module: &'static str,
+        now: Reading,
+        again: impl Fn() -> Reading,
+    ) -> Option<String> {
+        if now == Reading::Settling || now.instance() == *self.instance(module) {
             return None;
         }
         let mut said = Vec::new();
-        if self.lockd.take().is_some() {
-            said.push(self.drop_lockd_probes());
+        if self.instance(module).take().is_some() {
+            said.push(self.drop_probes(module));
         }
         if let Reading::Live(instance) = now {
-            self.lockd = Some(instance);
-            let attached = self.attach_lockd_probes();
+            *self.instance(module) = Some(instance);
+            let attached = self.attach_probes(module);
             if again() == now {
                 said.push(attached);
             } else {
                 // It went (or came anew) while its probes were attached: undo quietly and let
                 // the next tick find the module as it then is.
-                self.lockd = None;
-                self.drop_lockd_probes();
+                *self.instance(module) = None;
+                self.drop_probes(module);
             }
         }
         (!said.is_empty()).then(|| said.join("; "))
     }
 
-    fn drop_lockd_probes(&mut self) -> String {
-        self.detach_where(|p| p.module == LOCKD);
-        let _ = self.set_nlm_offsets(None);
-        self.layout = Err(super::kallsyms::not_loaded(LOCKD));
+    fn drop_probes(&mut self, module: &'static str) -> String {
+        self.detach_where(|p| p.module == module);
+        if module == LOCKD {
+            let _ = self.set_nlm_offsets(None);
+            self.layout = Err(super::kallsyms::not_loaded(LOCKD));
+        }
         let mut n = 0;
-        for r in self.report.iter_mut().filter(|r| is_lockd(r.probe)) {
+        for r in self
+            .report
+            .iter_mut()
+            .filter(|r| in_module(r.probe, module))
+        {
             if let Some(a) = r.attached.take() {
                 n += 1;
                 r.refused.push(Refusal {
                     method: a.method,
                     target: a.target,
-                    reason: format!("module {LOCKD} was unloaded while tracing"),
+                    reason: format!("module {module} was unloaded while tracing"),
                 });
             }
         }
-        format!("{LOCKD} unloaded: its {n} probes are gone, the others keep running")
+        format!("{module} unloaded: its {n} probes are gone, the others keep running")
     }
 
-    fn attach_lockd_probes(&mut self) -> String {
-        let layout = btf::load_vmlinux().and_then(|k| self.set_layout(&k));
-        if let Err(e) = layout {
+    fn attach_probes(&mut self, module: &'static str) -> String {
+        if module == LOCKD
+            && let Err(e) = btf::load_vmlinux().and_then(|k| self.set_layout(&k))
+        {
             return format!("{LOCKD} loaded, but its probes cannot read its structs: {e:#}");
         }
         let (symbols, aya_btf) = (Symbols::read(), Btf::from_sys_fs().ok());
         let Some(aya_btf) = aya_btf else {
-            return format!("{LOCKD} loaded, but the kernel's BTF is unreadable now");
+            return format!("{module} loaded, but the kernel's BTF is unreadable now");
         };
         let (mut attached, mut total) = (0, 0);
         for (i, p) in PROBES.iter().enumerate() {
-            if p.module != LOCKD {
+            if p.module != module {
                 continue;
             }
             let r = self.attach_probe(p, &symbols, &aya_btf);
@@ -164,16 +201,16 @@ impl Tracer {
             attached += usize::from(r.attached.is_some());
             self.report[i] = r;
         }
-        let why = match &self.layout {
-            Err(why) => format!(" (no layout: {why})"),
-            Ok(_) => String::new(),
+        let why = match (&self.layout, module) {
+            (Err(why), LOCKD) => format!(" (no layout: {why})"),
+            _ => String::new(),
         };
-        format!("{LOCKD} loaded: {attached} of its {total} probes attached{why}")
+        format!("{module} loaded: {attached} of its {total} probes attached{why}")
     }
 }
 
-fn is_lockd(probe: &str) -> bool {
-    PROBES.iter().any(|p| p.name == probe && p.module == LOCKD)
+fn in_module(probe: &str, module: &str) -> bool {
+    PROBES.iter().any(|p| p.name == probe && p.module == module)
 }
 
 #[cfg(test)]

@@ -340,11 +340,19 @@ fn set_dev(e: &mut Event, dev: u32) {
     }
 }
 
+/// How often replay moves the detectors' time on: once per millisecond of trace time, not per
+/// event (each move walks what waits to be judged; live moves it once a second).
+const ADVANCE_NS: u64 = 1_000_000;
+
 /// Feeds every item to the pipeline, advancing its time as records go by.
 pub fn replay(m: &mut Merged, p: &mut Pipeline<'_>) -> io::Result<()> {
+    let mut next = 0;
     m.each(|item, path| match item {
         Item::Event(ev) => {
-            p.advance(ev.ts_ns)?;
+            if ev.ts_ns >= next {
+                p.advance(ev.ts_ns)?;
+                next = ev.ts_ns.saturating_add(ADVANCE_NS);
+            }
             p.event(ev, path)
         }
         Item::Kernel(k) => p.kernel(k.clone()),

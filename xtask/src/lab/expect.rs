@@ -255,6 +255,36 @@ fn conflict(r: &Results) -> Result<()> {
     r.find("nlmclnt_proc returned 0 for c's F_SETLKW", |e| {
         nlm(e, "nlmclnt_result", c) && e["ret"] == 0 && e["cmd"] == "F_SETLKW"
     })?;
+    nfsv4(r)
+}
+
+/// NFSv4's locks (no lockd): the lock hooks see d's granted lock as the local VFS records it
+/// (in rpciod's callback: the lock names d, the event a kworker); the NFS-only monitor sees
+/// nfs_lock's results in d itself, the server's refusal included.
+fn nfsv4(r: &Results) -> Result<()> {
+    let d = r.pid("d")?;
+    r.fact("d", "setlk w 0 10", "ok")?;
+    r.fact("y", "setlk w 5 10", "err EAGAIN")?;
+    r.fact("y", "setlk w 20 10", "ok")?;
+    r.fact("d", "setlk w 25 10", "err EAGAIN")?;
+    let on_v4 = |e: &Value, start, end| {
+        e["event"] == "lock"
+            && e["lock"]["pid"] == d
+            && e["file"] == "/mnt/nfs4/conflict-v4"
+            && e["op"] == "F_SETLK"
+            && range(e, start, end)
+    };
+    r.find("d's NFSv4 lock [0-9] granted", |e| {
+        on_v4(e, 0, 9) && e["lock"]["type"] == "WRLCK" && e["ret"] == 0
+    })?;
+    if r.nfs_only() {
+        r.find("d's NFSv4 unlock [0-9]", |e| {
+            on_v4(e, 0, 9) && e["lock"]["type"] == "UNLCK" && e["ret"] == 0
+        })?;
+        r.find("d's NFSv4 lock [25-34] refused with EAGAIN", |e| {
+            on_v4(e, 25, 34) && e["pid"] == d && e["ret"] == -11
+        })?;
+    }
     Ok(())
 }
 

@@ -67,6 +67,41 @@ def conflict(facts):
     facts["c"]["granted_after_s"] = round(time.time() - t, 1)
     for p in (a, b, x, c):
         p.exit()
+    nfsv4(facts)
+
+
+def nfsv4(facts):
+    """The same export mounted with NFSv4, whose locks go to the server without lockd: d's lock
+    is granted (a server-local lock on it is refused), then d is DENIED by one."""
+    # NFSv4 reaches an export through a pseudo root, and the 9p root cannot be one: /export is
+    # bound under tmpfs and exported as the root (fsid=0) for the while.
+    for d in ("/mnt/nfs4", "/run/v4root"):
+        os.makedirs(d, exist_ok=True)
+    run = lambda *a: subprocess.run(a, check=True)
+    run("mount", "--bind", "/export", "/run/v4root")
+    run("exportfs", "-o", "rw,sync,no_subtree_check,no_root_squash,fsid=0", "127.0.0.1:/run/v4root")
+    run("mount", "-t", "nfs", "-o", "vers=4.2", "127.0.0.1:/", "/mnt/nfs4")
+    touch("/export/conflict-v4")
+    d, y = Locker("/mnt/nfs4/conflict-v4"), Locker("/export/conflict-v4")
+    facts["d"], facts["y"] = {"pid": d.pid}, {"pid": y.pid}
+    facts["d"]["setlk w 0 10"] = d.cmd("setlk w 0 10")
+    facts["y"]["setlk w 5 10"] = y.cmd("setlk w 5 10")
+    facts["d"]["setlk u 0 10"] = d.cmd("setlk u 0 10")
+    facts["y"]["setlk w 20 10"] = y.cmd("setlk w 20 10")
+    facts["d"]["setlk w 25 10"] = d.cmd("setlk w 25 10")
+    for p in (d, y):
+        p.exit()
+    run("umount", "/mnt/nfs4")
+    run("exportfs", "-u", "127.0.0.1:/run/v4root")
+    run("umount", "/run/v4root")
+    # Later scenarios unload nfs, which NFSv4's module would hold (busy for a while after
+    # the unmount).
+    for _ in range(30):
+        if subprocess.run(["rmmod", "nfsv4"]).returncode == 0:
+            break
+        time.sleep(1)
+    else:
+        raise RuntimeError("nfsv4 could not be unloaded")
 
 
 def forget_and_remove(name):
