@@ -52,10 +52,10 @@ pub fn header(kind: u16, hook: u16) -> Header {
     }
 }
 
-/// Fills in the header of a record being written in place (no stack copy to move).
+/// Fills in the header of a record being written in place (no stack copy to move), with the
+/// bpf_get_current_pid_tgid the caller already has.
 #[inline(always)]
-pub fn write_header<M: Mem>(h: *mut Header, kind: u16, hook: u16, ts_ns: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+pub fn write_header<M: Mem>(h: *mut Header, kind: u16, hook: u16, ts_ns: u64, pid_tgid: u64) {
     // SAFETY: `h` points at a whole Header the caller is filling in.
     unsafe {
         (*h).kind = kind;

@@ -42,11 +42,10 @@ fn generation() -> u32 {
     GENERATION.get(0).copied().unwrap_or(0)
 }
 
-/// The current process took a lock at `now_ns`. Looked up before the insert: an LRU map
-/// update replaces the element even when the key is there (a free-list pop and locks).
+/// The current process (`tgid`) took a lock at `now_ns`. Looked up before the insert: an LRU
+/// map update replaces the element even when the key is there (a free-list pop and locks).
 #[inline(always)]
-pub fn took_lock(now_ns: u64) {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+pub fn took_lock(tgid: u32, now_ns: u64) {
     let generation = generation();
     let last = LAST_LOCKER.get_ptr_mut(0);
     // SAFETY: this CPU's slot; a torn one (a preempted program) only fails to match.

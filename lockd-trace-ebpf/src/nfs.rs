@@ -94,7 +94,7 @@ pub fn exit(ctx: &RetProbeContext) {
         blocker: LockInfo::default(),
     };
     if ev.ret == 0 && lock.lock_type != F_UNLCK {
-        exits::took_lock(ev.hdr.ts_ns);
+        exits::took_lock(ev.hdr.tgid, ev.hdr.ts_ns);
     }
     send(kind::VFS_LOCK, &ev);
 }

@@ -242,7 +242,7 @@ pub fn clnt_proc_exit(ctx: &RetProbeContext, enter: u16, op: u16) {
     e.cmd = cmd as u32;
     set_fl(e, fl, o);
     if e.ret == 0 && e.lock.lock_type != F_UNLCK {
-        exits::took_lock(e.hdr.ts_ns);
+        exits::took_lock(e.hdr.tgid, e.hdr.ts_ns);
     }
     r.submit(submit_flags::<NlmEvent>());
 }

@@ -58,8 +58,10 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
             None => count(counter::BLOCKER_NOT_FOUND),
         }
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
     let req = Request {
         hook_id,
+        pid_tgid,
         // SAFETY: plain helper call.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         dev,
@@ -71,7 +73,7 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
         has_blocker,
     };
     if ret == 0 && lock.lock_type != F_UNLCK {
-        exits::took_lock(req.ts_ns);
+        exits::took_lock((pid_tgid >> 32) as u32, req.ts_ns);
     }
     if ret == FILE_LOCK_DEFERRED {
         // Kept for the wait's end as well: built on the stack, where a map update can take
@@ -83,8 +85,7 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
         // lockd and nfsd do not wait in the kernel: they are called back when the lock is
         // free, and retry it then, with no waiting thread whose end is to be told.
         if !nfs_server(&ev.hdr.comm) {
-            let tid = bpf_get_current_pid_tgid() as u32;
-            let _ = WAITING.insert(&tid, ev, 0);
+            let _ = WAITING.insert(&(pid_tgid as u32), ev, 0);
         }
         send(kind::VFS_LOCK, ev);
     } else if has_blocker != 0 {
@@ -111,6 +112,7 @@ pub fn lock_result<C: EbpfContext, M: Mem>(ctx: &C, inode: u64, fl: u64, ret: i6
 /// What lock_result reports of one request.
 struct Request {
     hook_id: u16,
+    pid_tgid: u64,
     ts_ns: u64,
     dev: u32,
     ino: u64,
@@ -127,7 +129,13 @@ struct Request {
 fn fill<M: Mem, const WHOLE: bool>(p: *mut VfsLockEvent, req: &Request) {
     // SAFETY: `p` is a ring reservation or stack slot of the size above, being filled in.
     unsafe {
-        write_header::<M>(&raw mut (*p).hdr, kind::VFS_LOCK, req.hook_id, req.ts_ns);
+        write_header::<M>(
+            &raw mut (*p).hdr,
+            kind::VFS_LOCK,
+            req.hook_id,
+            req.ts_ns,
+            req.pid_tgid,
+        );
         (*p).dev = req.dev;
         (*p).ret = req.ret;
         (*p).ino = req.ino;
