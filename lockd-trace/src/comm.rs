@@ -30,6 +30,15 @@ impl Comm {
     /// Bytes up to the first NUL, lossily as UTF-8 (no allocation when they are UTF-8).
     pub fn from_bytes(raw: &[u8]) -> Comm {
         let n = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+        // The usual kernel name: ASCII that fits, copied as it is.
+        if n <= CAP && raw[..n].is_ascii() {
+            let mut c = Comm {
+                len: n as u8,
+                bytes: [0; CAP],
+            };
+            c.bytes[..n].copy_from_slice(&raw[..n]);
+            return c;
+        }
         match std::str::from_utf8(&raw[..n]) {
             Ok(s) => Comm::new(s),
             Err(_) => Comm::new(&String::from_utf8_lossy(&raw[..n])),
@@ -93,6 +102,9 @@ mod tests {
     fn names_are_kept_whole_or_cut_at_a_character() {
         assert_eq!(Comm::new("lockd"), "lockd");
         assert_eq!(Comm::from_bytes(b"10.0.9.1-reclai\0"), "10.0.9.1-reclai");
+        assert_eq!(Comm::from_bytes(b"no NUL at the end"), "no NUL at the end");
+        assert_eq!(Comm::from_bytes(&[b'x'; 30]), "x".repeat(CAP).as_str());
+        assert_eq!(Comm::from_bytes(b"caf\xc3\xa9\0"), "caf\u{e9}");
         // 15 bytes that are not UTF-8 become 15 replacement characters (45 bytes): cut.
         let odd = Comm::from_bytes(&[0xff; 15]);
         assert_eq!(odd.as_str(), "\u{fffd}".repeat(7));

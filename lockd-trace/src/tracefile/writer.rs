@@ -26,6 +26,7 @@ use super::{
     rec,
 };
 use crate::{
+    comm::Comm,
     event::{Body, Event},
     kmsg::KernelLine,
     names::UNWRITTEN,
@@ -64,6 +65,9 @@ pub struct Writer {
     written: u64,
     /// Looked up twice per event (path, command name): foldhash, not SipHash.
     strings: HashMap<Vec<u8>, u32>,
+    /// The last command name's id: a storm repeats one, and its lookup showed in record's
+    /// profile. Forgotten with the strings.
+    last_comm: Option<(Comm, u32)>,
     /// Each file's path string, and whether it was cut at the top.
     paths: HashMap<(u32, u64), (u32, bool)>,
     deltas: Deltas,
@@ -122,6 +126,7 @@ impl Writer {
             batch: Vec::with_capacity(BATCH + 4096),
             written: 0,
             strings: HashMap::new(),
+            last_comm: None,
             paths: HashMap::new(),
             deltas: Deltas::default(),
             journal: Journal::default(),
@@ -140,6 +145,7 @@ impl Writer {
         self.file = None;
         self.file = Some(create(&self.path)?);
         self.strings.clear();
+        self.last_comm = None;
         self.paths.clear();
         self.deltas = Deltas::default();
         self.journal = Journal::default();
@@ -211,7 +217,14 @@ impl Writer {
             put_varint(&mut self.payload, u64::from(id));
             self.frame();
         }
-        let comm = self.intern(ev.comm.as_bytes());
+        let comm = match self.last_comm {
+            Some((c, id)) if c == ev.comm => id,
+            _ => {
+                let id = self.intern(ev.comm.as_bytes());
+                self.last_comm = Some((ev.comm, id));
+                id
+            }
+        };
         let (fh, host) = match &ev.body {
             Body::Nlm(n) => (self.intern(&n.fh), self.intern(n.host.as_bytes())),
             Body::Statd(s) => (
@@ -300,6 +313,7 @@ impl Writer {
         for s in &j.strings {
             self.strings.remove(s);
         }
+        self.last_comm = None;
         for f in &j.paths {
             self.paths.remove(f);
         }

@@ -482,7 +482,7 @@ def bench(facts, results):
                 mean_us = (time.perf_counter() - start) * 1e6 / per_round
                 run = {"round": r, "mode": mode, "mean_us": round(mean_us, 1), "lost": 0}
                 # The local lock storm the NFS-only monitor must not slow (exported tmpfs).
-                storm = subprocess.run(["/share/lockstorm", "--seconds", "1", "--file", "/export/storm"],
+                storm = subprocess.run(["/share/lockstorm", "--seconds", "2", "--file", "/export/storm"],
                                        capture_output=True, text=True, check=True)
                 run["local_ops_per_s"] = json.loads(storm.stdout)["ops_per_s"]
                 if t:
