@@ -24,12 +24,15 @@ pub struct Decoder {
     pub paths: Paths,
     /// Records that were short or of an unknown kind (counted in the exit summary).
     pub undecodable: u64,
+    /// The last task name and its raw bytes: a storm repeats one, and making it anew per
+    /// event showed in record's profile.
+    last_comm: Option<([u8; 16], Comm)>,
 }
 
 impl Decoder {
     /// The event in `raw` and its file's path, if it is an event (not a name, not garbage).
     pub fn event(&mut self, raw: &[u8]) -> Option<(Event, Option<&str>)> {
-        match decode(raw) {
+        match decode_with(raw, &mut self.last_comm) {
             Ok(Record::Event(ev)) => {
                 let (dev, ino) = ev.file_id();
                 let path = self.paths.resolve(dev, ino, ev.pid);
@@ -75,7 +78,15 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
+#[cfg(test)]
+pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
+    decode_with(buf, &mut None)
+}
+
+fn decode_with(
+    mut buf: &[u8],
+    last_comm: &mut Option<([u8; 16], Comm)>,
+) -> Result<Record, DecodeError> {
     let got = buf.len();
     let short = |kind, need| DecodeError::Short { kind, need, got };
     if got < size_of::<Header>() {
@@ -113,7 +124,10 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
         ts_ns: hdr.ts_ns,
         tid: hdr.pid,
         pid: hdr.tgid,
-        comm: comm(&hdr.comm),
+        comm: match last_comm {
+            Some((raw, c)) if *raw == hdr.comm => *c,
+            _ => last_comm.insert((hdr.comm, comm(&hdr.comm))).1,
+        },
         body,
     }))
 }
