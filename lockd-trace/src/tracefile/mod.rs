@@ -15,7 +15,7 @@ pub use writer::{Rotation, Writer};
 
 /// "LDTRACE" and a NUL, then the format version (u16 LE) and two reserved bytes.
 pub const MAGIC: &[u8; 8] = b"LDTRACE\0";
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 
 /// The byte after a record's length: its bytes XORed with 0xA5, so a flipped length bit is
 /// caught before the length is trusted (a wrong length would otherwise look like a torn tail).

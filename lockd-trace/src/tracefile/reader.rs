@@ -106,11 +106,14 @@ impl Reader {
             bail!("not a lockd-trace trace file (no LDTRACE magic at offset 0)");
         }
         let version = u16::from_le_bytes([data[8], data[9]]);
-        if version != FORMAT_VERSION {
+        // Version 2 differs only in where lock owners' deltas start from.
+        if version != FORMAT_VERSION && version != 2 {
             bail!(
-                "trace format version {version}; this lockd-trace reads version {FORMAT_VERSION}"
+                "trace format version {version}; this lockd-trace reads versions 2 to \
+                 {FORMAT_VERSION}"
             );
         }
+        r.deltas.shared_base = version == 2;
         if data[10..12] != [0, 0] {
             bail!(
                 "unknown flags in the trace file's lead (offset 10): damaged or from a newer lockd-trace"
@@ -126,6 +129,14 @@ impl Reader {
         }
         r.header = serde_json::from_slice(&r.data[payload.0..payload.1])
             .map_err(|e| anyhow::anyhow!("the header record at offset {LEAD} is not valid: {e}"))?;
+        // The lead's version has no checksum; the header record's copy has one.
+        if r.header.format != version {
+            bail!(
+                "the file's lead says format version {version} and its header record {}: \
+                 damaged at offset 8",
+                r.header.format
+            );
+        }
         Ok(r)
     }
 

@@ -116,11 +116,15 @@ impl Writer {
         Ok(w)
     }
 
-    /// Nothing created yet: `start` creates the file and writes its header.
+    /// Nothing created yet: `start` creates the file and writes its header (which says the
+    /// version written, whatever file the rest of it came from: merge copies an input's).
     pub fn open(path: &Path, header: Header, rotation: Rotation) -> Writer {
         Writer {
             path: path.to_path_buf(),
-            header,
+            header: Header {
+                format: FORMAT_VERSION,
+                ..header
+            },
             rotation,
             file: None,
             batch: Vec::with_capacity(BATCH + 4096),
