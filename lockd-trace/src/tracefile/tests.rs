@@ -181,6 +181,16 @@ fn read_all(r: &mut Reader) -> (Vec<Item>, Option<super::Damage>) {
     }
 }
 
+fn events_of(items: &[Item]) -> Vec<&Event> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn every_record_kind_round_trips() {
     let d = Scratch::new("test", "round");
@@ -190,13 +200,7 @@ fn every_record_kind_round_trips() {
     assert_eq!((r.header.monotonic_ns, r.header.probes.len()), (5, 1));
     let (items, damage) = read_all(&mut r);
     assert_eq!(damage, None);
-    let got: Vec<&Event> = items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Event(e) => Some(e),
-            _ => None,
-        })
-        .collect();
+    let got = events_of(&items);
     assert_eq!(got, evs.iter().collect::<Vec<_>>());
     assert_eq!(r.path(31, 5).as_deref(), Some("/export/oos"));
     assert!(
@@ -408,13 +412,7 @@ fn version_2_files_read_as_they_did() {
     assert_eq!(v2[8..10], [2, 0]);
     let (items, damage) = read_all(&mut Reader::from_bytes(v2).unwrap());
     assert_eq!(damage, None);
-    let events: Vec<&Event> = items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Event(e) => Some(e),
-            _ => None,
-        })
-        .collect();
+    let events = events_of(&items);
     let owners = |evs: &[&Event], owner: u64| {
         evs.iter()
             .filter(|e| match &e.body {
@@ -438,12 +436,5 @@ fn version_2_files_read_as_they_did() {
     w.flush().unwrap();
     let (again, damage) = read_all(&mut Reader::open(&path).unwrap());
     assert_eq!(damage, None);
-    let again: Vec<&Event> = again
-        .iter()
-        .filter_map(|i| match i {
-            Item::Event(e) => Some(e),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(again, events);
+    assert_eq!(events_of(&again), events);
 }
