@@ -239,8 +239,8 @@ impl Dec<'_> {
         Ok(l)
     }
 
-    /// Into `l` field by field: a `Lock` returned through a Result was stored in pieces and
-    /// read back whole, a store-forwarding stall that was a fifth of the decoder's time.
+    /// Into `l` field by field: perf put a fifth of the decoder's samples on reading back a
+    /// `Lock` returned through a Result (stored in pieces, loaded whole).
     #[inline(always)]
     fn lock_into(&mut self, l: &mut Lock) -> DecResult<()> {
         l.owner = self.owner()?;
