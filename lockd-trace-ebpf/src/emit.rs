@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use lockd_trace_common::{Header, RING_BYTES, counter};
 
@@ -18,9 +18,16 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// per this many bytes it sent, not per record: the kernel's default wakes it whenever it has
 /// caught up, which a fast reader nearly always has (an irq_work per lock call), and a count
 /// per CPU spares asking the ring how much waits (a helper call per record). The agent also
-/// drains on a short timer, so a trickle below the mark arrives within 50 ms.
+/// drains on a short timer while records come, so a trickle below the mark arrives within
+/// 50 ms, and asks for a wakeup (ASLEEP) when it stops.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
+
+/// Set by the agent when it stops polling (nothing came for a while): the next record wakes it
+/// at once, whatever the mark, and clears it. An idle agent then sleeps instead of waking on
+/// its timer to find nothing.
+#[map]
+static ASLEEP: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Bytes this CPU sent since it last woke the agent.
 #[map]
@@ -76,10 +83,20 @@ pub fn send<T: 'static>(kind: u16, record: &T) {
     }
 }
 
-/// The flags to submit a record of type T with: a wakeup for the one that takes this CPU's
-/// unannounced bytes (its size plus the ring's 8-byte header) past the mark.
+/// The flags to submit a record of type T with: a wakeup for the first one the sleeping agent
+/// gets, and for the one that takes this CPU's unannounced bytes (its size plus the ring's
+/// 8-byte header) past the mark.
 #[inline(always)]
 pub fn submit_flags<T>() -> u64 {
+    if let Some(asleep) = ASLEEP.get_ptr_mut(0) {
+        // SAFETY: one u32; CPUs racing here both wake the agent, which is harmless.
+        unsafe {
+            if *asleep != 0 {
+                *asleep = 0;
+                return u64::from(BPF_RB_FORCE_WAKEUP);
+            }
+        }
+    }
     // SAFETY: a static; volatile so the compiler does not fold the zero initialiser.
     let mark = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
     let Some(p) = UNWOKEN.get_ptr_mut(0) else {

@@ -227,8 +227,7 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
         spawn_kernel_log(logger)?;
     }
     let counters = tracer.take_counters()?;
-    let (ring, ring_bytes) = tracer.take_events()?;
-    let mut stream = EventStream::new(ring, ring_bytes)?;
+    let mut stream = EventStream::new(tracer.take_events()?)?;
     let (mono, wall) = Clock::now_pair();
     let clock = Clock::from_pair(mono, wall);
     let mut p = Pipeline::new(clock, Engine::new(clock, s.limits), s.filter, s.sink);
@@ -309,9 +308,10 @@ async fn run(mut s: Session) -> Result<Pipeline<'static>> {
                     io_result = on_record(&mut decoder, &mut wait_ends, raw, &mut p);
                 }
             }) => {
-                r?;
-                // Spawned tasks (metrics answers) run only when this loop yields.
-                tokio::task::yield_now().await;
+                if r? > 0 {
+                    // Spawned tasks (metrics answers) run only when this loop yields.
+                    tokio::task::yield_now().await;
+                }
             }
             read = next_kmsg(&mut kmsg) => match read {
                 Ok(items) => for item in items {

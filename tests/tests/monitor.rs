@@ -150,6 +150,20 @@ fn nfs_only_filter_counts_local_locks_in_the_kernel_and_sends_failures() {
     );
 }
 
+/// Times process `pid`'s threads went to sleep and were woken (voluntary context switches).
+fn wakeups(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the monitor's threads");
+    tasks
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("status")).unwrap())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .map(|n| n.trim().parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 #[test]
 fn without_an_nfs_module_no_lock_hook_runs() {
     let loaded: Vec<&str> = ["nfs", "nfsd", "lockd"]
@@ -197,6 +211,13 @@ fn without_an_nfs_module_no_lock_hook_runs() {
         !m.contains("lockd_trace_lock_requests_total{"),
         "a lock hook ran: {m}"
     );
+    // Idle, the agent sleeps until a record or its once-a-second work: a few wakeups a
+    // second (awake, its 50 ms drain timer alone would be 60 in these 3 s).
+    thread::sleep(Duration::from_millis(1500));
+    let before = wakeups(t.pid());
+    thread::sleep(Duration::from_secs(3));
+    let woke = wakeups(t.pid()) - before;
+    assert!(woke <= 20, "the idle monitor woke {woke} times in 3 s");
     let (_, stderr) = t.stop_with(libc::SIGTERM);
     let summary = stderr.last().expect("a summary line");
     assert!(

@@ -27,6 +27,8 @@ use kretprobe::RetProbe;
 use lockd_trace_common::{NlmOffsets, counter};
 use plan::{Method, PROBES, ProbeReport, Way};
 
+use crate::ringbuf::RingMaps;
+
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd-trace"));
 
 #[derive(Clone, Debug, Default)]
@@ -319,18 +321,25 @@ impl Tracer {
         self.report.iter().filter(|r| r.attached.is_some()).count()
     }
 
-    /// The event ring buffer; can be taken once.
-    /// The ring buffer and its size in bytes.
-    pub fn take_events(&mut self) -> Result<(RingBuf<MapData>, u32)> {
+    /// The event ring buffer, its size and its wakeup request; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingMaps> {
         let map = self
             .ebpf
             .take_map("EVENTS")
             .ok_or_else(|| anyhow!("EVENTS map missing"))?;
-        let size = match &map {
+        let bytes = match &map {
             aya::maps::Map::RingBuf(m) => m.info()?.max_entries(),
             _ => return Err(anyhow!("EVENTS is not a ring buffer")),
         };
-        Ok((RingBuf::try_from(map)?, size))
+        let asleep = self
+            .ebpf
+            .take_map("ASLEEP")
+            .ok_or_else(|| anyhow!("ASLEEP map missing"))?;
+        Ok(RingMaps {
+            ring: RingBuf::try_from(map)?,
+            bytes,
+            asleep: Array::try_from(asleep)?,
+        })
     }
 
     pub fn take_counters(&mut self) -> Result<Counters> {

@@ -1,13 +1,19 @@
 //! The ring buffer, read as the kernel wakes us (epoll through tokio's AsyncFd) and on a short
 //! timer: the programs wake us only when the bytes waiting cross a quarter of the ring (emit.rs),
-//! so a trickle below that mark is read on the timer.
+//! so a trickle below that mark is read on the timer. A second with nothing to read and the
+//! agent asks the programs to wake it with the next record, and slows its timer to a
+//! once-a-second safety net: an idle monitor wakes about twice a second, not twenty times.
 
 mod pages;
 
-use std::{os::fd::AsFd as _, time::Duration};
+use std::{
+    os::fd::AsFd as _,
+    sync::atomic::{Ordering, fence},
+    time::Duration,
+};
 
 use anyhow::Result;
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use pages::Pages;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -17,6 +23,20 @@ use tokio::{
 /// How long a record sent without a wakeup can wait for the agent: the most the batching adds
 /// to live output's delay.
 const POLL: Duration = Duration::from_millis(50);
+/// Empty timer reads in a row (a second) before the agent sleeps until the next record.
+const IDLE_POLLS: u32 = 20;
+/// The timer while asleep: reads a record whose wakeup raced with falling asleep (the programs
+/// read ASLEEP without a barrier against our reading of the ring).
+const ASLEEP_POLL: Duration = Duration::from_secs(1);
+
+/// The maps the stream reads and writes.
+pub struct RingMaps {
+    pub ring: RingBuf<MapData>,
+    /// The ring's data bytes.
+    pub bytes: u32,
+    /// emit.rs's ASLEEP: set, the next record wakes the agent.
+    pub asleep: Array<MapData, u32>,
+}
 
 pub struct EventStream {
     /// Registered for the kernel's wakeups; its records are read through `pages`.
@@ -27,23 +47,25 @@ pub struct EventStream {
     more: bool,
     /// How many batches found the buffer empty: everything sent before was read by then.
     emptied: u64,
+    asleep: Array<MapData, u32>,
+    /// Timer reads in a row that found nothing; IDLE_POLLS of them and the agent sleeps.
+    idle: u32,
 }
 
 impl EventStream {
-    /// `rb` holds `size` data bytes.
-    pub fn new(rb: RingBuf<MapData>, size: u32) -> Result<Self> {
-        let pages = Pages::new(rb.as_fd(), size)?;
+    pub fn new(maps: RingMaps) -> Result<Self> {
+        let pages = Pages::new(maps.ring.as_fd(), maps.bytes)?;
         // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns it.
-        let fd = unsafe { AsyncFd::register_with_interest(rb, Interest::READABLE) }
+        let fd = unsafe { AsyncFd::register_with_interest(maps.ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
-        let mut poll = time::interval(POLL);
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(EventStream {
             fd,
             pages,
-            poll,
+            poll: timer(POLL),
             more: false,
             emptied: 0,
+            asleep: maps.asleep,
+            idle: 0,
         })
     }
 
@@ -65,14 +87,46 @@ impl EventStream {
                     // Emptied: wait for the kernel's next wakeup. Else ready again at once.
                     guard.clear_ready();
                 }
+                self.awake(n);
                 Ok(self.counted(n))
             }
             _ = self.poll.tick() => {
-                let n = self.pages.drain(&mut f, BATCH);
+                let mut n = self.pages.drain(&mut f, BATCH);
                 self.more = n == BATCH;
+                if n == 0 && self.idle < IDLE_POLLS {
+                    self.idle += 1;
+                    if self.idle == IDLE_POLLS {
+                        n = self.fall_asleep(&mut f)?;
+                    }
+                }
+                self.awake(n);
                 Ok(self.counted(n))
             }
         }
+    }
+
+    /// Asks the programs for a wakeup with the next record and slows the timer; a record sent
+    /// before they could see the request is read here (Ok(n > 0): still awake).
+    fn fall_asleep(&mut self, f: &mut impl FnMut(&[u8])) -> Result<usize> {
+        self.asleep.set(0, 1, 0)?;
+        fence(Ordering::SeqCst);
+        let n = self.pages.drain(f, BATCH);
+        if n == 0 {
+            self.poll = timer(ASLEEP_POLL);
+        }
+        Ok(n)
+    }
+
+    /// Records came (`n`): back to the short timer if asleep. The programs cleared ASLEEP with
+    /// the wakeup; if a timer read found them instead, the next record wakes the agent once more.
+    fn awake(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.idle == IDLE_POLLS {
+            self.poll = timer(POLL);
+        }
+        self.idle = 0;
     }
 
     fn counted(&mut self, n: usize) -> usize {
@@ -89,6 +143,13 @@ impl EventStream {
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         self.pages.drain(&mut f, usize::MAX)
     }
+}
+
+/// A timer whose first tick is one `period` away.
+fn timer(period: Duration) -> Interval {
+    let mut t = time::interval_at(time::Instant::now() + period, period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
 }
 
 /// Records handled per turn of the agent's loop.

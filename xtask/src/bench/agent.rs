@@ -64,8 +64,10 @@ fn during_storm(storm: &Storm, config: &str) -> Option<Usage> {
     let usages: Vec<Usage> = row.ok().filter_map(|s| s.usage).collect();
     let cpu = median(&usages.iter().map(|u| u.cpu_percent).collect::<Vec<_>>())?;
     let rss = median(&usages.iter().map(|u| u.rss_kib as f64).collect::<Vec<_>>())?;
+    let wakeups = median(&usages.iter().map(|u| u.wakeups_per_s).collect::<Vec<_>>())?;
     Some(Usage {
         cpu_percent: cpu,
+        wakeups_per_s: wakeups,
         rss_kib: rss as u64,
         hwm_kib: usages.iter().map(|u| u.hwm_kib).max()?,
     })

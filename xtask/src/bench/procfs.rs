@@ -65,6 +65,22 @@ pub fn status_kib(pid: u32, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
+/// How many times `pid`'s threads went to sleep and were woken: the voluntary context switches
+/// of each thread in /proc/PID/task.
+pub fn wakeups(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut n = 0;
+    for task in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let status = fs::read_to_string(task?.path().join("status"))?;
+        n += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .with_context(|| format!("no voluntary_ctxt_switches in {dir}"))?;
+    }
+    Ok(n)
+}
+
 /// How many file descriptors `pid` has open (the entries of /proc/PID/fd).
 pub fn open_fds(pid: u32) -> Result<u64> {
     let dir = format!("/proc/{pid}/fd");
@@ -78,6 +94,7 @@ pub fn open_fds(pid: u32) -> Result<u64> {
 pub struct Window {
     pid: u32,
     cpu: f64,
+    wakeups: u64,
     at: Instant,
 }
 
@@ -85,6 +102,8 @@ pub struct Window {
 #[derive(Clone, Copy, Debug)]
 pub struct Usage {
     pub cpu_percent: f64,
+    /// Voluntary context switches per second.
+    pub wakeups_per_s: f64,
     pub rss_kib: u64,
     pub hwm_kib: u64,
 }
@@ -94,6 +113,7 @@ impl Window {
         Ok(Window {
             pid,
             cpu: cpu_seconds(pid)?,
+            wakeups: wakeups(pid)?,
             at: Instant::now(),
         })
     }
@@ -103,6 +123,7 @@ impl Window {
         let wall = self.at.elapsed().as_secs_f64();
         Ok(Usage {
             cpu_percent: 100.0 * cpu / wall,
+            wakeups_per_s: wakeups(self.pid)?.saturating_sub(self.wakeups) as f64 / wall,
             rss_kib: status_kib(self.pid, "VmRSS")?,
             hwm_kib: status_kib(self.pid, "VmHWM")?,
         })

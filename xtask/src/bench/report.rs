@@ -628,7 +628,8 @@ fn round_trip_section(o: &mut String, rt: &Section<RoundTrip>) -> Result<()> {
         o,
         "\nThe local lock storm (lockstorm, 2 s on the exported tmpfs in each run) under the same \
          guest's monitor ({}): medians {:.0} fcntl calls/s bare, {:.0} with the monitor; kept, \
-         the median of each round's monitored over bare storm: {:.3}.",
+         the median of each round's monitored over bare storm: {:.3}. The monitor's own CPU \
+         (utime+stime) during each 2 s storm, median: {:.0} ms.",
         if rt.nfs_only {
             "NFS-only: no program on a lock call that gets its lock at once"
         } else {
@@ -636,7 +637,8 @@ fn round_trip_section(o: &mut String, rt: &Section<RoundTrip>) -> Result<()> {
         },
         rt.none_local,
         rt.monitor_local,
-        rt.local_kept
+        rt.local_kept,
+        rt.monitor_storm_cpu_s * 1000.0
     )?;
     programs_per_round_trip(o, rt)?;
     writeln!(
@@ -857,7 +859,9 @@ fn agent_section(o: &mut String, a: &Section<Agent>) -> Result<()> {
     };
     writeln!(
         o,
-        "CPU is utime+stime from /proc/PID/stat over the window as a share of one core; RSS is \
+        "CPU is utime+stime from /proc/PID/stat over the window as a share of one core; wakeups \
+         are its threads' voluntary context switches per second (each a sleep the kernel woke it \
+         from: the timers and ring-buffer wakeups an always-on agent costs the machine); RSS is \
          VmRSS at the window's end, peak is VmHWM. Idle: {} s after the agent said it was \
          tracing, no lock traffic. Storm: section 1's lockstorm runs (medians over rounds; peak \
          is the highest).\n",
@@ -868,28 +872,34 @@ fn agent_section(o: &mut String, a: &Section<Agent>) -> Result<()> {
         &[
             "agent",
             "idle CPU",
+            "idle wakeups",
             "idle RSS",
             "idle peak",
             "storm CPU",
+            "storm wakeups",
             "storm RSS",
             "storm peak",
         ],
     )?;
     let cells = |u: Option<Usage>| {
-        u.map_or(["—".to_string(), "—".into(), "—".into()], |u| {
-            [
-                format!("{:.1} %", u.cpu_percent),
-                mib(u.rss_kib),
-                mib(u.hwm_kib),
-            ]
-        })
+        u.map_or(
+            ["—".to_string(), "—".into(), "—".into(), "—".into()],
+            |u| {
+                [
+                    format!("{:.1} %", u.cpu_percent),
+                    format!("{:.1}/s", u.wakeups_per_s),
+                    mib(u.rss_kib),
+                    mib(u.hwm_kib),
+                ]
+            },
+        )
     };
     for r in &a.rows {
-        let [ic, ir, ih] = cells(Some(r.idle));
-        let [sc, sr, sh] = cells(r.storm);
+        let [ic, iw, ir, ih] = cells(Some(r.idle));
+        let [sc, sw, sr, sh] = cells(r.storm);
         writeln!(
             o,
-            "| {} | {ic} | {ir} | {ih} | {sc} | {sr} | {sh} |",
+            "| {} | {ic} | {iw} | {ir} | {ih} | {sc} | {sw} | {sr} | {sh} |",
             r.config
         )?;
     }

@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::{Plan, boot, image::KERNELS};
+use crate::bench;
 
 /// Medians over rounds of the mean lock+unlock round trip (lockf F_LOCK then F_ULOCK of one
 /// byte on an NFSv3 mount over loopback), in microseconds.
@@ -29,6 +30,8 @@ pub struct RoundTrip {
     /// The median over rounds of each round's monitor storm / bare storm: rounds pair up
     /// runs made close together, so TCG's drifting pace cancels out of each ratio.
     pub local_kept: f64,
+    /// The monitor's own CPU time (utime + stime) during its rounds' 2 s local storms, median.
+    pub monitor_storm_cpu_s: f64,
     /// The monitor ran NFS-only in every round (its first line said so).
     pub nfs_only: bool,
     /// The monitor's programs as the kernel counted them (kernel.bpf_stats_enabled=1) in one
@@ -75,16 +78,12 @@ fn summarize(facts: &Value) -> Result<RoundTrip> {
         bail!("a tracer exited with an error during the benchmark: {bad}");
     }
     let median = |mode: &str, what: &str| -> Result<f64> {
-        let mut v: Vec<f64> = runs
+        let v: Vec<f64> = runs
             .iter()
             .filter(|r| r["mode"] == mode)
             .filter_map(|r| r[what].as_f64())
             .collect();
-        if v.is_empty() {
-            bail!("no {mode} runs with {what} in the facts");
-        }
-        v.sort_by(f64::total_cmp);
-        Ok(v[v.len() / 2])
+        bench::median(&v).with_context(|| format!("no {mode} runs with {what} in the facts"))
     };
     let num = |k: &str| {
         facts[k]
@@ -127,6 +126,7 @@ fn summarize(facts: &Value) -> Result<RoundTrip> {
         none_local: median("none", "local_ops_per_s")?,
         monitor_local: median("monitor", "local_ops_per_s")?,
         local_kept: local_kept(runs)?,
+        monitor_storm_cpu_s: median("monitor", "storm_cpu_s")?,
         nfs_only: runs
             .iter()
             .filter(|r| r["mode"] == "monitor")
@@ -141,16 +141,12 @@ fn local_kept(runs: &[Value]) -> Result<f64> {
             .find(|r| r["mode"] == mode && r["round"] == *round)
             .and_then(|r| r["local_ops_per_s"].as_f64())
     };
-    let mut kept: Vec<f64> = runs
+    let kept: Vec<f64> = runs
         .iter()
         .filter(|r| r["mode"] == "none")
         .filter_map(|r| Some(storm("monitor", &r["round"])? / storm("none", &r["round"])?))
         .collect();
-    if kept.is_empty() {
-        bail!("no round has both a bare and a monitored local storm");
-    }
-    kept.sort_by(f64::total_cmp);
-    Ok(kept[kept.len() / 2])
+    bench::median(&kept).context("no round has both a bare and a monitored local storm")
 }
 
 #[cfg(test)]
@@ -165,11 +161,11 @@ mod tests {
                 {"round": 1, "mode": "none", "mean_us": 300.0, "lost": 0, "local_ops_per_s": 7.0},
                 {"round": 2, "mode": "none", "mean_us": 200.0, "lost": 0, "local_ops_per_s": 8.0},
                 {"round": 0, "mode": "monitor", "mean_us": 210.0, "lost": 0, "exit": 0,
-                 "local_ops_per_s": 8.1, "nfs_only": true},
+                 "local_ops_per_s": 8.1, "nfs_only": true, "storm_cpu_s": 0.03},
                 {"round": 1, "mode": "monitor", "mean_us": 250.0, "lost": 0, "exit": 0,
-                 "local_ops_per_s": 7.7, "nfs_only": true},
+                 "local_ops_per_s": 7.7, "nfs_only": true, "storm_cpu_s": 0.01},
                 {"round": 2, "mode": "monitor", "mean_us": 190.0, "lost": 0, "exit": 0,
-                 "local_ops_per_s": 7.6, "nfs_only": true},
+                 "local_ops_per_s": 7.6, "nfs_only": true, "storm_cpu_s": 0.02},
                 {"round": 0, "mode": "record", "mean_us": 220.0, "lost": 2, "exit": 0,
                  "local_ops_per_s": 2.0, "nfs_only": false},
             ],
@@ -188,6 +184,7 @@ mod tests {
             (r.none_local, r.monitor_local, r.nfs_only),
             (8.0, 7.7, true)
         );
+        assert!((r.monitor_storm_cpu_s - 0.02).abs() < 1e-9);
         // Per-round ratios 0.9, 1.1, 0.95: their median, not 7.7 / 8.0.
         assert!((r.local_kept - 0.95).abs() < 1e-9, "{}", r.local_kept);
         let p: Vec<(&str, f64, f64, u64)> = r

@@ -404,6 +404,13 @@ def sysctl(name, value):
         k.write(f"{value}\n")
 
 
+def cpu_s(pid):
+    """utime + stime of process `pid`, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def prog_stats(pid):
     """Runs and nanoseconds per eBPF program process `pid` holds: the kernel's counts in each
     program descriptor's fdinfo (with kernel.bpf_stats_enabled=1), named through the
@@ -481,10 +488,14 @@ def bench(facts, results):
                     fcntl.lockf(f, fcntl.LOCK_UN, 1, 0)
                 mean_us = (time.perf_counter() - start) * 1e6 / per_round
                 run = {"round": r, "mode": mode, "mean_us": round(mean_us, 1), "lost": 0}
-                # The local lock storm the NFS-only monitor must not slow (exported tmpfs).
+                # The local lock storm the NFS-only monitor must not slow (exported tmpfs),
+                # and the tracer's own CPU meanwhile.
+                cpu = cpu_s(t.pid) if t else 0
                 storm = subprocess.run(["/share/lockstorm", "--seconds", "2", "--file", "/export/storm"],
                                        capture_output=True, text=True, check=True)
                 run["local_ops_per_s"] = json.loads(storm.stdout)["ops_per_s"]
+                if t:
+                    run["storm_cpu_s"] = cpu_s(t.pid) - cpu
                 if t:
                     err.seek(0)
                     run["nfs_only"] = "lockd-trace: NFS-only monitor:" in err.read()
