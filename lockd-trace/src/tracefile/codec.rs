@@ -403,12 +403,22 @@ mod tests {
 
     #[test]
     fn varints_and_zigzag() {
-        for v in [0u64, 1, 127, 128, 300, u64::MAX] {
+        // Every length from 1 to 10 bytes, alone and followed by more bytes.
+        let lengths = (0..64).step_by(7).map(|bits| (1u64 << bits) + 5);
+        for v in [0u64, 1, 127, 128, 300, u64::MAX]
+            .into_iter()
+            .chain(lengths)
+        {
             let mut b = Vec::new();
             put_varint(&mut b, v);
-            assert_eq!(get_varint(&b), Some((v, b.len())));
-            assert_eq!(get_varint(&b[..b.len() - 1]), None);
+            let n = b.len();
+            assert_eq!(get_varint(&b), Some((v, n)));
+            assert_eq!(get_varint(&b[..n - 1]), None);
+            b.extend_from_slice(&[0xff; 9]);
+            assert_eq!(get_varint(&b), Some((v, n)), "{v} followed by more bytes");
         }
+        // No end within ten bytes: too long, however many follow.
+        assert_eq!(get_varint(&[0x80; 16]), None);
         for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
             assert_eq!(unzigzag(zigzag(v)), v);
         }
