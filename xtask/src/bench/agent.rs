@@ -15,6 +15,9 @@ use super::{
     tracer,
 };
 
+/// How long after the agent says it traces the idle window begins.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
 pub struct Row {
     pub config: String,
     pub idle: Usage,
@@ -36,6 +39,8 @@ pub fn run(ctx: &Ctx, storm: Option<&Storm>) -> Result<Agent> {
     let mut rows = Vec::new();
     for c in configs {
         let running = tracer::start(&c.tracer, ctx)?.context("no agent")?;
+        // Past its start-up work and the second of polling before it sleeps until a record.
+        thread::sleep(SETTLE);
         let window = Window::start(running.pid())?;
         thread::sleep(Duration::from_secs_f64(ctx.idle_seconds));
         let idle = window.finish()?;

@@ -862,10 +862,11 @@ fn agent_section(o: &mut String, a: &Section<Agent>) -> Result<()> {
         "CPU is utime+stime from /proc/PID/stat over the window as a share of one core; wakeups \
          are its threads' voluntary context switches per second (each a sleep the kernel woke it \
          from: the timers and ring-buffer wakeups an always-on agent costs the machine); RSS is \
-         VmRSS at the window's end, peak is VmHWM. Idle: {} s after the agent said it was \
-         tracing, no lock traffic. Storm: section 1's lockstorm runs (medians over rounds; peak \
+         VmRSS at the window's end, peak is VmHWM. Idle: {} s from {} s after the agent said it \
+         was tracing, no lock traffic. Storm: section 1's lockstorm runs (medians over rounds; peak \
          is the highest).\n",
-        a.idle_seconds
+        a.idle_seconds,
+        super::agent::SETTLE.as_secs()
     )?;
     table(
         o,
