@@ -2,7 +2,7 @@
 //! timer: the programs wake us only when the bytes waiting cross a quarter of the ring (emit.rs),
 //! so a trickle below that mark is read on the timer. A second with nothing to read and the
 //! agent asks the programs to wake it with the next record, and slows its timer to a
-//! once-a-second safety net: an idle monitor wakes about twice a second, not twenty times.
+//! once-a-second safety net: an idle monitor wakes a few times a second, not twenty-odd.
 
 mod pages;
 
@@ -96,7 +96,7 @@ impl EventStream {
                 if n == 0 && self.idle < IDLE_POLLS {
                     self.idle += 1;
                     if self.idle == IDLE_POLLS {
-                        n = self.fall_asleep(&mut f)?;
+                        n = self.fall_asleep(&mut f);
                     }
                 }
                 self.awake(n);
@@ -106,15 +106,18 @@ impl EventStream {
     }
 
     /// Asks the programs for a wakeup with the next record and slows the timer; a record sent
-    /// before they could see the request is read here (Ok(n > 0): still awake).
-    fn fall_asleep(&mut self, f: &mut impl FnMut(&[u8])) -> Result<usize> {
-        self.asleep.set(0, 1, 0)?;
+    /// before they could see the request is read here (n > 0: still awake). Should the map
+    /// refuse the write, the agent stays on its short timer: it costs wakeups, not records.
+    fn fall_asleep(&mut self, f: &mut impl FnMut(&[u8])) -> usize {
+        if self.asleep.set(0, 1, 0).is_err() {
+            return 0;
+        }
         fence(Ordering::SeqCst);
         let n = self.pages.drain(f, BATCH);
         if n == 0 {
             self.poll = timer(ASLEEP_POLL);
         }
-        Ok(n)
+        n
     }
 
     /// Records came (`n`): back to the short timer if asleep. The programs cleared ASLEEP with
