@@ -71,7 +71,10 @@ pub fn wakeups(pid: u32) -> Result<u64> {
     let dir = format!("/proc/{pid}/task");
     let mut n = 0;
     for task in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        let status = fs::read_to_string(task?.path().join("status"))?;
+        // A thread that ended after the listing has no status left: skipped, not an error.
+        let Ok(status) = fs::read_to_string(task?.path().join("status")) else {
+            continue;
+        };
         n += status
             .lines()
             .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))

@@ -721,8 +721,9 @@ fn capacity_section(o: &mut String, c: &Section<Capacity>) -> Result<()> {
         "Batching (lockd-trace-ebpf/src/emit.rs, lockd-trace/src/ringbuf.rs): the kernel \
          programs submit each record without a wake-up (BPF_RB_NO_WAKEUP) except the one that \
          takes the bytes waiting across a quarter of the ring, and the agent also drains on a \
-         50 ms timer, so a record waits at most 50 ms for it; woken, it reads up to 4096 \
-         records per turn of its loop. The trace writer buffers 256 KiB (BufWriter) and \
+         50 ms timer, so while records come one waits at most 50 ms for it (after a second \
+         with none the agent sleeps and the next record wakes it at once); woken, it reads up \
+         to 4096 records per turn of its loop. The trace writer buffers 256 KiB (BufWriter) and \
          flushes every second.\n"
     )?;
     table(
