@@ -166,8 +166,12 @@ impl<'a> Pipeline<'a> {
         if !self.analyse {
             return Ok(());
         }
-        let mut out = std::mem::take(&mut self.outputs);
-        self.engine.event(ev, path, &mut out);
+        self.engine.event(ev, path, &mut self.outputs);
+        // Nearly every event has nothing to show.
+        if self.outputs.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.outputs);
         self.show(out)
     }
 

@@ -19,10 +19,12 @@ pub struct Scope {
 
 impl Scope {
     pub fn admits(&self, ev: &Event) -> bool {
-        let (dev, _) = ev.file_id();
         self.pid.is_none_or(|p| p == ev.pid)
             && (self.comm.is_empty() || self.comm.iter().any(|c| ev.comm == c.as_str()))
-            && self.dev.is_none_or(|d| dev == 0 || dev == d)
+            && self.dev.is_none_or(|d| {
+                let (dev, _) = ev.file_id();
+                dev == 0 || dev == d
+            })
             && self.server.as_deref().is_none_or(|s| match &ev.body {
                 Body::Nlm(n) => n.host == s || n.addr.is_some_and(|a| a.to_string() == s),
                 Body::Statd(r) => r.host == s,

@@ -38,6 +38,10 @@ impl Waits {
     }
 
     fn remove(&mut self, fl: u64) {
+        // Every granted lock asks; nearly always nothing waits (no key to hash).
+        if self.by_lock.is_empty() {
+            return;
+        }
         if let Some(old) = self.by_lock.remove(&fl) {
             self.forget(old.file);
         }

@@ -234,18 +234,26 @@ impl Merged {
 }
 
 impl Merged {
+    /// The input whose next item is the oldest on the first file's clock.
+    fn oldest(&self) -> Option<usize> {
+        if let [only] = &self.inputs[..] {
+            return only.next.is_some().then_some(0);
+        }
+        (0..self.inputs.len())
+            .filter(|&i| self.inputs[i].next.is_some())
+            .min_by_key(|&i| {
+                let x = &self.inputs[i];
+                i128::from(item_ts(x.next.as_ref().expect("filtered"), x.last_ts)) + x.shift
+            })
+    }
+
     /// Readies the next item over all files where it lies (times shifted, devices renumbered,
     /// a kernel line another file already gave skipped): which input holds it, and the path
     /// of its event's file. Items stay in place: an event is a few hundred bytes, and moving
     /// each through the iterator's stages showed in the analyzer's profile.
     fn prepare(&mut self) -> Option<(usize, Option<Rc<str>>)> {
         loop {
-            let i = (0..self.inputs.len())
-                .filter(|&i| self.inputs[i].next.is_some())
-                .min_by_key(|&i| {
-                    let x = &self.inputs[i];
-                    i128::from(item_ts(x.next.as_ref().expect("filtered"), x.last_ts)) + x.shift
-                })?;
+            let i = self.oldest()?;
             let input = &mut self.inputs[i];
             let path = match &input.next {
                 Some(Item::Event(e)) => {
@@ -260,12 +268,15 @@ impl Merged {
             let path = match item {
                 Item::Event(e) => {
                     input.last_ts = e.ts_ns;
-                    let (dev, _) = e.file_id();
-                    e.ts_ns = shift(e.ts_ns);
-                    if let Body::Statd(s) = &mut e.body {
-                        s.since_ns = shift(s.since_ns);
+                    // The first file's (nearly every event of an analysis) stay as they are.
+                    if by != 0 {
+                        e.ts_ns = shift(e.ts_ns);
+                        if let Body::Statd(s) = &mut e.body {
+                            s.since_ns = shift(s.since_ns);
+                        }
                     }
                     if let Some((_, n)) = &input.host {
+                        let (dev, _) = e.file_id();
                         set_dev(e, host_dev(&mut input.devs, *n, dev));
                     }
                     path

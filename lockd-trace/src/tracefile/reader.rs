@@ -156,10 +156,17 @@ impl Reader {
 
     /// Makes `want` bytes from `pos` on available in the window, or as many as the file has
     /// left; the window's consumed part is dropped first.
+    #[inline]
     fn fill(&mut self, want: usize) -> io::Result<()> {
         if self.data.len() - self.pos >= want || self.eof {
             return Ok(());
         }
+        self.refill(want)
+    }
+
+    /// fill's read (once per window, not per record).
+    #[cold]
+    fn refill(&mut self, want: usize) -> io::Result<()> {
         self.data.drain(..self.pos);
         self.base += self.pos as u64;
         self.pos = 0;
