@@ -52,10 +52,19 @@ struct Input {
 type FileKey = (u32, u64);
 
 impl Input {
-    /// The path of file (dev, ino) in this input (host-prefixed when hosts are merged).
-    fn path(&mut self, dev: u32, ino: u64) -> Option<Rc<str>> {
+    /// The path of the file of `item` (an event prepared last).
+    fn path_of(&self, item: &Item) -> Option<&Rc<str>> {
+        match (item, &self.last_path) {
+            (Item::Event(_), Some((_, p))) => p.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Looks up the path of file (dev, ino) in this input (host-prefixed when hosts are
+    /// merged) for path_of.
+    fn path(&mut self, dev: u32, ino: u64) {
         match &self.last_path {
-            Some((key, p)) if *key == (dev, ino) => p.clone(),
+            Some((key, _)) if *key == (dev, ino) => {}
             _ => {
                 // Built in a buffer kept for it: one allocation per file, the Rc's.
                 let buf = &mut self.scratch;
@@ -68,8 +77,7 @@ impl Input {
                     .reader
                     .path_into(dev, ino, buf)
                     .then(|| Rc::from(buf.as_str()));
-                self.last_path = Some(((dev, ino), p.clone()));
-                p
+                self.last_path = Some(((dev, ino), p));
             }
         }
     }
@@ -251,21 +259,18 @@ impl Merged {
     /// a kernel line another file already gave skipped): which input holds it, and the path
     /// of its event's file. Items stay in place: an event is a few hundred bytes, and moving
     /// each through the iterator's stages showed in the analyzer's profile.
-    fn prepare(&mut self) -> Option<(usize, Option<Rc<str>>)> {
+    fn prepare(&mut self) -> Option<usize> {
         loop {
             let i = self.oldest()?;
             let input = &mut self.inputs[i];
-            let path = match &input.next {
-                Some(Item::Event(e)) => {
-                    let (dev, ino) = e.file_id();
-                    input.path(dev, ino)
-                }
-                _ => None,
-            };
+            if let Some(Item::Event(e)) = &input.next {
+                let (dev, ino) = e.file_id();
+                input.path(dev, ino);
+            }
             let item = input.next.as_mut().expect("filtered");
             let by = input.shift;
             let shift = |t: u64| (i128::from(t) + by).max(0) as u64;
-            let path = match item {
+            match item {
                 Item::Event(e) => {
                     input.last_ts = e.ts_ns;
                     // The first file's (nearly every event of an analysis) stay as they are.
@@ -279,7 +284,6 @@ impl Merged {
                         let (dev, _) = e.file_id();
                         set_dev(e, host_dev(&mut input.devs, *n, dev));
                     }
-                    path
                 }
                 Item::Kernel(k) => {
                     input.last_ts = k.ts_ns;
@@ -300,17 +304,15 @@ impl Merged {
                         self.kernel_seen.pop_front();
                     }
                     self.kernel_seen.push_back((boot, i, ts, k.text.clone()));
-                    None
                 }
                 Item::Lost { kind, total } => {
                     if let Some((name, _)) = &input.host {
                         *kind = format!("{name}:{kind}");
                     }
                     self.lost.push((kind.clone(), *total));
-                    None
                 }
-            };
-            return Some((i, path));
+            }
+            return Some(i);
         }
     }
 
@@ -319,11 +321,10 @@ impl Merged {
         &mut self,
         mut f: impl FnMut(&Item, Option<&str>) -> io::Result<()>,
     ) -> io::Result<()> {
-        while let Some((i, path)) = self.prepare() {
-            f(
-                self.inputs[i].next.as_ref().expect("prepared"),
-                path.as_deref(),
-            )?;
+        while let Some(i) = self.prepare() {
+            let input = &self.inputs[i];
+            let item = input.next.as_ref().expect("prepared");
+            f(item, input.path_of(item).map(|p| &**p))?;
             self.fill(i);
         }
         Ok(())
@@ -335,8 +336,10 @@ impl Iterator for Merged {
 
     /// The next item over all files, with its file's path table for the event's file.
     fn next(&mut self) -> Option<(Item, Option<Rc<str>>)> {
-        let (i, path) = self.prepare()?;
-        let item = self.inputs[i].next.take().expect("prepared");
+        let i = self.prepare()?;
+        let input = &mut self.inputs[i];
+        let item = input.next.take().expect("prepared");
+        let path = input.path_of(&item).cloned();
         self.fill(i);
         Some((item, path))
     }
