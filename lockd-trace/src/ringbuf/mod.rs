@@ -1,7 +1,7 @@
 //! The ring buffer, read as the kernel wakes us (epoll through tokio's AsyncFd) and on a short
 //! timer: the programs wake us only when the bytes waiting cross a quarter of the ring (emit.rs),
-//! so a trickle below that mark is read on the timer. A second with nothing to read and the
-//! agent asks the programs to wake it with the next record, and slows its timer to a
+//! so a trickle below that mark is read on the timer. A quarter second with nothing to read
+//! and the agent asks the programs to wake it with the next record, and slows its timer to a
 //! once-a-second safety net: an idle monitor wakes a few times a second, not twenty-odd.
 
 mod pages;
@@ -23,8 +23,11 @@ use tokio::{
 /// How long a record sent without a wakeup can wait for the agent: the most the batching adds
 /// to live output's delay.
 const POLL: Duration = Duration::from_millis(50);
-/// Empty timer reads in a row (a second) before the agent sleeps until the next record.
-const IDLE_POLLS: u32 = 20;
+/// Empty timer reads in a row (a quarter second) before the agent sleeps until the next
+/// record. Awake, tokio's timer wheel adds its own wakeups to the timer's: a second awake
+/// after a burst cost 36 of them here, and in the lab's TCG guest a local lock storm run
+/// during such a second kept visibly less of its pace.
+const IDLE_POLLS: u32 = 5;
 /// The timer while asleep: reads a record whose wakeup raced with falling asleep (the programs
 /// read ASLEEP without a barrier against our reading of the ring).
 const ASLEEP_POLL: Duration = Duration::from_secs(1);

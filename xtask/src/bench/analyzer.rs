@@ -133,8 +133,9 @@ fn record(ctx: &Ctx, out: &Path, work: impl FnOnce(&Ctx) -> Result<()>) -> Resul
 }
 
 /// Analyses in a row (one in a smoke run); the run of median time is kept: one run's time
-/// moved by ±8 % here from one run to the next on a quiet machine.
-const RUNS: usize = 3;
+/// moved by ±8 % here from one run to the next on a quiet machine, and by up to 50 % when
+/// the VM's host was busy.
+const RUNS: usize = 5;
 
 fn median_of(ctx: &Ctx, file: &Path, trace: usize, max_files: u64) -> Result<Run> {
     let n = if ctx.smoke { 1 } else { RUNS };

@@ -184,9 +184,10 @@ fn targets(o: &mut String, s: &Sections) -> Result<()> {
             storm.map_err(Clone::clone).and_then(monitor_kept),
         ),
         (
-            "NFS-only monitor keeps ≥ 0.98 of the local lock storm in the lab guest",
+            "NFS-only monitor keeps ≥ 0.98 of the local lock storm in the lab guest \
+             (running steadily)",
             s.round_trip.0.as_ref().map_err(Clone::clone).map(|rt| {
-                let kept = rt.local_kept;
+                let kept = rt.steady_kept;
                 let mode = if rt.nfs_only {
                     "NFS-only"
                 } else {
@@ -627,18 +628,31 @@ fn round_trip_section(o: &mut String, rt: &Section<RoundTrip>) -> Result<()> {
     writeln!(
         o,
         "\nThe local lock storm (lockstorm, 2 s on the exported tmpfs in each run) under the same \
-         guest's monitor ({}): medians {:.0} fcntl calls/s bare, {:.0} with the monitor; kept, \
-         the median of each round's monitored over bare storm: {:.3}. The monitor's own CPU \
-         (utime+stime) during each 2 s storm, median: {:.0} ms.",
+         guest's monitor ({}): medians {:.0} fcntl calls/s in the no-tracer runs, {:.0} in bare \
+         storms just before each monitor run started and after it stopped, {:.0} with the \
+         monitor right after its round trips. Kept, the median over rounds of a monitored storm \
+         over the mean of the bare storms around it (TCG's pace drifts from run to run, so a \
+         storm is judged against the closest ones in time): {:.3} right after the round trips \
+         (its agent still reading their records); {:.3} running steadily, 3 s later (the \
+         target's); {:.3} with the agent stopped (SIGSTOP, its probes still attached) just \
+         after that, so the agent's own running accounts for {:+.3}. The monitor's CPU \
+         (utime+stime) during the first storm, median: {:.0} ms; its threads' wakeups \
+         (voluntary context switches) {:.1}/s during it and {:.1}/s in the 3 s of quiet after.",
         if rt.nfs_only {
             "NFS-only: no program on a lock call that gets its lock at once"
         } else {
             "its lock hooks with the in-kernel filter"
         },
         rt.none_local,
+        rt.around_local,
         rt.monitor_local,
         rt.local_kept,
-        rt.monitor_storm_cpu_s * 1000.0
+        rt.steady_kept,
+        rt.stopped_kept,
+        rt.steady_kept - rt.stopped_kept,
+        rt.monitor_storm_cpu_s * 1000.0,
+        rt.monitor_storm_wakeups_per_s,
+        rt.monitor_idle_wakeups_per_s
     )?;
     programs_per_round_trip(o, rt)?;
     writeln!(
@@ -721,7 +735,7 @@ fn capacity_section(o: &mut String, c: &Section<Capacity>) -> Result<()> {
         "Batching (lockd-trace-ebpf/src/emit.rs, lockd-trace/src/ringbuf.rs): the kernel \
          programs submit each record without a wake-up (BPF_RB_NO_WAKEUP) except the one that \
          takes the bytes waiting across a quarter of the ring, and the agent also drains on a \
-         50 ms timer, so while records come one waits at most 50 ms for it (after a second \
+         50 ms timer, so while records come one waits at most 50 ms for it (after a quarter second \
          with none the agent sleeps and the next record wakes it at once); woken, it reads up \
          to 4096 records per turn of its loop. The trace writer buffers 256 KiB (BufWriter) and \
          flushes every second.\n"

@@ -27,11 +27,24 @@ pub struct RoundTrip {
     /// The local lock storm on the exported tmpfs (lockstorm, fcntl calls/s), medians.
     pub none_local: f64,
     pub monitor_local: f64,
-    /// The median over rounds of each round's monitor storm / bare storm: rounds pair up
-    /// runs made close together, so TCG's drifting pace cancels out of each ratio.
+    /// Bare storms just before each monitor run starts and after it stops: the median of
+    /// each run's mean of the two.
+    pub around_local: f64,
+    /// The median over rounds of the monitor's storm right after its round trips / the mean
+    /// of the bare storms around it (TCG's pace drifts from run to run; those are the closest
+    /// bare storms in time).
     pub local_kept: f64,
+    /// The same for its storm 3 s later: the always-on monitor's steady state, the target's.
+    pub steady_kept: f64,
+    /// The same for a storm with the monitor's agent stopped (SIGSTOP), its probes attached:
+    /// what the agent's own running costs is the difference.
+    pub stopped_kept: f64,
     /// The monitor's own CPU time (utime + stime) during its rounds' 2 s local storms, median.
     pub monitor_storm_cpu_s: f64,
+    /// Its threads' voluntary context switches per second during those storms and in 3 s
+    /// of quiet after them, medians.
+    pub monitor_storm_wakeups_per_s: f64,
+    pub monitor_idle_wakeups_per_s: f64,
     /// The monitor ran NFS-only in every round (its first line said so).
     pub nfs_only: bool,
     /// The monitor's programs as the kernel counted them (kernel.bpf_stats_enabled=1) in one
@@ -125,8 +138,17 @@ fn summarize(facts: &Value) -> Result<RoundTrip> {
         lost: runs.iter().filter_map(|r| r["lost"].as_u64()).sum(),
         none_local: median("none", "local_ops_per_s")?,
         monitor_local: median("monitor", "local_ops_per_s")?,
-        local_kept: local_kept(runs)?,
+        around_local: over_monitor_runs(runs, around)?,
+        local_kept: over_monitor_runs(runs, |r| Some(r["local_ops_per_s"].as_f64()? / around(r)?))?,
+        steady_kept: over_monitor_runs(runs, |r| {
+            Some(r["steady_ops_per_s"].as_f64()? / around(r)?)
+        })?,
+        stopped_kept: over_monitor_runs(runs, |r| {
+            Some(r["stopped_ops_per_s"].as_f64()? / around(r)?)
+        })?,
         monitor_storm_cpu_s: median("monitor", "storm_cpu_s")?,
+        monitor_storm_wakeups_per_s: median("monitor", "storm_wakeups")? / STORM_SECONDS,
+        monitor_idle_wakeups_per_s: median("monitor", "idle_wakeups_per_s")?,
         nfs_only: runs
             .iter()
             .filter(|r| r["mode"] == "monitor")
@@ -134,19 +156,25 @@ fn summarize(facts: &Value) -> Result<RoundTrip> {
     })
 }
 
-/// Each round's monitor storm over its bare storm; the median of those ratios.
-fn local_kept(runs: &[Value]) -> Result<f64> {
-    let storm = |mode: &str, round: &Value| {
-        runs.iter()
-            .find(|r| r["mode"] == mode && r["round"] == *round)
-            .and_then(|r| r["local_ops_per_s"].as_f64())
-    };
-    let kept: Vec<f64> = runs
+/// Seconds of each local storm in the guest (scenarios.py local_storm).
+const STORM_SECONDS: f64 = 2.0;
+
+/// The mean of the bare storms just before and after a monitor run.
+fn around(run: &Value) -> Option<f64> {
+    match run["bare_around_ops_per_s"].as_array()?.as_slice() {
+        [a, b] => Some((a.as_f64()? + b.as_f64()?) / 2.0),
+        _ => None,
+    }
+}
+
+/// The median of `of(run)` over the monitor's runs that have it.
+fn over_monitor_runs(runs: &[Value], of: impl Fn(&Value) -> Option<f64>) -> Result<f64> {
+    let v: Vec<f64> = runs
         .iter()
-        .filter(|r| r["mode"] == "none")
-        .filter_map(|r| Some(storm("monitor", &r["round"])? / storm("none", &r["round"])?))
+        .filter(|r| r["mode"] == "monitor")
+        .filter_map(of)
         .collect();
-    bench::median(&kept).context("no round has both a bare and a monitored local storm")
+    bench::median(&v).context("no monitor run has its storms and the bare storms around it")
 }
 
 #[cfg(test)]
@@ -161,11 +189,20 @@ mod tests {
                 {"round": 1, "mode": "none", "mean_us": 300.0, "lost": 0, "local_ops_per_s": 7.0},
                 {"round": 2, "mode": "none", "mean_us": 200.0, "lost": 0, "local_ops_per_s": 8.0},
                 {"round": 0, "mode": "monitor", "mean_us": 210.0, "lost": 0, "exit": 0,
-                 "local_ops_per_s": 8.1, "nfs_only": true, "storm_cpu_s": 0.03},
+                 "local_ops_per_s": 8.1, "nfs_only": true, "storm_cpu_s": 0.03,
+                 "storm_wakeups": 40, "idle_wakeups_per_s": 3.0, "stopped_ops_per_s": 9.0,
+                 "steady_ops_per_s": 9.9,
+                 "bare_around_ops_per_s": [9.0, 9.0]},
                 {"round": 1, "mode": "monitor", "mean_us": 250.0, "lost": 0, "exit": 0,
-                 "local_ops_per_s": 7.7, "nfs_only": true, "storm_cpu_s": 0.01},
+                 "local_ops_per_s": 7.7, "nfs_only": true, "storm_cpu_s": 0.01,
+                 "storm_wakeups": 10, "idle_wakeups_per_s": 4.0, "stopped_ops_per_s": 7.0,
+                 "steady_ops_per_s": 6.3,
+                 "bare_around_ops_per_s": [6.0, 8.0]},
                 {"round": 2, "mode": "monitor", "mean_us": 190.0, "lost": 0, "exit": 0,
-                 "local_ops_per_s": 7.6, "nfs_only": true, "storm_cpu_s": 0.02},
+                 "local_ops_per_s": 7.6, "nfs_only": true, "storm_cpu_s": 0.02,
+                 "storm_wakeups": 20, "idle_wakeups_per_s": 5.0, "stopped_ops_per_s": 8.0,
+                 "steady_ops_per_s": 8.0,
+                 "bare_around_ops_per_s": [8.0, 8.0]},
                 {"round": 0, "mode": "record", "mean_us": 220.0, "lost": 2, "exit": 0,
                  "local_ops_per_s": 2.0, "nfs_only": false},
             ],
@@ -185,8 +222,16 @@ mod tests {
             (8.0, 7.7, true)
         );
         assert!((r.monitor_storm_cpu_s - 0.02).abs() < 1e-9);
-        // Per-round ratios 0.9, 1.1, 0.95: their median, not 7.7 / 8.0.
+        // Each monitor storm over the mean of the bare storms around it: 0.9, 1.1, 0.95;
+        // their median, not 7.7 / 8.0. Steady: 1.1, 0.9, 1.0. Stopped: 1.0, 1.0, 1.0.
         assert!((r.local_kept - 0.95).abs() < 1e-9, "{}", r.local_kept);
+        assert!((r.steady_kept - 1.0).abs() < 1e-9, "{}", r.steady_kept);
+        assert!((r.stopped_kept - 1.0).abs() < 1e-9, "{}", r.stopped_kept);
+        assert_eq!(r.around_local, 8.0);
+        assert_eq!(
+            (r.monitor_storm_wakeups_per_s, r.monitor_idle_wakeups_per_s),
+            (10.0, 4.0)
+        );
         let p: Vec<(&str, f64, f64, u64)> = r
             .programs
             .iter()

@@ -399,6 +399,18 @@ def lost(log):
     raise ValueError(f"no summary in the tracer's log: {log}")
 
 
+def wakeups(pid):
+    """Voluntary context switches of all of process `pid`'s threads."""
+    n = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                n += sum(int(l.split()[1]) for l in f if l.startswith("voluntary_ctxt_switches"))
+        except OSError:
+            pass
+    return n
+
+
 def sysctl(name, value):
     with open(f"/proc/sys/{name}", "w") as k:
         k.write(f"{value}\n")
@@ -468,10 +480,20 @@ def bench_programs(facts, results, f, pairs):
     log(json.dumps(facts["programs"]))
 
 
+def local_storm():
+    """A 2 s lock storm on the exported tmpfs: fcntl calls per second."""
+    storm = subprocess.run(["/share/lockstorm", "--seconds", "2", "--file", "/export/storm"],
+                           capture_output=True, text=True, check=True)
+    return json.loads(storm.stdout)["ops_per_s"]
+
+
 def bench(facts, results):
     """Benchmark section 2: lock+unlock round trips on the NFS mount with no tracer, monitor
     and record, alternating within each round (the order rotates), and a local lock storm on
-    the exported tmpfs under each."""
+    the exported tmpfs under each. The monitor's run also has bare storms just before it
+    starts and after it stops (TCG's speed drifts from one run to the next: its storms are
+    judged against those), 3 s of its idle wakeups, then a storm with it running steadily and
+    one with its agent stopped (SIGSTOP: its probes stay attached)."""
     rounds, per_round = map(int, open("/share/bench.txt").read().split())
     facts.update(rounds=rounds, per_round=per_round, runs=[])
     touch("/mnt/nfs/bench")
@@ -481,6 +503,7 @@ def bench(facts, results):
         for r in range(rounds):
             for mode in modes[r % 3:] + modes[:r % 3]:
                 out = os.path.join(results, f"{mode}-{r}")
+                before = local_storm() if mode == "monitor" else None
                 t, err = tracer(mode, out) if mode != "none" else (None, None)
                 start = time.perf_counter()
                 for _ in range(per_round):
@@ -489,13 +512,21 @@ def bench(facts, results):
                 mean_us = (time.perf_counter() - start) * 1e6 / per_round
                 run = {"round": r, "mode": mode, "mean_us": round(mean_us, 1), "lost": 0}
                 # The local lock storm the NFS-only monitor must not slow (exported tmpfs),
-                # and the tracer's own CPU meanwhile.
-                cpu = cpu_s(t.pid) if t else 0
-                storm = subprocess.run(["/share/lockstorm", "--seconds", "2", "--file", "/export/storm"],
-                                       capture_output=True, text=True, check=True)
-                run["local_ops_per_s"] = json.loads(storm.stdout)["ops_per_s"]
+                # and the tracer's own CPU and wakeups meanwhile.
+                cpu, woke = (cpu_s(t.pid), wakeups(t.pid)) if t else (0, 0)
+                run["local_ops_per_s"] = local_storm()
                 if t:
                     run["storm_cpu_s"] = cpu_s(t.pid) - cpu
+                    run["storm_wakeups"] = wakeups(t.pid) - woke
+                if mode == "monitor":
+                    woke = wakeups(t.pid)
+                    time.sleep(3)
+                    run["idle_wakeups_per_s"] = (wakeups(t.pid) - woke) / 3
+                    # Steady: long after its start and its round trips' records.
+                    run["steady_ops_per_s"] = local_storm()
+                    t.send_signal(signal.SIGSTOP)
+                    run["stopped_ops_per_s"] = local_storm()
+                    t.send_signal(signal.SIGCONT)
                 if t:
                     err.seek(0)
                     run["nfs_only"] = "lockd-trace: NFS-only monitor:" in err.read()
@@ -503,6 +534,8 @@ def bench(facts, results):
                     run["exit"] = t.wait(120)
                     err.seek(0)
                     run["lost"] = lost(err.read())
+                if before is not None:
+                    run["bare_around_ops_per_s"] = [before, local_storm()]
                 facts["runs"].append(run)
                 log(json.dumps(run))
         bench_programs(facts, results, f, per_round)
