@@ -256,8 +256,8 @@ impl Merged {
     }
 
     /// Readies the next item over all files where it lies (times shifted, devices renumbered,
-    /// a kernel line another file already gave skipped): which input holds it, and the path
-    /// of its event's file. Items stay in place: an event is a few hundred bytes, and moving
+    /// a kernel line another file already gave skipped, its event's path looked up for
+    /// Input::path_of): which input holds it. Items stay in place: an event is a few hundred bytes, and moving
     /// each through the iterator's stages showed in the analyzer's profile.
     fn prepare(&mut self) -> Option<usize> {
         loop {

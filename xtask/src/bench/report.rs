@@ -657,7 +657,7 @@ fn round_trip_section(o: &mut String, rt: &Section<RoundTrip>) -> Result<()> {
     programs_per_round_trip(o, rt)?;
     writeln!(
         o,
-        "\nThe agent reading these records shares the guest's two emulated CPUs with the NFS \
+        "\nThe agent reading these records shares the guest's one emulated CPU with the NFS \
          client, the server and the RPCs between them, and under TCG a kprobe's breakpoint trap \
          is emulated, far dearer relative to the rest than on hardware: the round-trip ratio is \
          TCG's as much as ours. The programs' own nanoseconds are what carries over (TCG \
